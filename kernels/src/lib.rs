@@ -15,6 +15,7 @@ mod error;
 pub mod convert;
 pub mod vector;
 pub mod activation;
+pub mod probe;
 
 pub use dispatch::{ISA_ENV, Isa, Selection};
 pub use error::KernelError;
