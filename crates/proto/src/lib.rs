@@ -1,0 +1,49 @@
+//! The public gRPC contract of profiled: package `profiled.v1`.
+//!
+//! The `.proto` files live in `proto/profiled/v1/` at the repository root;
+//! this crate compiles them at build time with [protox] (pure Rust, no system
+//! `protoc`) and [tonic-prost-build], and exposes:
+//!
+//! - [`v1`]: the prost messages, enums and the tonic clients and servers
+//!   (`v1::profile_service_client::ProfileServiceClient`,
+//!   `v1::profile_service_server::{ProfileService, ProfileServiceServer}`,
+//!   `v1::model_admin_client::ModelAdminClient`,
+//!   `v1::model_admin_server::{ModelAdmin, ModelAdminServer}`);
+//! - [`FILE_DESCRIPTOR_SET`]: the encoded `google.protobuf.FileDescriptorSet`
+//!   of every file (imports included), for server reflection
+//!   (`tonic_reflection::server::Builder::register_encoded_file_descriptor_set`).
+//!
+//! Nothing below the server uses these types: the server converts them to the
+//! plain-Rust types of the model and index crates at its edge.
+//!
+//! [protox]: https://docs.rs/protox
+//! [tonic-prost-build]: https://docs.rs/tonic-prost-build
+
+#![forbid(unsafe_code)]
+
+/// Generated code for package `profiled.v1` (messages, enums, clients, servers).
+///
+/// The documentation of every item is the comment of its definition in the
+/// `.proto` files; `docs/api.md` explains the semantics for API users.
+#[allow(
+    missing_docs,
+    rust_2018_idioms,
+    unreachable_pub,
+    clippy::all,
+    clippy::pedantic,
+    clippy::nursery
+)]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/profiled.v1.rs"));
+}
+
+/// The encoded `FileDescriptorSet` of `profiled/v1/*.proto` with its imports,
+/// for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/profiled_v1_descriptor.bin"));
+
+/// Fully qualified name of the data-plane service (for health and reflection).
+pub const PROFILE_SERVICE_NAME: &str = "profiled.v1.ProfileService";
+
+/// Fully qualified name of the control-plane service (for health and reflection).
+pub const MODEL_ADMIN_NAME: &str = "profiled.v1.ModelAdmin";
