@@ -3,4 +3,9 @@
 //! protocol with its baselines, and model export.
 #![forbid(unsafe_code)]
 
+pub mod atomic;
 pub mod data;
+pub mod error;
+
+pub use atomic::{ColumnMap, LoadReport, resolve_dataset};
+pub use error::{Error, Result};
