@@ -16,6 +16,7 @@ pub mod convert;
 pub mod vector;
 pub mod activation;
 pub mod probe;
+pub mod scan;
 
 pub use dispatch::{ISA_ENV, Isa, Selection};
 pub use error::KernelError;
