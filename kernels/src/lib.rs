@@ -11,6 +11,7 @@
 
 mod dispatch;
 mod error;
+mod simd;
 
 pub mod convert;
 pub mod vector;

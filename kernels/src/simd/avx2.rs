@@ -1,0 +1,732 @@
+//! The AVX2 + FMA + F16C path (x86-64).
+//!
+//! Every function here is a safe `#[target_feature]` function: calling it
+//! is only `unsafe` because the CPU must have the features (the dispatcher
+//! checks). Loop bounds come from the slice lengths (the common prefix when
+//! lengths differ), so no argument can cause an out-of-bounds access:
+//! f32 tails use `vmaskmovps` (masked-off lanes are neither read nor
+//! written, and cannot fault), f16 tails are read through a zero-padded
+//! 8-element stack copy unless 8 elements are available in the slice.
+
+use std::arch::x86_64::*;
+
+use half::slice::HalfFloatSliceExt;
+
+use super::{MAX_QUERIES, expc, geluc};
+use crate::f16;
+
+/// Lanes `< n` set (all-ones), lanes `≥ n` clear; `n ≤ 8`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tail_mask(n: usize) -> __m256i {
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(n as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
+}
+
+/// Horizontal sum of 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// `[hsum(v[0]), …, hsum(v[7])]` as one vector.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn hsum8(v: &[__m256; 8]) -> __m256 {
+    let a01 = _mm256_hadd_ps(v[0], v[1]);
+    let a23 = _mm256_hadd_ps(v[2], v[3]);
+    let a45 = _mm256_hadd_ps(v[4], v[5]);
+    let a67 = _mm256_hadd_ps(v[6], v[7]);
+    let b0 = _mm256_hadd_ps(a01, a23);
+    let b1 = _mm256_hadd_ps(a45, a67);
+    let lo = _mm256_permute2f128_ps::<0x20>(b0, b1);
+    let hi = _mm256_permute2f128_ps::<0x31>(b0, b1);
+    _mm256_add_ps(lo, hi)
+}
+
+/// Converts 8 f16 (bit patterns) at `p` to f32.
+///
+/// # Safety
+/// `p..p+8` must be readable.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_h8(p: *const u16) -> __m256 {
+    // SAFETY: the caller guarantees 8 readable u16 (16 bytes) at `p`;
+    // `loadu` has no alignment requirement.
+    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p.cast()) })
+}
+
+/// Converts `s[i..i+n]` (`n < 8`) to f32, zeros in lanes `≥ n`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_h_tail(s: &[u16], i: usize, n: usize) -> __m256 {
+    if i + 8 <= s.len() {
+        // SAFETY: `i + 8 <= s.len()`, so 8 elements at `i` are in bounds.
+        let v = unsafe { load_h8(s.as_ptr().add(i)) };
+        _mm256_and_ps(v, _mm256_castsi256_ps(tail_mask(n)))
+    } else {
+        let mut buf = [0u16; 8];
+        buf[..n].copy_from_slice(&s[i..i + n]);
+        // SAFETY: `buf` holds 8 elements.
+        unsafe { load_h8(buf.as_ptr()) }
+    }
+}
+
+/// Loads `n < 8` f32 at `p`, zeros elsewhere.
+///
+/// # Safety
+/// `p..p+n` must be readable.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_tail(p: *const f32, n: usize) -> __m256 {
+    // SAFETY: masked-off lanes are not accessed (and cannot fault); the
+    // caller guarantees the first `n` are readable.
+    unsafe { _mm256_maskload_ps(p, tail_mask(n)) }
+}
+
+/// Stores lanes `< n` of `v` at `p`.
+///
+/// # Safety
+/// `p..p+n` must be writable.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn store_tail(p: *mut f32, n: usize, v: __m256) {
+    // SAFETY: masked-off lanes are not written; the caller guarantees the
+    // first `n` are writable.
+    unsafe { _mm256_maskstore_ps(p, tail_mask(n), v) }
+}
+
+// ---------------------------------------------------------------- convert
+
+/// f16 → f32 for the common prefix (F16C `vcvtph2ps`).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let s: &[u16] = src[..n].reinterpret_cast();
+    let (sp, dp) = (s.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: `i + 16 <= n` and both slices hold at least `n` elements.
+        unsafe {
+            let a = load_h8(sp.add(i));
+            let b = load_h8(sp.add(i + 8));
+            _mm256_storeu_ps(dp.add(i), a);
+            _mm256_storeu_ps(dp.add(i + 8), b);
+        }
+        i += 16;
+    }
+    if i + 8 <= n {
+        // SAFETY: `i + 8 <= n`.
+        unsafe { _mm256_storeu_ps(dp.add(i), load_h8(sp.add(i))) };
+        i += 8;
+    }
+    if i < n {
+        let v = load_h_tail(s, i, n - i);
+        // SAFETY: `n - i` elements from `i` are in `dst`.
+        unsafe { store_tail(dp.add(i), n - i, v) };
+    }
+}
+
+/// f32 → f16 for the common prefix (F16C `vcvtps2ph`, round to nearest even).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
+    let n = src.len().min(dst.len());
+    let d: &mut [u16] = dst[..n].reinterpret_cast_mut();
+    let (sp, dp) = (src.as_ptr(), d.as_mut_ptr());
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: `i + 8 <= n`: 8 f32 readable at `sp+i`, 8 u16 writable at `dp+i`.
+        unsafe {
+            let v = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(sp.add(i)));
+            _mm_storeu_si128(dp.add(i).cast(), v);
+        }
+        i += 8;
+    }
+    if i < n {
+        let r = n - i;
+        // SAFETY: `r` elements from `i` are readable in `src`.
+        let v = unsafe { load_tail(sp.add(i), r) };
+        let mut buf = [0u16; 8];
+        // SAFETY: `buf` has room for 8 u16.
+        unsafe {
+            _mm_storeu_si128(
+                buf.as_mut_ptr().cast(),
+                _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v),
+            )
+        };
+        d[i..n].copy_from_slice(&buf[..r]);
+    }
+}
+
+// ---------------------------------------------------------------- dot / axpy
+
+/// `Σ a·b` over the common prefix, four 8-lane accumulators.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        // SAFETY: `i + 32 <= n`, both slices hold `n` elements.
+        unsafe {
+            for k in 0..4 {
+                acc[k] = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(pa.add(i + 8 * k)),
+                    _mm256_loadu_ps(pb.add(i + 8 * k)),
+                    acc[k],
+                );
+            }
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        // SAFETY: `i + 8 <= n`.
+        unsafe {
+            acc[0] = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i)),
+                _mm256_loadu_ps(pb.add(i)),
+                acc[0],
+            );
+        }
+        i += 8;
+    }
+    if i < n {
+        // SAFETY: `n - i < 8` elements from `i` are in both slices.
+        unsafe {
+            acc[1] = _mm256_fmadd_ps(
+                load_tail(pa.add(i), n - i),
+                load_tail(pb.add(i), n - i),
+                acc[1],
+            );
+        }
+    }
+    hsum(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ))
+}
+
+/// `Σ a·b` with `a` in f16 over the common prefix.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_h(a: &[u16], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        // SAFETY: `i + 32 <= n`, both slices hold `n` elements.
+        unsafe {
+            for k in 0..4 {
+                acc[k] = _mm256_fmadd_ps(
+                    load_h8(pa.add(i + 8 * k)),
+                    _mm256_loadu_ps(pb.add(i + 8 * k)),
+                    acc[k],
+                );
+            }
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        // SAFETY: `i + 8 <= n`.
+        unsafe {
+            acc[0] = _mm256_fmadd_ps(load_h8(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
+        }
+        i += 8;
+    }
+    if i < n {
+        let x = load_h_tail(&a[..n], i, n - i);
+        // SAFETY: `n - i < 8` elements from `i` are in `b`.
+        let y = unsafe { load_tail(pb.add(i), n - i) };
+        acc[1] = _mm256_fmadd_ps(x, y, acc[1]);
+    }
+    hsum(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ))
+}
+
+/// `Σ a·b` with `a` in f16.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dot_f16(a: &[f16], b: &[f32]) -> f32 {
+    dot_h(a.reinterpret_cast(), b)
+}
+
+/// `y += alpha·x` over the common prefix.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+    let av = _mm256_set1_ps(alpha);
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: `i + 16 <= n`, both slices hold `n` elements.
+        unsafe {
+            let a = _mm256_fmadd_ps(_mm256_loadu_ps(px.add(i)), av, _mm256_loadu_ps(py.add(i)));
+            let b = _mm256_fmadd_ps(
+                _mm256_loadu_ps(px.add(i + 8)),
+                av,
+                _mm256_loadu_ps(py.add(i + 8)),
+            );
+            _mm256_storeu_ps(py.add(i), a);
+            _mm256_storeu_ps(py.add(i + 8), b);
+        }
+        i += 16;
+    }
+    while i < n {
+        let r = (n - i).min(8);
+        // SAFETY: `r` elements from `i` are in both slices.
+        unsafe {
+            let v = _mm256_fmadd_ps(
+                load_tail_or_full(px.add(i), r),
+                av,
+                load_tail_or_full(py.add(i), r),
+            );
+            store_tail_or_full(py.add(i), r, v);
+        }
+        i += r;
+    }
+}
+
+/// `y += alpha·x` with `x` in f16 over the common prefix.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn axpy_f16(alpha: f32, x: &[f16], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let x: &[u16] = x[..n].reinterpret_cast();
+    let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+    let av = _mm256_set1_ps(alpha);
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: `i + 8 <= n`, both slices hold `n` elements.
+        unsafe {
+            let v = _mm256_fmadd_ps(load_h8(px.add(i)), av, _mm256_loadu_ps(py.add(i)));
+            _mm256_storeu_ps(py.add(i), v);
+        }
+        i += 8;
+    }
+    if i < n {
+        let r = n - i;
+        let xv = load_h_tail(x, i, r);
+        // SAFETY: `r` elements from `i` are in `y`.
+        unsafe {
+            let v = _mm256_fmadd_ps(xv, av, load_tail(py.add(i), r));
+            store_tail(py.add(i), r, v);
+        }
+    }
+}
+
+/// Loads `r ≤ 8` f32 (full load when `r == 8`).
+///
+/// # Safety
+/// `p..p+r` readable.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_tail_or_full(p: *const f32, r: usize) -> __m256 {
+    if r == 8 {
+        // SAFETY: 8 readable by the caller's guarantee.
+        unsafe { _mm256_loadu_ps(p) }
+    } else {
+        // SAFETY: `r` readable by the caller's guarantee.
+        unsafe { load_tail(p, r) }
+    }
+}
+
+/// Stores `r ≤ 8` lanes (full store when `r == 8`).
+///
+/// # Safety
+/// `p..p+r` writable.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn store_tail_or_full(p: *mut f32, r: usize, v: __m256) {
+    if r == 8 {
+        // SAFETY: 8 writable by the caller's guarantee.
+        unsafe { _mm256_storeu_ps(p, v) }
+    } else {
+        // SAFETY: `r` writable by the caller's guarantee.
+        unsafe { store_tail(p, r, v) }
+    }
+}
+
+/// Applies `f` to every 8-lane block of `x` in place (masked tail).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn map_inplace(x: &mut [f32], f: impl Fn(__m256) -> __m256) {
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    let mut i = 0;
+    while i < n {
+        let r = (n - i).min(8);
+        // SAFETY: `r` elements from `i` are in `x`.
+        unsafe {
+            let v = f(load_tail_or_full(p.add(i), r));
+            store_tail_or_full(p.add(i), r, v);
+        }
+        i += r;
+    }
+}
+
+/// `x *= s`.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scale(x: &mut [f32], s: f32) {
+    let sv = _mm256_set1_ps(s);
+    map_inplace(x, |v| _mm256_mul_ps(v, sv));
+}
+
+/// Scales to unit norm; returns the norm.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn l2_normalize(x: &mut [f32]) -> f32 {
+    let norm = dot_f32(x, x).sqrt();
+    if norm != 0.0 {
+        scale(x, 1.0 / norm);
+    }
+    norm
+}
+
+// ---------------------------------------------------------------- exp & co
+
+/// Polynomial `exp` in 8 lanes (see [`super::expc`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn exp8(x: __m256) -> __m256 {
+    // Operand order keeps NaN: `max`/`min` return the second operand when
+    // either is NaN.
+    let xc = _mm256_min_ps(
+        _mm256_set1_ps(expc::HI),
+        _mm256_max_ps(_mm256_set1_ps(expc::LO), x),
+    );
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        xc,
+        _mm256_set1_ps(expc::LOG2E),
+    ));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(expc::LN2_HI), xc);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(expc::LN2_LO), r);
+    let mut p = _mm256_set1_ps(expc::C7);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(expc::C6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(expc::C5));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(expc::C4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(expc::C3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(expc::C2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
+    let ni = _mm256_cvtps_epi32(n);
+    let n1 = _mm256_srai_epi32::<1>(ni);
+    let n2 = _mm256_sub_epi32(ni, n1);
+    let bias = _mm256_set1_epi32(127);
+    let s1 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n1, bias)));
+    let s2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n2, bias)));
+    _mm256_mul_ps(_mm256_mul_ps(p, s1), s2)
+}
+
+/// `x = exp(x)` element-wise.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn exp_inplace(x: &mut [f32]) {
+    map_inplace(x, |v| exp8(v));
+}
+
+/// In-place row softmax.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn softmax_row(x: &mut [f32]) {
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    // Pass 1: maximum (masked-off tail lanes are -inf).
+    let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut m = [ninf; 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        // SAFETY: `i + 32 <= n`.
+        unsafe {
+            for k in 0..4 {
+                m[k] = _mm256_max_ps(m[k], _mm256_loadu_ps(p.add(i + 8 * k)));
+            }
+        }
+        i += 32;
+    }
+    while i < n {
+        let r = (n - i).min(8);
+        // SAFETY: `r` elements from `i` are in `x`.
+        let v = unsafe { load_tail_or_full(p.add(i), r) };
+        let v = _mm256_blendv_ps(ninf, v, _mm256_castsi256_ps(tail_mask(r)));
+        m[0] = _mm256_max_ps(m[0], v);
+        i += r;
+    }
+    let mv = _mm256_max_ps(_mm256_max_ps(m[0], m[1]), _mm256_max_ps(m[2], m[3]));
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` holds 8 f32.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), mv) };
+    let max = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        super::fill_masked_row(x);
+        return;
+    }
+    // Pass 2: e = exp(x - max), summed.
+    let mb = _mm256_set1_ps(max);
+    let mut s0 = _mm256_setzero_ps();
+    let mut s1 = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: `i + 16 <= n`.
+        unsafe {
+            let a = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), mb));
+            let b = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i + 8)), mb));
+            _mm256_storeu_ps(p.add(i), a);
+            _mm256_storeu_ps(p.add(i + 8), b);
+            s0 = _mm256_add_ps(s0, a);
+            s1 = _mm256_add_ps(s1, b);
+        }
+        i += 16;
+    }
+    while i < n {
+        let r = (n - i).min(8);
+        let mask = _mm256_castsi256_ps(tail_mask(r));
+        // SAFETY: `r` elements from `i` are in `x`.
+        unsafe {
+            let e = exp8(_mm256_sub_ps(load_tail_or_full(p.add(i), r), mb));
+            store_tail_or_full(p.add(i), r, e);
+            s0 = _mm256_add_ps(s0, _mm256_and_ps(e, mask));
+        }
+        i += r;
+    }
+    let sum = hsum(_mm256_add_ps(s0, s1));
+    scale(x, 1.0 / sum);
+}
+
+/// LayerNorm over the common prefix.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
+    let n = x.len().min(gamma.len()).min(beta.len()).min(out.len());
+    let (px, pg, pb, po) = (x.as_ptr(), gamma.as_ptr(), beta.as_ptr(), out.as_mut_ptr());
+    let cnt = n.max(1) as f32;
+    // Mean.
+    let mut s = [_mm256_setzero_ps(); 2];
+    let mut i = 0;
+    while i < n {
+        let r = (n - i).min(8);
+        // SAFETY: `r` elements from `i` are in `x` (masked lanes read as 0).
+        let v = unsafe { load_tail_or_full(px.add(i), r) };
+        s[(i / 8) & 1] = _mm256_add_ps(s[(i / 8) & 1], v);
+        i += r;
+    }
+    let mean = hsum(_mm256_add_ps(s[0], s[1])) / cnt;
+    let mv = _mm256_set1_ps(mean);
+    // Variance (two-pass; masked lanes zeroed after the subtraction).
+    let mut q = [_mm256_setzero_ps(); 2];
+    let mut i = 0;
+    while i < n {
+        let r = (n - i).min(8);
+        let mask = _mm256_castsi256_ps(tail_mask(r));
+        // SAFETY: `r` elements from `i` are in `x`.
+        let v = unsafe { load_tail_or_full(px.add(i), r) };
+        let d = _mm256_and_ps(_mm256_sub_ps(v, mv), mask);
+        q[(i / 8) & 1] = _mm256_fmadd_ps(d, d, q[(i / 8) & 1]);
+        i += r;
+    }
+    let var = hsum(_mm256_add_ps(q[0], q[1])) / cnt;
+    let iv = _mm256_set1_ps(1.0 / (var + eps).sqrt());
+    let mut i = 0;
+    while i < n {
+        let r = (n - i).min(8);
+        // SAFETY: `r` elements from `i` are in all four slices.
+        unsafe {
+            let v = _mm256_mul_ps(_mm256_sub_ps(load_tail_or_full(px.add(i), r), mv), iv);
+            let o = _mm256_fmadd_ps(
+                v,
+                load_tail_or_full(pg.add(i), r),
+                load_tail_or_full(pb.add(i), r),
+            );
+            store_tail_or_full(po.add(i), r, o);
+        }
+        i += r;
+    }
+}
+
+/// Tanh-GELU of 8 lanes as `x·sigmoid(2u)` (see [`super::geluc`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn gelu8(x: __m256) -> __m256 {
+    let x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+    let t = _mm256_mul_ps(
+        _mm256_fmadd_ps(x3, _mm256_set1_ps(geluc::A), x),
+        _mm256_set1_ps(geluc::TWO_C),
+    );
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let neg_abs = _mm256_xor_ps(_mm256_and_ps(t, abs_mask), _mm256_set1_ps(-0.0));
+    let e = exp8(neg_abs);
+    let one = _mm256_set1_ps(1.0);
+    let pos = _mm256_cmp_ps::<_CMP_GE_OQ>(t, _mm256_setzero_ps());
+    let num = _mm256_blendv_ps(e, one, pos);
+    _mm256_mul_ps(x, _mm256_div_ps(num, _mm256_add_ps(one, e)))
+}
+
+/// Tanh-GELU in place.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn gelu(x: &mut [f32]) {
+    map_inplace(x, |v| gelu8(v));
+}
+
+// ---------------------------------------------------------------- row scans
+
+/// Row scan, one query: 8 rows per step, one query load shared by them,
+/// 8 independent accumulators reduced with one transpose-add.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dot_f16_rows(rows: &[f16], dim: usize, query: &[f32], out: &mut [f32]) {
+    if dim == 0 {
+        out.iter_mut().for_each(|o| *o = 0.0);
+        return;
+    }
+    if query.len() < dim {
+        return;
+    }
+    let rows: &[u16] = rows.reinterpret_cast();
+    let nrows = out.len().min(rows.len() / dim);
+    let rows = &rows[..nrows * dim];
+    let full = dim / 8 * 8;
+    let tail = dim - full;
+    let (pr, pq, po) = (rows.as_ptr(), query.as_ptr(), out.as_mut_ptr());
+    let qtail = if tail > 0 {
+        // SAFETY: `query.len() >= dim = full + tail`.
+        unsafe { load_tail(pq.add(full), tail) }
+    } else {
+        _mm256_setzero_ps()
+    };
+    let mut r = 0;
+    while r + 8 <= nrows {
+        let base = r * dim;
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut c = 0;
+        while c < full {
+            // SAFETY: rows `r..r+8` are in `rows` (`r + 8 <= nrows`) and
+            // `c + 8 <= full <= dim`, so every load is inside its row;
+            // `c + 8 <= dim <= query.len()`.
+            unsafe {
+                let qv = _mm256_loadu_ps(pq.add(c));
+                for k in 0..8 {
+                    acc[k] = _mm256_fmadd_ps(load_h8(pr.add(base + k * dim + c)), qv, acc[k]);
+                }
+            }
+            c += 8;
+        }
+        if tail > 0 {
+            for k in 0..8 {
+                let xv = load_h_tail(rows, base + k * dim + full, tail);
+                acc[k] = _mm256_fmadd_ps(xv, qtail, acc[k]);
+            }
+        }
+        // SAFETY: `r + 8 <= nrows <= out.len()`.
+        unsafe { _mm256_storeu_ps(po.add(r), hsum8(&acc)) };
+        r += 8;
+    }
+    while r < nrows {
+        out[r] = dot_h(&rows[r * dim..(r + 1) * dim], &query[..dim]);
+        r += 1;
+    }
+}
+
+/// Multi-query scan, `R` rows × `NQ` queries of accumulators per step.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn multi_block<const NQ: usize, const R: usize>(
+    rows: &[u16],
+    dim: usize,
+    queries: &[f32],
+    out: &mut [f32],
+) {
+    let nrows = (out.len() / NQ).min(rows.len() / dim);
+    if queries.len() < NQ * dim {
+        return;
+    }
+    let full = dim / 8 * 8;
+    let tail = dim - full;
+    let (pr, pq) = (rows.as_ptr(), queries.as_ptr());
+    let mut r = 0;
+    while r < nrows {
+        let rb = R.min(nrows - r);
+        let mut acc = [[_mm256_setzero_ps(); NQ]; R];
+        let mut c = 0;
+        while c < full {
+            let mut xs = [_mm256_setzero_ps(); R];
+            for k in 0..rb {
+                // SAFETY: row `r + k < nrows` lies in `rows`; `c + 8 <= dim`.
+                xs[k] = unsafe { load_h8(pr.add((r + k) * dim + c)) };
+            }
+            for q in 0..NQ {
+                // SAFETY: `q < NQ` and `c + 8 <= dim`: inside `queries[..NQ*dim]`.
+                let qv = unsafe { _mm256_loadu_ps(pq.add(q * dim + c)) };
+                for k in 0..R {
+                    acc[k][q] = _mm256_fmadd_ps(xs[k], qv, acc[k][q]);
+                }
+            }
+            c += 8;
+        }
+        if tail > 0 {
+            let mut xs = [_mm256_setzero_ps(); R];
+            for k in 0..rb {
+                xs[k] = load_h_tail(&rows[..nrows * dim], (r + k) * dim + full, tail);
+            }
+            for q in 0..NQ {
+                // SAFETY: `tail` elements from `q*dim + full` are in the query.
+                let qv = unsafe { load_tail(pq.add(q * dim + full), tail) };
+                for k in 0..R {
+                    acc[k][q] = _mm256_fmadd_ps(xs[k], qv, acc[k][q]);
+                }
+            }
+        }
+        for k in 0..rb {
+            let o = &mut out[(r + k) * NQ..(r + k + 1) * NQ];
+            let mut g = 0;
+            while g < NQ {
+                let m = (NQ - g).min(8);
+                let mut v = [_mm256_setzero_ps(); 8];
+                v[..m].copy_from_slice(&acc[k][g..g + m]);
+                let mut lanes = [0f32; 8];
+                // SAFETY: `lanes` holds 8 f32.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), hsum8(&v)) };
+                o[g..g + m].copy_from_slice(&lanes[..m]);
+                g += m;
+            }
+        }
+        r += rb;
+    }
+}
+
+/// Multi-query scan (`1 ≤ nq ≤ 16`); `out` is rows × nq.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dot_f16_rows_multi(
+    rows: &[f16],
+    dim: usize,
+    queries: &[f32],
+    nq: usize,
+    out: &mut [f32],
+) {
+    if dim == 0 {
+        out.iter_mut().for_each(|o| *o = 0.0);
+        return;
+    }
+    let bits: &[u16] = rows.reinterpret_cast();
+    let rows_h = rows;
+    let rows = bits;
+    match nq.min(MAX_QUERIES) {
+        0 => {}
+        1 => dot_f16_rows(rows_h, dim, queries, out),
+        2 => multi_block::<2, 4>(rows, dim, queries, out),
+        3 => multi_block::<3, 2>(rows, dim, queries, out),
+        4 => multi_block::<4, 2>(rows, dim, queries, out),
+        5 => multi_block::<5, 1>(rows, dim, queries, out),
+        6 => multi_block::<6, 1>(rows, dim, queries, out),
+        7 => multi_block::<7, 1>(rows, dim, queries, out),
+        8 => multi_block::<8, 1>(rows, dim, queries, out),
+        9 => multi_block::<9, 1>(rows, dim, queries, out),
+        10 => multi_block::<10, 1>(rows, dim, queries, out),
+        11 => multi_block::<11, 1>(rows, dim, queries, out),
+        12 => multi_block::<12, 1>(rows, dim, queries, out),
+        13 => multi_block::<13, 1>(rows, dim, queries, out),
+        14 => multi_block::<14, 1>(rows, dim, queries, out),
+        15 => multi_block::<15, 1>(rows, dim, queries, out),
+        _ => multi_block::<16, 1>(rows, dim, queries, out),
+    }
+}

@@ -1,0 +1,598 @@
+//! The AVX-512 (F + BW + VL, with AVX2/FMA/F16C) path (x86-64).
+//!
+//! Same contract as the AVX2 module: safe `#[target_feature]` functions whose
+//! bounds come from their slices. Tails use `k`-masked loads and stores
+//! (`vmovups`/`vmovdqu16` with a mask), which neither touch nor fault on
+//! masked-off elements. On Zen 4 the 512-bit instructions are split into two
+//! 256-bit halves, so this path is about as fast as AVX2 there; it exists
+//! (and is tested) for CPUs where it is faster.
+
+use std::arch::x86_64::*;
+
+use half::slice::HalfFloatSliceExt;
+
+use super::avx2::{hsum, hsum8};
+use super::{MAX_QUERIES, expc, geluc};
+use crate::f16;
+
+/// The first `n ≤ 16` lanes.
+#[inline]
+fn mask16(n: usize) -> __mmask16 {
+    debug_assert!(n <= 16);
+    ((1u32 << n) - 1) as __mmask16
+}
+
+/// Sum of the two 256-bit halves.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn fold256(v: __m512) -> __m256 {
+    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+    _mm256_add_ps(_mm512_castps512_ps256(v), hi)
+}
+
+/// Loads `n ≤ 16` f32 at `p`, zeros elsewhere.
+///
+/// # Safety
+/// `p..p+n` readable.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn load(p: *const f32, n: usize) -> __m512 {
+    // SAFETY: masked-off lanes are not accessed and cannot fault; the caller
+    // guarantees the first `n` are readable.
+    unsafe { _mm512_maskz_loadu_ps(mask16(n), p) }
+}
+
+/// Stores lanes `< n ≤ 16` of `v` at `p`.
+///
+/// # Safety
+/// `p..p+n` writable.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn store(p: *mut f32, n: usize, v: __m512) {
+    // SAFETY: masked-off lanes are not written; the caller guarantees the
+    // first `n` are writable.
+    unsafe { _mm512_mask_storeu_ps(p, mask16(n), v) }
+}
+
+/// Converts 16 f16 at `p` to f32.
+///
+/// # Safety
+/// `p..p+16` readable.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn load_h16(p: *const u16) -> __m512 {
+    // SAFETY: the caller guarantees 16 readable u16 (32 bytes).
+    _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(p.cast()) })
+}
+
+/// Converts `n ≤ 16` f16 at `p` to f32, zeros elsewhere.
+///
+/// # Safety
+/// `p..p+n` readable.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn load_h(p: *const u16, n: usize) -> __m512 {
+    // SAFETY: masked-off lanes are not accessed (AVX-512BW+VL masked load);
+    // the caller guarantees the first `n` are readable.
+    _mm512_cvtph_ps(unsafe { _mm256_maskz_loadu_epi16(mask16(n), p.cast()) })
+}
+
+// ---------------------------------------------------------------- convert
+
+/// f16 → f32 for the common prefix.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let s: &[u16] = src[..n].reinterpret_cast();
+    let (sp, dp) = (s.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    while i + 32 <= n {
+        // SAFETY: `i + 32 <= n` and both slices hold at least `n` elements.
+        unsafe {
+            let a = load_h16(sp.add(i));
+            let b = load_h16(sp.add(i + 16));
+            _mm512_storeu_ps(dp.add(i), a);
+            _mm512_storeu_ps(dp.add(i + 16), b);
+        }
+        i += 32;
+    }
+    while i < n {
+        let r = (n - i).min(16);
+        // SAFETY: `r` elements from `i` are in both slices.
+        unsafe { store(dp.add(i), r, load_h(sp.add(i), r)) };
+        i += r;
+    }
+}
+
+/// f32 → f16 for the common prefix (round to nearest even).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
+    let n = src.len().min(dst.len());
+    let d: &mut [u16] = dst[..n].reinterpret_cast_mut();
+    let (sp, dp) = (src.as_ptr(), d.as_mut_ptr());
+    let mut i = 0;
+    while i < n {
+        let r = (n - i).min(16);
+        // SAFETY: `r` elements from `i` are readable in `src` and writable in
+        // `dst`; the masked store writes only those.
+        unsafe {
+            let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(load(
+                sp.add(i),
+                r,
+            ));
+            _mm256_mask_storeu_epi16(dp.add(i).cast(), mask16(r), h);
+        }
+        i += r;
+    }
+}
+
+// ---------------------------------------------------------------- dot / axpy
+
+/// `Σ a·b` over the common prefix, four 16-lane accumulators.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 64 <= n {
+        // SAFETY: `i + 64 <= n`, both slices hold `n` elements.
+        unsafe {
+            for k in 0..4 {
+                acc[k] = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(pa.add(i + 16 * k)),
+                    _mm512_loadu_ps(pb.add(i + 16 * k)),
+                    acc[k],
+                );
+            }
+        }
+        i += 64;
+    }
+    let mut k = 0;
+    while i < n {
+        let r = (n - i).min(16);
+        // SAFETY: `r` elements from `i` are in both slices.
+        unsafe {
+            acc[k] = _mm512_fmadd_ps(load(pa.add(i), r), load(pb.add(i), r), acc[k]);
+        }
+        k = (k + 1) & 3;
+        i += r;
+    }
+    let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+    hsum(fold256(s))
+}
+
+/// `Σ a·b` with `a` in f16, over the common prefix.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn dot_h(a: &[u16], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 64 <= n {
+        // SAFETY: `i + 64 <= n`, both slices hold `n` elements.
+        unsafe {
+            for k in 0..4 {
+                acc[k] = _mm512_fmadd_ps(
+                    load_h16(pa.add(i + 16 * k)),
+                    _mm512_loadu_ps(pb.add(i + 16 * k)),
+                    acc[k],
+                );
+            }
+        }
+        i += 64;
+    }
+    let mut k = 0;
+    while i < n {
+        let r = (n - i).min(16);
+        // SAFETY: `r` elements from `i` are in both slices.
+        unsafe {
+            acc[k] = _mm512_fmadd_ps(load_h(pa.add(i), r), load(pb.add(i), r), acc[k]);
+        }
+        k = (k + 1) & 3;
+        i += r;
+    }
+    let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+    hsum(fold256(s))
+}
+
+/// `Σ a·b` with `a` in f16.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) fn dot_f16(a: &[f16], b: &[f32]) -> f32 {
+    dot_h(a.reinterpret_cast(), b)
+}
+
+/// `y += alpha·x` over the common prefix.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+    let av = _mm512_set1_ps(alpha);
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: `i + 16 <= n`, both slices hold `n` elements.
+        unsafe {
+            let v = _mm512_fmadd_ps(_mm512_loadu_ps(px.add(i)), av, _mm512_loadu_ps(py.add(i)));
+            _mm512_storeu_ps(py.add(i), v);
+        }
+        i += 16;
+    }
+    if i < n {
+        let r = n - i;
+        // SAFETY: `r` elements from `i` are in both slices.
+        unsafe {
+            let v = _mm512_fmadd_ps(load(px.add(i), r), av, load(py.add(i), r));
+            store(py.add(i), r, v);
+        }
+    }
+}
+
+/// `y += alpha·x` with `x` in f16, over the common prefix.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) fn axpy_f16(alpha: f32, x: &[f16], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let x: &[u16] = x[..n].reinterpret_cast();
+    let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+    let av = _mm512_set1_ps(alpha);
+    let mut i = 0;
+    while i < n {
+        let r = (n - i).min(16);
+        // SAFETY: `r` elements from `i` are in both slices.
+        unsafe {
+            let v = _mm512_fmadd_ps(load_h(px.add(i), r), av, load(py.add(i), r));
+            store(py.add(i), r, v);
+        }
+        i += r;
+    }
+}
+
+/// Applies `f` to every 16-lane block of `x` in place (masked tail).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn map_inplace(x: &mut [f32], f: impl Fn(__m512) -> __m512) {
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: `i + 16 <= n`.
+        unsafe { _mm512_storeu_ps(p.add(i), f(_mm512_loadu_ps(p.add(i)))) };
+        i += 16;
+    }
+    if i < n {
+        let r = n - i;
+        // SAFETY: `r` elements from `i` are in `x`.
+        unsafe { store(p.add(i), r, f(load(p.add(i), r))) };
+    }
+}
+
+/// `x *= s`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn scale(x: &mut [f32], s: f32) {
+    let sv = _mm512_set1_ps(s);
+    map_inplace(x, |v| _mm512_mul_ps(v, sv));
+}
+
+/// Scales to unit norm; returns the norm.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) fn l2_normalize(x: &mut [f32]) -> f32 {
+    let norm = dot_f32(x, x).sqrt();
+    if norm != 0.0 {
+        scale(x, 1.0 / norm);
+    }
+    norm
+}
+
+// ---------------------------------------------------------------- exp & co
+
+/// Polynomial `exp` in 16 lanes (see [`super::expc`]); `vscalefps` applies
+/// `2^n` with correct overflow and gradual underflow.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn exp16(x: __m512) -> __m512 {
+    // NaN-preserving operand order (second operand returned on NaN).
+    let xc = _mm512_min_ps(
+        _mm512_set1_ps(expc::HI),
+        _mm512_max_ps(_mm512_set1_ps(expc::LO), x),
+    );
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(xc, _mm512_set1_ps(expc::LOG2E)),
+    );
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(expc::LN2_HI), xc);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(expc::LN2_LO), r);
+    let mut p = _mm512_set1_ps(expc::C7);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(expc::C6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(expc::C5));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(expc::C4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(expc::C3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(expc::C2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
+    _mm512_scalef_ps(p, n)
+}
+
+/// `x = exp(x)` element-wise.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) fn exp_inplace(x: &mut [f32]) {
+    map_inplace(x, |v| exp16(v));
+}
+
+/// In-place row softmax.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) fn softmax_row(x: &mut [f32]) {
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut m = [ninf; 2];
+    let mut i = 0;
+    while i + 32 <= n {
+        // SAFETY: `i + 32 <= n`.
+        unsafe {
+            m[0] = _mm512_max_ps(m[0], _mm512_loadu_ps(p.add(i)));
+            m[1] = _mm512_max_ps(m[1], _mm512_loadu_ps(p.add(i + 16)));
+        }
+        i += 32;
+    }
+    while i < n {
+        let r = (n - i).min(16);
+        // SAFETY: `r` elements from `i` are in `x`; masked-off lanes keep -inf.
+        let v = unsafe { _mm512_mask_loadu_ps(ninf, mask16(r), p.add(i)) };
+        m[0] = _mm512_max_ps(m[0], v);
+        i += r;
+    }
+    let max = _mm512_reduce_max_ps(_mm512_max_ps(m[0], m[1]));
+    if max == f32::NEG_INFINITY {
+        super::fill_masked_row(x);
+        return;
+    }
+    let mb = _mm512_set1_ps(max);
+    let mut s = [_mm512_setzero_ps(); 2];
+    let mut i = 0;
+    while i + 32 <= n {
+        // SAFETY: `i + 32 <= n`.
+        unsafe {
+            let a = exp16(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), mb));
+            let b = exp16(_mm512_sub_ps(_mm512_loadu_ps(p.add(i + 16)), mb));
+            _mm512_storeu_ps(p.add(i), a);
+            _mm512_storeu_ps(p.add(i + 16), b);
+            s[0] = _mm512_add_ps(s[0], a);
+            s[1] = _mm512_add_ps(s[1], b);
+        }
+        i += 32;
+    }
+    while i < n {
+        let r = (n - i).min(16);
+        let k = mask16(r);
+        // SAFETY: `r` elements from `i` are in `x`.
+        unsafe {
+            let e = exp16(_mm512_sub_ps(load(p.add(i), r), mb));
+            store(p.add(i), r, e);
+            s[0] = _mm512_mask_add_ps(s[0], k, s[0], e);
+        }
+        i += r;
+    }
+    let sum = _mm512_reduce_add_ps(_mm512_add_ps(s[0], s[1]));
+    scale(x, 1.0 / sum);
+}
+
+/// LayerNorm over the common prefix.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
+    let n = x.len().min(gamma.len()).min(beta.len()).min(out.len());
+    let (px, pg, pb, po) = (x.as_ptr(), gamma.as_ptr(), beta.as_ptr(), out.as_mut_ptr());
+    let cnt = n.max(1) as f32;
+    let mut s = [_mm512_setzero_ps(); 2];
+    let mut i = 0;
+    while i < n {
+        let r = (n - i).min(16);
+        // SAFETY: `r` elements from `i` are in `x` (masked lanes read as 0).
+        let v = unsafe { load(px.add(i), r) };
+        s[(i / 16) & 1] = _mm512_add_ps(s[(i / 16) & 1], v);
+        i += r;
+    }
+    let mean = _mm512_reduce_add_ps(_mm512_add_ps(s[0], s[1])) / cnt;
+    let mv = _mm512_set1_ps(mean);
+    let mut q = [_mm512_setzero_ps(); 2];
+    let mut i = 0;
+    while i < n {
+        let r = (n - i).min(16);
+        // SAFETY: `r` elements from `i` are in `x`.
+        let v = unsafe { load(px.add(i), r) };
+        let d = _mm512_maskz_sub_ps(mask16(r), v, mv);
+        q[(i / 16) & 1] = _mm512_fmadd_ps(d, d, q[(i / 16) & 1]);
+        i += r;
+    }
+    let var = _mm512_reduce_add_ps(_mm512_add_ps(q[0], q[1])) / cnt;
+    let iv = _mm512_set1_ps(1.0 / (var + eps).sqrt());
+    let mut i = 0;
+    while i < n {
+        let r = (n - i).min(16);
+        // SAFETY: `r` elements from `i` are in all four slices.
+        unsafe {
+            let v = _mm512_mul_ps(_mm512_sub_ps(load(px.add(i), r), mv), iv);
+            let o = _mm512_fmadd_ps(v, load(pg.add(i), r), load(pb.add(i), r));
+            store(po.add(i), r, o);
+        }
+        i += r;
+    }
+}
+
+/// Tanh-GELU of 16 lanes as `x·sigmoid(2u)` (see [`super::geluc`]).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn gelu16(x: __m512) -> __m512 {
+    let x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+    let t = _mm512_mul_ps(
+        _mm512_fmadd_ps(x3, _mm512_set1_ps(geluc::A), x),
+        _mm512_set1_ps(geluc::TWO_C),
+    );
+    let neg_abs = _mm512_castsi512_ps(_mm512_or_si512(
+        _mm512_castps_si512(t),
+        _mm512_set1_epi32(i32::MIN),
+    ));
+    let e = exp16(neg_abs);
+    let one = _mm512_set1_ps(1.0);
+    let pos = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(t, _mm512_setzero_ps());
+    let num = _mm512_mask_blend_ps(pos, e, one);
+    _mm512_mul_ps(x, _mm512_div_ps(num, _mm512_add_ps(one, e)))
+}
+
+/// Tanh-GELU in place.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) fn gelu(x: &mut [f32]) {
+    map_inplace(x, |v| gelu16(v));
+}
+
+// ---------------------------------------------------------------- row scans
+
+/// Row scan, one query: 8 rows per step sharing each query load.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) fn dot_f16_rows(rows: &[f16], dim: usize, query: &[f32], out: &mut [f32]) {
+    if dim == 0 {
+        out.iter_mut().for_each(|o| *o = 0.0);
+        return;
+    }
+    if query.len() < dim {
+        return;
+    }
+    let rows: &[u16] = rows.reinterpret_cast();
+    let nrows = out.len().min(rows.len() / dim);
+    let rows = &rows[..nrows * dim];
+    let full = dim / 16 * 16;
+    let tail = dim - full;
+    let (pr, pq, po) = (rows.as_ptr(), query.as_ptr(), out.as_mut_ptr());
+    // SAFETY: `query.len() >= dim = full + tail`.
+    let qtail = unsafe { load(pq.add(full), tail) };
+    let mut r = 0;
+    while r + 8 <= nrows {
+        let base = r * dim;
+        let mut acc = [_mm512_setzero_ps(); 8];
+        let mut c = 0;
+        while c < full {
+            // SAFETY: rows `r..r+8` are in `rows` and `c + 16 <= dim`, so
+            // every load stays inside its row; `c + 16 <= query.len()`.
+            unsafe {
+                let qv = _mm512_loadu_ps(pq.add(c));
+                for k in 0..8 {
+                    acc[k] = _mm512_fmadd_ps(load_h16(pr.add(base + k * dim + c)), qv, acc[k]);
+                }
+            }
+            c += 16;
+        }
+        if tail > 0 {
+            // SAFETY: `tail` elements from `full` are inside each row.
+            unsafe {
+                for k in 0..8 {
+                    acc[k] =
+                        _mm512_fmadd_ps(load_h(pr.add(base + k * dim + full), tail), qtail, acc[k]);
+                }
+            }
+        }
+        let folded = [
+            fold256(acc[0]),
+            fold256(acc[1]),
+            fold256(acc[2]),
+            fold256(acc[3]),
+            fold256(acc[4]),
+            fold256(acc[5]),
+            fold256(acc[6]),
+            fold256(acc[7]),
+        ];
+        // SAFETY: `r + 8 <= nrows <= out.len()`.
+        unsafe { _mm256_storeu_ps(po.add(r), hsum8(&folded)) };
+        r += 8;
+    }
+    while r < nrows {
+        out[r] = dot_h(&rows[r * dim..(r + 1) * dim], &query[..dim]);
+        r += 1;
+    }
+}
+
+/// Multi-query scan, `R` rows × `NQ` queries of accumulators per step.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn multi_block<const NQ: usize, const R: usize>(
+    rows: &[u16],
+    dim: usize,
+    queries: &[f32],
+    out: &mut [f32],
+) {
+    let nrows = (out.len() / NQ).min(rows.len() / dim);
+    if queries.len() < NQ * dim {
+        return;
+    }
+    let (pr, pq) = (rows.as_ptr(), queries.as_ptr());
+    let mut r = 0;
+    while r < nrows {
+        let rb = R.min(nrows - r);
+        let mut acc = [[_mm512_setzero_ps(); NQ]; R];
+        let mut c = 0;
+        while c < dim {
+            let w = (dim - c).min(16);
+            let mut xs = [_mm512_setzero_ps(); R];
+            for k in 0..rb {
+                // SAFETY: row `r + k < nrows` is in `rows`; `c + w <= dim`.
+                xs[k] = unsafe { load_h(pr.add((r + k) * dim + c), w) };
+            }
+            for q in 0..NQ {
+                // SAFETY: `q < NQ`, `c + w <= dim`: inside `queries[..NQ*dim]`.
+                let qv = unsafe { load(pq.add(q * dim + c), w) };
+                for k in 0..R {
+                    acc[k][q] = _mm512_fmadd_ps(xs[k], qv, acc[k][q]);
+                }
+            }
+            c += w;
+        }
+        for k in 0..rb {
+            let o = &mut out[(r + k) * NQ..(r + k + 1) * NQ];
+            let mut g = 0;
+            while g < NQ {
+                let m = (NQ - g).min(8);
+                let mut v = [_mm256_setzero_ps(); 8];
+                for j in 0..m {
+                    v[j] = fold256(acc[k][g + j]);
+                }
+                let mut lanes = [0f32; 8];
+                // SAFETY: `lanes` holds 8 f32.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), hsum8(&v)) };
+                o[g..g + m].copy_from_slice(&lanes[..m]);
+                g += m;
+            }
+        }
+        r += rb;
+    }
+}
+
+/// Multi-query scan (`1 ≤ nq ≤ 16`); `out` is rows × nq.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) fn dot_f16_rows_multi(
+    rows: &[f16],
+    dim: usize,
+    queries: &[f32],
+    nq: usize,
+    out: &mut [f32],
+) {
+    if dim == 0 {
+        out.iter_mut().for_each(|o| *o = 0.0);
+        return;
+    }
+    let bits: &[u16] = rows.reinterpret_cast();
+    match nq.min(MAX_QUERIES) {
+        0 => {}
+        1 => dot_f16_rows(rows, dim, queries, out),
+        2 => multi_block::<2, 4>(bits, dim, queries, out),
+        3 => multi_block::<3, 4>(bits, dim, queries, out),
+        4 => multi_block::<4, 4>(bits, dim, queries, out),
+        5 => multi_block::<5, 2>(bits, dim, queries, out),
+        6 => multi_block::<6, 2>(bits, dim, queries, out),
+        7 => multi_block::<7, 2>(bits, dim, queries, out),
+        8 => multi_block::<8, 2>(bits, dim, queries, out),
+        9 => multi_block::<9, 1>(bits, dim, queries, out),
+        10 => multi_block::<10, 1>(bits, dim, queries, out),
+        11 => multi_block::<11, 1>(bits, dim, queries, out),
+        12 => multi_block::<12, 1>(bits, dim, queries, out),
+        13 => multi_block::<13, 1>(bits, dim, queries, out),
+        14 => multi_block::<14, 1>(bits, dim, queries, out),
+        15 => multi_block::<15, 1>(bits, dim, queries, out),
+        _ => multi_block::<16, 1>(bits, dim, queries, out),
+    }
+}

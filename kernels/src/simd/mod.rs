@@ -1,0 +1,171 @@
+//! The SIMD implementations behind the primitives of [`crate::convert`],
+//! [`crate::vector`] and [`crate::activation`].
+//!
+//! * [`portable`]: the `wide` crate (SSE2 on a default x86-64 build), no
+//!   `target_feature`, no `unsafe` beyond what `wide` does itself.
+//! * `avx2`: `std::arch` intrinsics in `#[target_feature(enable =
+//!   "avx2,fma,f16c")]` functions (x86-64 only).
+//! * `avx512`: AVX-512 F/BW/VL intrinsics (x86-64 only).
+//!
+//! The scalar reference bodies live next to the public entry points.
+//!
+//! # Routing an unsupported instruction set
+//!
+//! Public entry points never execute instructions the CPU lacks: they call
+//! [`effective`] first, which maps a requested but unsupported [`Isa`] to the
+//! best supported path below it (`Avx512 → Avx2 → Portable`). The mapping is
+//! silent on purpose: functions without a `Result` cannot report it, and an
+//! operation that succeeds on a slower path is more useful than an error.
+//! Callers who want to know use [`Isa::checked`].
+//!
+//! # Bounds
+//!
+//! The `target_feature` functions here are *safe* functions: each derives
+//! its loop bounds from the lengths of the slices it is given (the minimum of
+//! the lengths it reads together), so no argument can make it read or write
+//! out of bounds. Tails shorter than one vector use masked loads/stores
+//! (`vmaskmov` on AVX2, `k`-masks on AVX-512, which suppress faults on
+//! masked-off lanes) or a small zero-padded stack buffer (f16 tails on AVX2).
+//! The public entry points additionally check that the lengths agree and
+//! return [`crate::KernelError::Shape`] when they do not. The only `unsafe`
+//! at a call site is the promise that the CPU has the target features, which
+//! [`effective`] guarantees.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::Isa;
+
+pub(crate) mod portable;
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512;
+
+/// Bit 0: cache initialised; bit 1: AVX2 path supported; bit 2: AVX-512 path.
+static SUPPORT: AtomicU8 = AtomicU8::new(0);
+
+fn support_bits() -> u8 {
+    let bits = SUPPORT.load(Ordering::Relaxed);
+    if bits != 0 {
+        return bits;
+    }
+    let mut bits = 1u8;
+    if Isa::Avx2.is_supported() {
+        bits |= 2;
+    }
+    if Isa::Avx512.is_supported() {
+        bits |= 4;
+    }
+    SUPPORT.store(bits, Ordering::Relaxed);
+    bits
+}
+
+/// The path that actually runs for a requested `isa`: `isa` itself when the
+/// CPU supports it, otherwise the best supported path below it. Never
+/// returns `Avx2`/`Avx512` unless the CPU has every feature that path uses.
+#[inline]
+pub(crate) fn effective(isa: Isa) -> Isa {
+    match isa {
+        Isa::Scalar | Isa::Portable => isa,
+        Isa::Avx2 => {
+            if support_bits() & 2 != 0 {
+                Isa::Avx2
+            } else {
+                Isa::Portable
+            }
+        }
+        Isa::Avx512 => {
+            let bits = support_bits();
+            if bits & 4 != 0 {
+                Isa::Avx512
+            } else if bits & 2 != 0 {
+                Isa::Avx2
+            } else {
+                Isa::Portable
+            }
+        }
+    }
+}
+
+/// Dispatches one primitive to its four implementations.
+///
+/// `dispatch!(isa, scalar => expr, portable => expr, avx2 => expr, avx512 => expr)`;
+/// the AVX arms are `target_feature` functions and are only entered when
+/// [`effective`] says the CPU supports them.
+macro_rules! dispatch {
+    ($isa:expr, scalar => $s:expr, portable => $p:expr, avx2 => $a2:expr, avx512 => $a5:expr $(,)?) => {
+        match $crate::simd::effective($isa) {
+            $crate::Isa::Scalar => $s,
+            $crate::Isa::Portable => $p,
+            #[cfg(target_arch = "x86_64")]
+            $crate::Isa::Avx2 => {
+                // SAFETY: `effective` returns `Avx2` only when the CPU supports
+                // AVX2, FMA and F16C, the features the callee is compiled for.
+                unsafe { $a2 }
+            }
+            #[cfg(target_arch = "x86_64")]
+            $crate::Isa::Avx512 => {
+                // SAFETY: `effective` returns `Avx512` only when the CPU supports
+                // AVX-512 F/BW/VL plus AVX2, FMA and F16C.
+                unsafe { $a5 }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            $crate::Isa::Avx2 | $crate::Isa::Avx512 => $p,
+        }
+    };
+}
+pub(crate) use dispatch;
+
+/// The most queries [`crate::vector::dot_f16_rows_multi`] takes per pass.
+pub(crate) const MAX_QUERIES: usize = 16;
+
+/// The softmax of a row whose maximum is `-inf`: all NaN when the row holds
+/// a NaN (NaN propagates), zeros otherwise (every position masked).
+#[cold]
+pub(crate) fn fill_masked_row(x: &mut [f32]) {
+    let fill = if x.iter().any(|v| v.is_nan()) {
+        f32::NAN
+    } else {
+        0.0
+    };
+    x.iter_mut().for_each(|v| *v = fill);
+}
+
+/// Constants of the polynomial `exp` shared by the SIMD paths.
+///
+/// `exp(x) = 2^n · p(r)` with `n = round(x·log2 e)` and
+/// `r = x − n·ln 2` (Cody–Waite: `ln 2` split into a part exact in f32 and a
+/// correction), `|r| ≤ ln2/2`; `p` is the degree-7 Taylor polynomial of
+/// `e^r`, whose truncation error on that interval is below `6e-9` relative,
+/// so the result is limited by f32 rounding in the Horner steps: measured max
+/// relative error ≈ 2 ulp (≤ 2.4e-7, see the `exp` test). Inputs are clamped
+/// to `[EXP_LO, EXP_HI]`; `2^n` is applied in two halves so that results in
+/// the subnormal range and overflow to `+inf` come out right; `exp(-inf) = 0`,
+/// `exp(+inf) = +inf`, `exp(NaN) = NaN`.
+pub(crate) mod expc {
+    /// Below this, `exp` underflows to zero in f32 (`e^-104 < 2^-150`).
+    pub const LO: f32 = -104.0;
+    /// Above this, `exp` overflows to `+inf` (`e^89 > f32::MAX`).
+    pub const HI: f32 = 89.0;
+    pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+    /// `ln 2` rounded to 9 significant bits (355/512): `n · LN2_HI` is exact for |n| < 2^15.
+    pub const LN2_HI: f32 = 0.693_359_4; // parses to exactly 355/512
+    /// `ln 2 − LN2_HI`.
+    pub const LN2_LO: f32 = -2.121_944_4e-4;
+    pub const C2: f32 = 1.0 / 2.0;
+    pub const C3: f32 = 1.0 / 6.0;
+    pub const C4: f32 = 1.0 / 24.0;
+    pub const C5: f32 = 1.0 / 120.0;
+    pub const C6: f32 = 1.0 / 720.0;
+    pub const C7: f32 = 1.0 / 5040.0;
+}
+
+/// The tanh-GELU constants: `gelu(x) = x · sigmoid(2u)`,
+/// `u = √(2/π)·(x + 0.044715·x³)`, which equals `0.5·x·(1 + tanh(u))`.
+pub(crate) mod geluc {
+    /// `2·√(2/π)`.
+    pub const TWO_C: f32 = 1.595_769;
+    /// The cubic coefficient of the tanh approximation.
+    pub const A: f32 = 0.044_715;
+}

@@ -1,0 +1,422 @@
+//! The portable path: the `wide` crate's 8-lane vectors, no `target_feature`.
+//!
+//! `wide` picks instructions at compile time, so on a default x86-64 build
+//! this is SSE2 (each `f32x8` is two 128-bit registers) and `mul_add` is a
+//! multiply then an add. f16 ⇄ f32 conversion is done with integer bit
+//! manipulation in the lanes (no F16C): exact, including subnormals,
+//! infinities and NaN (quiet bit set, payload kept as `half` does).
+//!
+//! Every function derives its bounds from the slices it is given (reading
+//! the common prefix when lengths differ); tails go through zero-padded
+//! 8-lane copies.
+
+use half::slice::HalfFloatSliceExt;
+use wide::bytemuck::cast;
+use wide::{f32x8, i16x8, i32x8, u16x8};
+
+use super::{expc, geluc};
+use crate::f16;
+
+// ---------------------------------------------------------------- f16 lanes
+
+/// Eight f16 bit patterns to f32, exactly (`half::f16::to_f32` semantics).
+#[inline(always)]
+fn h2f(h: u16x8) -> f32x8 {
+    let h = i32x8::from_u16x8(h);
+    let em = h & i32x8::splat(0x7fff);
+    let sign = (h & i32x8::splat(0x8000)) << 16;
+    let shifted = em << 13;
+    // Normal and subnormal f16 (and zero): the bits shifted into an f32 are
+    // the value scaled by 2^-112; one exact multiply rescales them
+    // (subnormal f16 land on subnormal f32 inputs, exact products).
+    let finite: f32x8 = cast::<i32x8, f32x8>(shifted) * f32x8::splat(5.192_297e33);
+    let finite: i32x8 = cast(finite);
+    // Inf/NaN: all-ones exponent, mantissa shifted, quiet bit for NaN.
+    let quiet = em.simd_gt(i32x8::splat(0x7c00)) & i32x8::splat(0x0040_0000);
+    let special = shifted | i32x8::splat(0x7f80_0000) | quiet;
+    let is_special = em.simd_gt(i32x8::splat(0x7bff));
+    cast(is_special.select(special, finite) | sign)
+}
+
+/// Eight f32 to f16 bit patterns, round to nearest even
+/// (`half::f16::from_f32` semantics, NaN payload truncated, quiet bit set).
+#[inline(always)]
+fn f2h(v: f32x8) -> u16x8 {
+    let x: i32x8 = cast(v);
+    let sign = (x >> 16) & i32x8::splat(0x8000);
+    let a = x & i32x8::splat(0x7fff_ffff);
+    // NaN / infinity.
+    let is_nan = a.simd_gt(i32x8::splat(0x7f80_0000));
+    let nan = i32x8::splat(0x7e00) | ((a & i32x8::splat(0x007f_ffff)) >> 13);
+    let inf = i32x8::splat(0x7c00);
+    // Too large for f16 (≥ 65536): infinity. Values in [65520, 65536) reach
+    // infinity through the rounding carry of the normal path.
+    let overflow = a.simd_gt(i32x8::splat(0x477f_ffff));
+    // Subnormal f16 results (|v| < 2^-14): adding 0.5 lets the FPU round the
+    // mantissa (nearest even) into the low bits.
+    let is_sub = a.simd_lt(i32x8::splat(0x3880_0000));
+    let sub_f = cast::<i32x8, f32x8>(a) + f32x8::splat(0.5);
+    let sub = cast::<f32x8, i32x8>(sub_f) - i32x8::splat(0x3f00_0000);
+    // Normal: rebias the exponent and round to nearest even on bit 13.
+    let odd = (a >> 13) & i32x8::splat(1);
+    let normal = (a + i32x8::splat(-0x3800_0000 + 0xfff) + odd) >> 13;
+    let r = is_sub.select(sub, normal);
+    let r = overflow.select(inf, r);
+    let r = is_nan.select(nan, r);
+    let r = r | sign;
+    cast(i16x8::from_i32x8_truncate(r))
+}
+
+#[inline(always)]
+fn load_h(s: &[u16]) -> u16x8 {
+    u16x8::from(s)
+}
+
+/// f16 → f32 for the common prefix of `src` and `dst`.
+pub(crate) fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let src: &[u16] = src[..n].reinterpret_cast();
+    let dst = &mut dst[..n];
+    let mut s = src.chunks_exact(8);
+    let mut d = dst.chunks_exact_mut(8);
+    for (sc, dc) in (&mut s).zip(&mut d) {
+        dc.copy_from_slice(h2f(load_h(sc)).as_array());
+    }
+    let (sr, dr) = (s.remainder(), d.into_remainder());
+    if !sr.is_empty() {
+        let v = h2f(load_h(sr)).to_array();
+        dr.copy_from_slice(&v[..dr.len()]);
+    }
+}
+
+/// f32 → f16 for the common prefix of `src` and `dst`.
+pub(crate) fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
+    let n = src.len().min(dst.len());
+    let src = &src[..n];
+    let dst: &mut [u16] = dst[..n].reinterpret_cast_mut();
+    let mut s = src.chunks_exact(8);
+    let mut d = dst.chunks_exact_mut(8);
+    for (sc, dc) in (&mut s).zip(&mut d) {
+        dc.copy_from_slice(f2h(f32x8::from(sc)).as_array());
+    }
+    let (sr, dr) = (s.remainder(), d.into_remainder());
+    if !sr.is_empty() {
+        let v = f2h(f32x8::from(sr)).to_array();
+        dr.copy_from_slice(&v[..dr.len()]);
+    }
+}
+
+// ---------------------------------------------------------------- dot / axpy
+
+/// `Σ a·b` over the common prefix.
+pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [f32x8::ZERO; 4];
+    let mut ca = a.chunks_exact(32);
+    let mut cb = b.chunks_exact(32);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for k in 0..4 {
+            let xv = f32x8::from(&x[8 * k..8 * k + 8]);
+            let yv = f32x8::from(&y[8 * k..8 * k + 8]);
+            acc[k] = xv.mul_add(yv, acc[k]);
+        }
+    }
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    let mut i = 0;
+    while i < ra.len() {
+        let e = (i + 8).min(ra.len());
+        acc[0] = f32x8::from(&ra[i..e]).mul_add(f32x8::from(&rb[i..e]), acc[0]);
+        i = e;
+    }
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])).reduce_add()
+}
+
+#[inline(always)]
+fn dot_h_row(a: &[u16], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc0 = f32x8::ZERO;
+    let mut acc1 = f32x8::ZERO;
+    let mut ca = a.chunks_exact(16);
+    let mut cb = b.chunks_exact(16);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        acc0 = h2f(load_h(&x[..8])).mul_add(f32x8::from(&y[..8]), acc0);
+        acc1 = h2f(load_h(&x[8..])).mul_add(f32x8::from(&y[8..]), acc1);
+    }
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    let mut i = 0;
+    while i < ra.len() {
+        let e = (i + 8).min(ra.len());
+        acc0 = h2f(load_h(&ra[i..e])).mul_add(f32x8::from(&rb[i..e]), acc0);
+        i = e;
+    }
+    (acc0 + acc1).reduce_add()
+}
+
+/// `Σ a·b` with `a` in f16, over the common prefix.
+pub(crate) fn dot_f16(a: &[f16], b: &[f32]) -> f32 {
+    dot_h_row(a.reinterpret_cast(), b)
+}
+
+/// `y += alpha·x` over the common prefix.
+pub(crate) fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let (x, y) = (&x[..n], &mut y[..n]);
+    let av = f32x8::splat(alpha);
+    let mut cx = x.chunks_exact(8);
+    let mut cy = y.chunks_exact_mut(8);
+    for (xc, yc) in (&mut cx).zip(&mut cy) {
+        let r = f32x8::from(xc).mul_add(av, f32x8::from(&*yc));
+        yc.copy_from_slice(r.as_array());
+    }
+    let (rx, ry) = (cx.remainder(), cy.into_remainder());
+    if !rx.is_empty() {
+        let r = f32x8::from(rx).mul_add(av, f32x8::from(&*ry)).to_array();
+        ry.copy_from_slice(&r[..ry.len()]);
+    }
+}
+
+/// `y += alpha·x` with `x` in f16, over the common prefix.
+pub(crate) fn axpy_f16(alpha: f32, x: &[f16], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let x: &[u16] = x[..n].reinterpret_cast();
+    let y = &mut y[..n];
+    let av = f32x8::splat(alpha);
+    let mut cx = x.chunks_exact(8);
+    let mut cy = y.chunks_exact_mut(8);
+    for (xc, yc) in (&mut cx).zip(&mut cy) {
+        let r = h2f(load_h(xc)).mul_add(av, f32x8::from(&*yc));
+        yc.copy_from_slice(r.as_array());
+    }
+    let (rx, ry) = (cx.remainder(), cy.into_remainder());
+    if !rx.is_empty() {
+        let r = h2f(load_h(rx)).mul_add(av, f32x8::from(&*ry)).to_array();
+        ry.copy_from_slice(&r[..ry.len()]);
+    }
+}
+
+/// `x *= s`.
+fn scale(x: &mut [f32], s: f32) {
+    let sv = f32x8::splat(s);
+    let mut c = x.chunks_exact_mut(8);
+    for xc in &mut c {
+        let r = f32x8::from(&*xc) * sv;
+        xc.copy_from_slice(r.as_array());
+    }
+    let r = c.into_remainder();
+    if !r.is_empty() {
+        let v = (f32x8::from(&*r) * sv).to_array();
+        let l = r.len();
+        r.copy_from_slice(&v[..l]);
+    }
+}
+
+/// Scales to unit norm; returns the norm (see [`crate::vector::l2_normalize`]).
+pub(crate) fn l2_normalize(x: &mut [f32]) -> f32 {
+    let norm = dot_f32(x, x).sqrt();
+    if norm != 0.0 {
+        scale(x, 1.0 / norm);
+    }
+    norm
+}
+
+// ---------------------------------------------------------------- exp & co
+
+/// Polynomial `exp` in 8 lanes (see [`super::expc`]).
+#[inline(always)]
+fn exp8(x: f32x8) -> f32x8 {
+    let xc = x
+        .fast_max(f32x8::splat(expc::LO))
+        .fast_min(f32x8::splat(expc::HI));
+    let ni = (xc * f32x8::splat(expc::LOG2E)).fast_round_int();
+    let n = f32x8::from_i32x8(ni);
+    let r = n.mul_neg_add(f32x8::splat(expc::LN2_HI), xc);
+    let r = n.mul_neg_add(f32x8::splat(expc::LN2_LO), r);
+    let mut p = f32x8::splat(expc::C7);
+    p = p.mul_add(r, f32x8::splat(expc::C6));
+    p = p.mul_add(r, f32x8::splat(expc::C5));
+    p = p.mul_add(r, f32x8::splat(expc::C4));
+    p = p.mul_add(r, f32x8::splat(expc::C3));
+    p = p.mul_add(r, f32x8::splat(expc::C2));
+    p = p.mul_add(r, f32x8::ONE);
+    p = p.mul_add(r, f32x8::ONE);
+    let n1 = ni >> 1;
+    let n2 = ni - n1;
+    let s1: f32x8 = cast((n1 + i32x8::splat(127)) << 23);
+    let s2: f32x8 = cast((n2 + i32x8::splat(127)) << 23);
+    let y = p * s1 * s2;
+    x.is_nan().select(x, y)
+}
+
+/// `x = exp(x)` element-wise.
+pub(crate) fn exp_inplace(x: &mut [f32]) {
+    let mut c = x.chunks_exact_mut(8);
+    for xc in &mut c {
+        let r = exp8(f32x8::from(&*xc));
+        xc.copy_from_slice(r.as_array());
+    }
+    let r = c.into_remainder();
+    if !r.is_empty() {
+        let v = exp8(f32x8::from(&*r)).to_array();
+        let l = r.len();
+        r.copy_from_slice(&v[..l]);
+    }
+}
+
+fn max_of(x: &[f32]) -> f32 {
+    let mut m = f32x8::splat(f32::NEG_INFINITY);
+    let mut c = x.chunks_exact(8);
+    for xc in &mut c {
+        m = m.fast_max(f32x8::from(xc));
+    }
+    let mut best = m.to_array().into_iter().fold(f32::NEG_INFINITY, f32::max);
+    for &v in c.remainder() {
+        best = best.max(v);
+    }
+    best
+}
+
+/// In-place row softmax (see [`crate::activation::softmax_row`]).
+pub(crate) fn softmax_row(x: &mut [f32]) {
+    let max = max_of(x);
+    if max == f32::NEG_INFINITY {
+        super::fill_masked_row(x);
+        return;
+    }
+    let mv = f32x8::splat(max);
+    let mut sum = f32x8::ZERO;
+    let mut c = x.chunks_exact_mut(8);
+    for xc in &mut c {
+        let e = exp8(f32x8::from(&*xc) - mv);
+        sum += e;
+        xc.copy_from_slice(e.as_array());
+    }
+    let r = c.into_remainder();
+    let mut total = sum.reduce_add();
+    if !r.is_empty() {
+        let e = exp8(f32x8::from(&*r) - mv).to_array();
+        let l = r.len();
+        r.copy_from_slice(&e[..l]);
+        total += r.iter().sum::<f32>();
+    }
+    scale(x, 1.0 / total);
+}
+
+/// LayerNorm (see [`crate::activation::layer_norm`]); common prefix.
+pub(crate) fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
+    let n = x.len().min(gamma.len()).min(beta.len()).min(out.len());
+    let (x, gamma, beta, out) = (&x[..n], &gamma[..n], &beta[..n], &mut out[..n]);
+    let cnt = n.max(1) as f32;
+    let mut s = f32x8::ZERO;
+    let mut i = 0;
+    while i < n {
+        let e = (i + 8).min(n);
+        s += f32x8::from(&x[i..e]);
+        i = e;
+    }
+    let mean = s.reduce_add() / cnt;
+    let mv = f32x8::splat(mean);
+    let mut v = f32x8::ZERO;
+    let mut i = 0;
+    while i + 8 <= n {
+        let d = f32x8::from(&x[i..i + 8]) - mv;
+        v = d.mul_add(d, v);
+        i += 8;
+    }
+    let mut var = v.reduce_add();
+    for &xi in &x[i..] {
+        let d = xi - mean;
+        var += d * d;
+    }
+    let inv = 1.0 / (var / cnt + eps).sqrt();
+    let iv = f32x8::splat(inv);
+    let mut i = 0;
+    while i < n {
+        let e = (i + 8).min(n);
+        let xv = (f32x8::from(&x[i..e]) - mv) * iv;
+        let r = xv.mul_add(f32x8::from(&gamma[i..e]), f32x8::from(&beta[i..e]));
+        out[i..e].copy_from_slice(&r.as_array()[..e - i]);
+        i = e;
+    }
+}
+
+#[inline(always)]
+fn gelu8(x: f32x8) -> f32x8 {
+    let x3 = x * x * x;
+    let t = x3.mul_add(f32x8::splat(geluc::A), x) * f32x8::splat(geluc::TWO_C);
+    let e = exp8(-t.abs());
+    let num = t.simd_ge(f32x8::ZERO).select(f32x8::ONE, e);
+    x * (num / (f32x8::ONE + e))
+}
+
+/// Tanh-GELU in place (see [`crate::activation::gelu`]).
+pub(crate) fn gelu(x: &mut [f32]) {
+    let mut c = x.chunks_exact_mut(8);
+    for xc in &mut c {
+        let r = gelu8(f32x8::from(&*xc));
+        xc.copy_from_slice(r.as_array());
+    }
+    let r = c.into_remainder();
+    if !r.is_empty() {
+        let v = gelu8(f32x8::from(&*r)).to_array();
+        let l = r.len();
+        r.copy_from_slice(&v[..l]);
+    }
+}
+
+// ---------------------------------------------------------------- row scans
+
+/// `out[r] = rows[r·dim..][..dim] · query` (see [`crate::vector::dot_f16_rows`]).
+/// Processes `min(out.len(), rows.len() / dim)` rows; `query.len() ≥ dim` is
+/// the caller's check (a shorter query only shortens each dot).
+pub(crate) fn dot_f16_rows(rows: &[f16], dim: usize, query: &[f32], out: &mut [f32]) {
+    if dim == 0 {
+        out.iter_mut().for_each(|o| *o = 0.0);
+        return;
+    }
+    let rows: &[u16] = rows.reinterpret_cast();
+    let q = &query[..dim.min(query.len())];
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(dim)) {
+        *o = dot_h_row(row, q);
+    }
+}
+
+/// Multi-query scan (see [`crate::vector::dot_f16_rows_multi`]), `nq ≤ 16`.
+pub(crate) fn dot_f16_rows_multi(
+    rows: &[f16],
+    dim: usize,
+    queries: &[f32],
+    nq: usize,
+    out: &mut [f32],
+) {
+    let nq = nq.min(super::MAX_QUERIES);
+    if nq == 0 {
+        return;
+    }
+    if dim == 0 {
+        out.iter_mut().for_each(|o| *o = 0.0);
+        return;
+    }
+    let rows: &[u16] = rows.reinterpret_cast();
+    let queries = &queries[..(nq * dim).min(queries.len())];
+    if queries.len() < nq * dim {
+        return;
+    }
+    for (o, row) in out.chunks_exact_mut(nq).zip(rows.chunks_exact(dim)) {
+        let mut acc = [f32x8::ZERO; super::MAX_QUERIES];
+        let mut i = 0;
+        while i < dim {
+            let e = (i + 8).min(dim);
+            let xv = h2f(load_h(&row[i..e]));
+            for (q, a) in acc[..nq].iter_mut().enumerate() {
+                let qv = f32x8::from(&queries[q * dim + i..q * dim + e]);
+                *a = xv.mul_add(qv, *a);
+            }
+            i = e;
+        }
+        for (oq, a) in o.iter_mut().zip(&acc[..nq]) {
+            *oq = a.reduce_add();
+        }
+    }
+}
