@@ -6,6 +6,10 @@
 pub mod atomic;
 pub mod data;
 pub mod error;
+pub mod model;
+pub mod schema;
+pub mod synthetic;
+pub mod trainer;
 
 pub use atomic::{ColumnMap, LoadReport, resolve_dataset};
 pub use error::{Error, Result};
