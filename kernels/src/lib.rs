@@ -16,6 +16,9 @@ mod simd;
 pub mod convert;
 pub mod vector;
 pub mod activation;
+pub mod gemm;
+pub mod attention;
+pub mod block;
 pub mod probe;
 pub mod scan;
 

@@ -1,0 +1,877 @@
+//! Fused multi-head self-attention over a ragged batch.
+//!
+//! # Ragged batch
+//!
+//! A call covers many sequences of different lengths: their tokens are
+//! concatenated row-wise into one `rows × d` matrix (`rows = Σ len`), and
+//! [`Sequence`] gives each one's length and [`Mask`]. Every sequence must have
+//! at least one token (a zero-length sequence is an error: it has no output
+//! row, which would silently misalign [`OutputRows::LastOnly`] results).
+//!
+//! # Masks
+//!
+//! Every supported mask lets query `i` see a *prefix* of the keys,
+//! `0..visible(i)`:
+//!
+//! | mask | `visible(i)` |
+//! |------|--------------|
+//! | [`Mask::None`] | `len` |
+//! | [`Mask::KeyPadding { valid }`](Mask::KeyPadding) | `valid` (`1 ≤ valid ≤ len`) |
+//! | [`Mask::PrefixCausal { prefix }`](Mask::PrefixCausal) | `prefix` for `i < prefix` (the prefix is bidirectional and sees no behaviour token), `i + 1` otherwise (all of the prefix plus earlier behaviour tokens and itself) |
+//!
+//! Hidden keys are never read by the softmax or the `·V` product, so a hidden
+//! token cannot influence (not even through NaN) the outputs that must not
+//! see it.
+//!
+//! # Computation
+//!
+//! 1. One GEMM over the whole batch: `X · [Wq | Wk | Wv] + b` (`M = rows`,
+//!    `N = 3d`, each block padded to a multiple of 16 columns), written into a
+//!    `rows × 3·pd` buffer where head `h` of Q, K or V is the column range
+//!    `h·hd..(h+1)·hd` of its block. With [`OutputRows::LastOnly`] only the K/V
+//!    blocks are computed for every token and Q only for each last token.
+//! 2. Per sequence and head: Kᵀ is transposed into a zero-padded scratch,
+//!    scores `q·Kᵀ / √hd` for blocks of query rows, row softmax over the
+//!    visible keys ([`activation::softmax_row`]), then `P·V` into the
+//!    per-head columns of the attention output.
+//! 3. Output projection GEMM (`+ bias`, optionally fused with the residual).
+//!
+//! Attention probabilities are written only when a buffer is passed (layout in
+//! [`probs_len`]); otherwise no extra work is done.
+
+use crate::error::check_len;
+use crate::gemm::{Operand, PANEL, PackedMatrix, Res, WeightPrecision, gemm_strided};
+use crate::{Isa, KernelError, activation};
+
+/// Attention mask of one sequence (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Mask {
+    /// Every token sees every token.
+    #[default]
+    None,
+    /// Keys at positions `≥ valid` are hidden from every query.
+    KeyPadding {
+        /// Number of leading valid keys, `1 ≤ valid ≤ len`.
+        valid: usize,
+    },
+    /// The first `prefix` tokens see each other (bidirectionally) and nothing
+    /// else; a token at `t ≥ prefix` sees the prefix and tokens `prefix..=t`.
+    PrefixCausal {
+        /// Number of leading prefix (field) tokens, `0 ≤ prefix ≤ len`.
+        prefix: usize,
+    },
+}
+
+/// One sequence of a ragged batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sequence {
+    /// Number of tokens (≥ 1).
+    pub len: usize,
+    /// Its attention mask.
+    pub mask: Mask,
+}
+
+impl Sequence {
+    /// A sequence of `len` tokens with `mask`.
+    pub fn new(len: usize, mask: Mask) -> Sequence {
+        Sequence { len, mask }
+    }
+
+    /// Number of keys visible to query position `i`.
+    pub fn visible(&self, i: usize) -> usize {
+        match self.mask {
+            Mask::None => self.len,
+            Mask::KeyPadding { valid } => valid,
+            Mask::PrefixCausal { prefix } => {
+                if i < prefix {
+                    prefix
+                } else {
+                    i + 1
+                }
+            }
+        }
+    }
+}
+
+/// Which rows of the output are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum OutputRows {
+    /// Every token: the output has `Σ len` rows.
+    #[default]
+    All,
+    /// Only the last token of each sequence: the output has one row per
+    /// sequence. Keys and values are still computed for every token.
+    LastOnly,
+}
+
+/// Number of output rows for `seqs` under `rows`.
+pub fn output_rows(seqs: &[Sequence], rows: OutputRows) -> usize {
+    match rows {
+        OutputRows::All => seqs.iter().map(|s| s.len).sum(),
+        OutputRows::LastOnly => seqs.len(),
+    }
+}
+
+/// Length of the attention-probability buffer for `seqs`.
+///
+/// Layout: sequences in order; within a sequence of length `T` with `R`
+/// query rows (`T` for [`OutputRows::All`], 1 for `LastOnly`), heads in
+/// order; within a head, `R` rows of `T` probabilities (hidden keys hold 0).
+/// So sequence `s` starts at `Σ_{s' < s} heads·R(s')·T(s')` and its entry
+/// `(head h, row r, key j)` is at `+ (h·R + r)·T + j`.
+pub fn probs_len(seqs: &[Sequence], heads: usize, rows: OutputRows) -> usize {
+    seqs.iter()
+        .map(|s| heads * query_rows(s, rows) * s.len)
+        .sum()
+}
+
+fn query_rows(s: &Sequence, rows: OutputRows) -> usize {
+    match rows {
+        OutputRows::All => s.len,
+        OutputRows::LastOnly => 1,
+    }
+}
+
+/// Checks the batch description; returns the total number of tokens.
+pub(crate) fn validate_seqs(seqs: &[Sequence]) -> Result<usize, KernelError> {
+    let mut total = 0usize;
+    for (i, s) in seqs.iter().enumerate() {
+        if s.len == 0 {
+            return Err(KernelError::Invalid {
+                what: "sequence length",
+                detail: format!("sequence {i} has no tokens"),
+            });
+        }
+        match s.mask {
+            Mask::None => {}
+            Mask::KeyPadding { valid } => {
+                if valid == 0 || valid > s.len {
+                    return Err(KernelError::Invalid {
+                        what: "key padding mask",
+                        detail: format!("sequence {i}: valid = {valid} not in 1..={}", s.len),
+                    });
+                }
+            }
+            Mask::PrefixCausal { prefix } => {
+                if prefix > s.len {
+                    return Err(KernelError::Invalid {
+                        what: "prefix-causal mask",
+                        detail: format!("sequence {i}: prefix = {prefix} > len = {}", s.len),
+                    });
+                }
+            }
+        }
+        total = total
+            .checked_add(s.len)
+            .ok_or_else(|| KernelError::Invalid {
+                what: "sequence length",
+                detail: "total token count overflows".into(),
+            })?;
+    }
+    Ok(total)
+}
+
+/// Packed weights of one multi-head self-attention.
+#[derive(Debug, Clone)]
+pub struct AttentionWeights {
+    d: usize,
+    heads: usize,
+    hd: usize,
+    /// Padded width of each of the Q, K, V blocks (multiple of 16).
+    pd: usize,
+    wqkv: PackedMatrix,
+    bqkv: Vec<f32>,
+    wo: PackedMatrix,
+    bo: Vec<f32>,
+}
+
+impl AttentionWeights {
+    /// Builds from PyTorch `nn.MultiheadAttention` tensors: `in_proj_weight`
+    /// `[3d × d]` (rows: q, k, v), `in_proj_bias` `[3d]`, `out_proj.weight`
+    /// `[d × d]` (`[out, in]`), `out_proj.bias` `[d]`.
+    pub fn from_pytorch(
+        d: usize,
+        heads: usize,
+        in_proj_weight: &[f32],
+        in_proj_bias: &[f32],
+        out_weight: &[f32],
+        out_bias: &[f32],
+        precision: WeightPrecision,
+    ) -> Result<AttentionWeights, KernelError> {
+        check_len("in_proj_weight", 3 * d * d, in_proj_weight.len())?;
+        check_len("in_proj_bias", 3 * d, in_proj_bias.len())?;
+        let dd = d * d;
+        Self::from_separate(
+            d,
+            heads,
+            [
+                &in_proj_weight[..dd],
+                &in_proj_weight[dd..2 * dd],
+                &in_proj_weight[2 * dd..],
+            ],
+            [
+                &in_proj_bias[..d],
+                &in_proj_bias[d..2 * d],
+                &in_proj_bias[2 * d..],
+            ],
+            out_weight,
+            out_bias,
+            precision,
+        )
+    }
+
+    /// Builds from separate `Linear` layers: `w_qkv = [Wq, Wk, Wv]`, each
+    /// `[d × d]` in PyTorch `[out, in]` layout, `b_qkv` their biases, and
+    /// the output projection `out_weight` `[d × d]`, `out_bias` `[d]`.
+    pub fn from_separate(
+        d: usize,
+        heads: usize,
+        w_qkv: [&[f32]; 3],
+        b_qkv: [&[f32]; 3],
+        out_weight: &[f32],
+        out_bias: &[f32],
+        precision: WeightPrecision,
+    ) -> Result<AttentionWeights, KernelError> {
+        if d == 0 || heads == 0 || !d.is_multiple_of(heads) {
+            return Err(KernelError::Invalid {
+                what: "attention heads",
+                detail: format!("d = {d} must be a positive multiple of heads = {heads}"),
+            });
+        }
+        for (w, b) in w_qkv.iter().zip(&b_qkv) {
+            check_len("q/k/v weight", d * d, w.len())?;
+            check_len("q/k/v bias", d, b.len())?;
+        }
+        check_len("out_proj weight", d * d, out_weight.len())?;
+        check_len("out_proj bias", d, out_bias.len())?;
+        let (wqkv, widths) = PackedMatrix::from_out_in_blocks(
+            d,
+            &[(d, w_qkv[0]), (d, w_qkv[1]), (d, w_qkv[2])],
+            precision,
+        )?;
+        let pd = widths[0];
+        let mut bqkv = vec![0.0; 3 * pd];
+        for (i, b) in b_qkv.iter().enumerate() {
+            bqkv[i * pd..i * pd + d].copy_from_slice(b);
+        }
+        Ok(AttentionWeights {
+            d,
+            heads,
+            hd: d / heads,
+            pd,
+            wqkv,
+            bqkv,
+            wo: PackedMatrix::from_out_in(d, d, out_weight, precision)?,
+            bo: out_bias.to_vec(),
+        })
+    }
+
+    /// Model dimension `d`.
+    pub fn d(&self) -> usize {
+        self.d
+    }
+
+    /// Number of heads.
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+
+    /// Head dimension `d / heads`.
+    pub fn head_dim(&self) -> usize {
+        self.hd
+    }
+
+    /// Bytes of packed weights.
+    pub fn packed_bytes(&self) -> usize {
+        self.wqkv.packed_bytes() + self.wo.packed_bytes() + 4 * (self.bqkv.len() + self.bo.len())
+    }
+}
+
+/// Reusable scratch buffers for [`mha_forward`] and
+/// [`block_forward`](crate::block::block_forward). They grow to the largest
+/// batch seen and are then reused without allocating.
+#[derive(Debug, Default, Clone)]
+pub struct Workspace {
+    pub(crate) qkv: Vec<f32>,
+    pub(crate) qlast: Vec<f32>,
+    pub(crate) xlast: Vec<f32>,
+    pub(crate) attn: Vec<f32>,
+    pub(crate) kt: Vec<f32>,
+    pub(crate) scores: Vec<f32>,
+    pub(crate) ln: Vec<f32>,
+    pub(crate) ln2: Vec<f32>,
+    pub(crate) hidden: Vec<f32>,
+    pub(crate) resid: Vec<f32>,
+}
+
+impl Workspace {
+    /// An empty workspace.
+    pub fn new() -> Workspace {
+        Workspace::default()
+    }
+
+    /// Bytes currently held.
+    pub fn bytes(&self) -> usize {
+        4 * [
+            &self.qkv,
+            &self.qlast,
+            &self.xlast,
+            &self.attn,
+            &self.kt,
+            &self.scores,
+            &self.ln,
+            &self.ln2,
+            &self.hidden,
+            &self.resid,
+        ]
+        .iter()
+        .map(|v| v.capacity())
+        .sum::<usize>()
+    }
+}
+
+/// Grows `v` to at least `n` elements and returns the first `n`.
+pub(crate) fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+/// Query rows processed together by the score / `P·V` kernels.
+const QB: usize = 4;
+
+/// `out = MHA(x)`: QKV projection, masked softmax attention and output
+/// projection (with its bias) for a ragged batch.
+///
+/// `x` is `rows × d` (`rows = Σ len`); `out` is `output_rows(seqs, rows) × d`.
+/// `probs`, when given, must have [`probs_len`] elements and receives the
+/// attention probabilities.
+pub fn mha_forward(
+    isa: Isa,
+    w: &AttentionWeights,
+    x: &[f32],
+    seqs: &[Sequence],
+    rows: OutputRows,
+    out: &mut [f32],
+    ws: &mut Workspace,
+    probs: Option<&mut [f32]>,
+) -> Result<(), KernelError> {
+    let total = validate_seqs(seqs)?;
+    check_len("mha x", total * w.d, x.len())?;
+    check_len("mha out", output_rows(seqs, rows) * w.d, out.len())?;
+    mha_core(isa, w, x, seqs, total, rows, None, out, ws, probs)
+}
+
+/// The body of [`mha_forward`], with an optional residual (`out = r +
+/// MHA(x)`, `r` shaped like `out`). Lengths of `x` and `out` must already be
+/// checked by the caller.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mha_core(
+    isa: Isa,
+    w: &AttentionWeights,
+    x: &[f32],
+    seqs: &[Sequence],
+    total: usize,
+    rows: OutputRows,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+    ws: &mut Workspace,
+    probs: Option<&mut [f32]>,
+) -> Result<(), KernelError> {
+    let isa = isa.checked()?;
+    let (d, pd, hd, heads) = (w.d, w.pd, w.hd, w.heads);
+    let ldq = 3 * pd;
+    let nout = output_rows(seqs, rows);
+    if let Some(p) = &probs {
+        check_len("attention probs", probs_len(seqs, heads, rows), p.len())?;
+    }
+    if total == 0 {
+        return Ok(());
+    }
+    let Workspace {
+        qkv,
+        qlast,
+        xlast,
+        attn,
+        kt,
+        scores,
+        ..
+    } = ws;
+    let qkv = grow(qkv, total * ldq);
+    let x_op = Operand { data: x, ld: d };
+    match rows {
+        OutputRows::All => {
+            gemm_strided(
+                isa,
+                x_op,
+                total,
+                &w.wqkv,
+                Some(&w.bqkv),
+                false,
+                Res::None,
+                qkv,
+                ldq,
+                0,
+                ldq,
+            )?;
+        }
+        OutputRows::LastOnly => {
+            // K and V for every token, Q only for the last token of each sequence.
+            gemm_strided(
+                isa,
+                x_op,
+                total,
+                &w.wqkv,
+                Some(&w.bqkv[pd..]),
+                false,
+                Res::None,
+                &mut qkv[pd..],
+                ldq,
+                pd,
+                2 * pd,
+            )?;
+            let xl = grow(xlast, nout * d);
+            let mut r0 = 0;
+            for (s, seq) in seqs.iter().enumerate() {
+                let last = r0 + seq.len - 1;
+                xl[s * d..(s + 1) * d].copy_from_slice(&x[last * d..(last + 1) * d]);
+                r0 += seq.len;
+            }
+            let ql = grow(qlast, nout * pd);
+            gemm_strided(
+                isa,
+                Operand { data: xl, ld: d },
+                nout,
+                &w.wqkv,
+                Some(&w.bqkv[..pd]),
+                false,
+                Res::None,
+                ql,
+                pd,
+                0,
+                pd,
+            )?;
+        }
+    }
+    let tmax = seqs.iter().map(|s| s.len).max().unwrap_or(0);
+    let tp_max = tmax.div_ceil(PANEL) * PANEL;
+    let kt = grow(kt, hd * tp_max);
+    let sc = grow(scores, QB * tp_max);
+    let attn = grow(attn, nout * d);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut probs = probs;
+    let mut probs_base = 0;
+    let mut r0 = 0;
+    let qlast: &[f32] = qlast;
+    for (s, seq) in seqs.iter().enumerate() {
+        let t = seq.len;
+        let tp = t.div_ceil(PANEL) * PANEL;
+        let nq = query_rows(seq, rows);
+        for h in 0..heads {
+            // Kᵀ of this head: kt[c·tp + j] = K[j, c], zero-padded to tp keys.
+            let koff = pd + h * hd;
+            for c in 0..hd {
+                let row = &mut kt[c * tp..(c + 1) * tp];
+                for j in 0..t {
+                    row[j] = qkv[(r0 + j) * ldq + koff + c];
+                }
+                row[t..].fill(0.0);
+            }
+            let kt_h = &kt[..hd * tp];
+            let voff = 2 * pd + h * hd;
+            let mut i0 = 0;
+            while i0 < nq {
+                let nb = QB.min(nq - i0);
+                let mut qs: [&[f32]; QB] = [&[]; QB];
+                let mut lens = [0usize; QB];
+                let mut orows = [0usize; QB];
+                for b in 0..nb {
+                    let (qrow, pos, orow) = match rows {
+                        OutputRows::All => {
+                            let i = i0 + b;
+                            (&qkv[(r0 + i) * ldq + h * hd..][..hd], i, r0 + i)
+                        }
+                        OutputRows::LastOnly => (&qlast[s * pd + h * hd..][..hd], t - 1, s),
+                    };
+                    qs[b] = qrow;
+                    lens[b] = seq.visible(pos);
+                    orows[b] = orow;
+                }
+                let jn = lens[..nb]
+                    .iter()
+                    .copied()
+                    .max()
+                    .unwrap_or(0)
+                    .div_ceil(PANEL)
+                    * PANEL;
+                let sc_blk = &mut sc[..nb * tp];
+                scores_block(isa, &qs[..nb], kt_h, tp, jn, scale, sc_blk);
+                for b in 0..nb {
+                    let row = &mut sc_blk[b * tp..b * tp + lens[b]];
+                    activation::softmax_row(isa, row);
+                    if let Some(p) = probs.as_deref_mut() {
+                        let off = probs_base + (h * nq + i0 + b) * t;
+                        let dst = &mut p[off..off + t];
+                        dst[..lens[b]].copy_from_slice(row);
+                        dst[lens[b]..].fill(0.0);
+                    }
+                }
+                pv_block(
+                    isa,
+                    sc_blk,
+                    tp,
+                    &lens[..nb],
+                    &qkv[r0 * ldq + voff..],
+                    ldq,
+                    hd,
+                    attn,
+                    d,
+                    h * hd,
+                    &orows[..nb],
+                );
+                i0 += nb;
+            }
+        }
+        probs_base += heads * nq * t;
+        r0 += t;
+    }
+    let res = match residual {
+        Some(r) => Res::Add(r, d),
+        None => Res::None,
+    };
+    gemm_strided(
+        isa,
+        Operand { data: attn, ld: d },
+        nout,
+        &w.wo,
+        Some(&w.bo),
+        false,
+        res,
+        out,
+        d,
+        0,
+        d,
+    )
+}
+
+/// Scores of a block of query rows: `s[b·tp + j] = scale · q_b · Kᵀ[:, j]`
+/// for `j < jn` (`jn ≤ tp`, both multiples of 16; `kt` is `hd × tp`).
+fn scores_block(
+    isa: Isa,
+    qs: &[&[f32]],
+    kt: &[f32],
+    tp: usize,
+    jn: usize,
+    scale: f32,
+    s: &mut [f32],
+) {
+    let hd = kt.len() / tp;
+    debug_assert!(jn <= tp && jn.is_multiple_of(PANEL) && s.len() >= qs.len() * tp);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            // SAFETY: the caller checked the ISA (mha_core calls isa.checked());
+            // slice lengths are asserted inside.
+            unsafe { x86::scores_avx512(qs, kt, tp, jn, scale, s) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            // SAFETY: as above, AVX2+FMA are present.
+            unsafe { x86::scores_avx2(qs, kt, tp, jn, scale, s) }
+        }
+        _ => {
+            for (b, q) in qs.iter().enumerate() {
+                let row = &mut s[b * tp..b * tp + jn];
+                row.fill(0.0);
+                for c in 0..hd {
+                    let qc = q[c];
+                    let k = &kt[c * tp..c * tp + jn];
+                    for j in 0..jn {
+                        row[j] += qc * k[j];
+                    }
+                }
+                for v in row.iter_mut() {
+                    *v *= scale;
+                }
+            }
+        }
+    }
+}
+
+/// `out[orow_b·ldo + col0 ..][..hd] = Σ_{j < lens[b]} p[b·tp + j] · v[j·ldv ..][..hd]`.
+#[allow(clippy::too_many_arguments)]
+fn pv_block(
+    isa: Isa,
+    p: &[f32],
+    tp: usize,
+    lens: &[usize],
+    v: &[f32],
+    ldv: usize,
+    hd: usize,
+    out: &mut [f32],
+    ldo: usize,
+    col0: usize,
+    orows: &[usize],
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            // SAFETY: ISA checked by the caller; bounds asserted inside.
+            unsafe { x86::pv_avx512(p, tp, lens, v, ldv, hd, out, ldo, col0, orows) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            // SAFETY: ISA checked by the caller; bounds asserted inside.
+            unsafe { x86::pv_avx2(p, tp, lens, v, ldv, hd, out, ldo, col0, orows) }
+        }
+        _ => {
+            for (b, &l) in lens.iter().enumerate() {
+                let o = &mut out[orows[b] * ldo + col0..][..hd];
+                o.fill(0.0);
+                let pr = &p[b * tp..b * tp + l];
+                for (j, &pj) in pr.iter().enumerate() {
+                    let vr = &v[j * ldv..j * ldv + hd];
+                    for c in 0..hd {
+                        o[c] += pj * vr[c];
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::QB;
+    use std::arch::x86_64::*;
+
+    /// AVX-512 scores; see `scores_block`.
+    ///
+    /// # Safety
+    /// AVX-512F is available.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    pub(super) unsafe fn scores_avx512(
+        qs: &[&[f32]],
+        kt: &[f32],
+        tp: usize,
+        jn: usize,
+        scale: f32,
+        s: &mut [f32],
+    ) {
+        let hd = kt.len() / tp;
+        let nb = qs.len();
+        assert!(nb <= QB && jn <= tp && jn.is_multiple_of(16) && s.len() >= nb * tp);
+        for q in qs {
+            assert!(q.len() >= hd);
+        }
+        assert!(kt.len() >= hd * tp);
+        let sc = _mm512_set1_ps(scale);
+        let mut j0 = 0;
+        while j0 < jn {
+            let mut acc = [_mm512_setzero_ps(); QB];
+            for c in 0..hd {
+                // SAFETY: c < hd, j0 + 16 ≤ jn ≤ tp: inside kt (asserted).
+                let k = unsafe { _mm512_loadu_ps(kt.as_ptr().add(c * tp + j0)) };
+                for b in 0..nb {
+                    // SAFETY: c < hd ≤ q.len() (asserted).
+                    let qv = _mm512_set1_ps(unsafe { *qs[b].get_unchecked(c) });
+                    acc[b] = _mm512_fmadd_ps(qv, k, acc[b]);
+                }
+            }
+            for b in 0..nb {
+                // SAFETY: b·tp + j0 + 16 ≤ nb·tp ≤ s.len() (asserted).
+                unsafe {
+                    _mm512_storeu_ps(s.as_mut_ptr().add(b * tp + j0), _mm512_mul_ps(acc[b], sc))
+                };
+            }
+            j0 += 16;
+        }
+    }
+
+    /// AVX2 scores; see `scores_block`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA are available.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scores_avx2(
+        qs: &[&[f32]],
+        kt: &[f32],
+        tp: usize,
+        jn: usize,
+        scale: f32,
+        s: &mut [f32],
+    ) {
+        let hd = kt.len() / tp;
+        let nb = qs.len();
+        assert!(nb <= QB && jn <= tp && jn.is_multiple_of(16) && s.len() >= nb * tp);
+        for q in qs {
+            assert!(q.len() >= hd);
+        }
+        assert!(kt.len() >= hd * tp);
+        let sc = _mm256_set1_ps(scale);
+        let mut j0 = 0;
+        while j0 < jn {
+            let mut acc0 = [_mm256_setzero_ps(); QB];
+            let mut acc1 = [_mm256_setzero_ps(); QB];
+            for c in 0..hd {
+                // SAFETY: c < hd, j0 + 16 ≤ jn ≤ tp: inside kt (asserted).
+                let (k0, k1) = unsafe {
+                    let p = kt.as_ptr().add(c * tp + j0);
+                    (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+                };
+                for b in 0..nb {
+                    // SAFETY: c < hd ≤ q.len() (asserted).
+                    let qv = _mm256_set1_ps(unsafe { *qs[b].get_unchecked(c) });
+                    acc0[b] = _mm256_fmadd_ps(qv, k0, acc0[b]);
+                    acc1[b] = _mm256_fmadd_ps(qv, k1, acc1[b]);
+                }
+            }
+            for b in 0..nb {
+                // SAFETY: b·tp + j0 + 16 ≤ s.len() (asserted).
+                unsafe {
+                    let p = s.as_mut_ptr().add(b * tp + j0);
+                    _mm256_storeu_ps(p, _mm256_mul_ps(acc0[b], sc));
+                    _mm256_storeu_ps(p.add(8), _mm256_mul_ps(acc1[b], sc));
+                }
+            }
+            j0 += 16;
+        }
+    }
+
+    fn pv_checks(
+        p: &[f32],
+        tp: usize,
+        lens: &[usize],
+        v: &[f32],
+        ldv: usize,
+        hd: usize,
+        out: &[f32],
+        ldo: usize,
+        col0: usize,
+        orows: &[usize],
+    ) {
+        assert!(lens.len() <= QB && orows.len() == lens.len() && p.len() >= lens.len() * tp);
+        let lmax = lens.iter().copied().max().unwrap_or(0);
+        assert!(lmax <= tp);
+        assert!(lmax == 0 || v.len() >= (lmax - 1) * ldv + hd);
+        for &o in orows {
+            assert!(o * ldo + col0 + hd <= out.len());
+        }
+    }
+
+    /// AVX-512 `P·V`; see `pv_block`.
+    ///
+    /// # Safety
+    /// AVX-512F is available.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    pub(super) unsafe fn pv_avx512(
+        p: &[f32],
+        tp: usize,
+        lens: &[usize],
+        v: &[f32],
+        ldv: usize,
+        hd: usize,
+        out: &mut [f32],
+        ldo: usize,
+        col0: usize,
+        orows: &[usize],
+    ) {
+        pv_checks(p, tp, lens, v, ldv, hd, out, ldo, col0, orows);
+        let nb = lens.len();
+        let lmin = lens.iter().copied().min().unwrap_or(0);
+        let mut c0 = 0;
+        while c0 < hd {
+            let w = (hd - c0).min(16);
+            let m: __mmask16 = if w == 16 { 0xffff } else { (1u16 << w) - 1 };
+            let mut acc = [_mm512_setzero_ps(); QB];
+            let vp = v.as_ptr();
+            for j in 0..lmin {
+                // SAFETY: j < lmax, columns c0..c0+w < hd: inside v (checked);
+                // masked lanes are not read.
+                let vv = unsafe { _mm512_maskz_loadu_ps(m, vp.add(j * ldv + c0)) };
+                for b in 0..nb {
+                    // SAFETY: b·tp + j < b·tp + lens[b] ≤ p.len() (checked).
+                    let pb = _mm512_set1_ps(unsafe { *p.get_unchecked(b * tp + j) });
+                    acc[b] = _mm512_fmadd_ps(pb, vv, acc[b]);
+                }
+            }
+            for b in 0..nb {
+                for j in lmin..lens[b] {
+                    // SAFETY: as above.
+                    let vv = unsafe { _mm512_maskz_loadu_ps(m, vp.add(j * ldv + c0)) };
+                    // SAFETY: as above.
+                    let pb = _mm512_set1_ps(unsafe { *p.get_unchecked(b * tp + j) });
+                    acc[b] = _mm512_fmadd_ps(pb, vv, acc[b]);
+                }
+                // SAFETY: orows[b]·ldo + col0 + hd ≤ out.len() (checked);
+                // the mask limits the store to w ≤ hd − c0 lanes.
+                unsafe {
+                    _mm512_mask_storeu_ps(
+                        out.as_mut_ptr().add(orows[b] * ldo + col0 + c0),
+                        m,
+                        acc[b],
+                    )
+                };
+            }
+            c0 += 16;
+        }
+    }
+
+    /// AVX2 `P·V`; see `pv_block`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA are available.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn pv_avx2(
+        p: &[f32],
+        tp: usize,
+        lens: &[usize],
+        v: &[f32],
+        ldv: usize,
+        hd: usize,
+        out: &mut [f32],
+        ldo: usize,
+        col0: usize,
+        orows: &[usize],
+    ) {
+        pv_checks(p, tp, lens, v, ldv, hd, out, ldo, col0, orows);
+        let nb = lens.len();
+        let lmin = lens.iter().copied().min().unwrap_or(0);
+        let mut c0 = 0;
+        while c0 < hd {
+            let w = (hd - c0).min(8);
+            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(w as i32), lanes);
+            let mut acc = [_mm256_setzero_ps(); QB];
+            let vp = v.as_ptr();
+            for j in 0..lmin {
+                // SAFETY: j < lmax, columns c0..c0+w < hd: inside v (checked);
+                // masked lanes are not read.
+                let vv = unsafe { _mm256_maskload_ps(vp.add(j * ldv + c0), m) };
+                for b in 0..nb {
+                    // SAFETY: b·tp + j < p.len() (checked).
+                    let pb = _mm256_set1_ps(unsafe { *p.get_unchecked(b * tp + j) });
+                    acc[b] = _mm256_fmadd_ps(pb, vv, acc[b]);
+                }
+            }
+            for b in 0..nb {
+                for j in lmin..lens[b] {
+                    // SAFETY: as above.
+                    let vv = unsafe { _mm256_maskload_ps(vp.add(j * ldv + c0), m) };
+                    // SAFETY: as above.
+                    let pb = _mm256_set1_ps(unsafe { *p.get_unchecked(b * tp + j) });
+                    acc[b] = _mm256_fmadd_ps(pb, vv, acc[b]);
+                }
+                // SAFETY: the row slot holds hd ≥ c0 + w values (checked);
+                // the mask limits the store to w lanes.
+                unsafe {
+                    _mm256_maskstore_ps(out.as_mut_ptr().add(orows[b] * ldo + col0 + c0), m, acc[b])
+                };
+            }
+            c0 += 8;
+        }
+    }
+}
