@@ -104,36 +104,44 @@ mod x86 {
 
     use super::FMA_CHAINS;
 
+    /// Twelve named accumulator chains (not an array, so that they stay in
+    /// registers: 12 + 2 constants fit the 16 ymm registers of AVX2).
+    macro_rules! fma_chains {
+        ($set1:ident, $fma:ident, $iters:expr) => {{
+            let m = $set1(black_box(0.999_999));
+            let c = $set1(black_box(1e-7));
+            let (mut a0, mut a1, mut a2, mut a3) = ($set1(0.0), $set1(0.1), $set1(0.2), $set1(0.3));
+            let (mut a4, mut a5, mut a6, mut a7) = ($set1(0.4), $set1(0.5), $set1(0.6), $set1(0.7));
+            let (mut a8, mut a9, mut a10, mut a11) =
+                ($set1(0.8), $set1(0.9), $set1(1.0), $set1(1.1));
+            for _ in 0..$iters {
+                a0 = $fma(a0, m, c);
+                a1 = $fma(a1, m, c);
+                a2 = $fma(a2, m, c);
+                a3 = $fma(a3, m, c);
+                a4 = $fma(a4, m, c);
+                a5 = $fma(a5, m, c);
+                a6 = $fma(a6, m, c);
+                a7 = $fma(a7, m, c);
+                a8 = $fma(a8, m, c);
+                a9 = $fma(a9, m, c);
+                a10 = $fma(a10, m, c);
+                a11 = $fma(a11, m, c);
+            }
+            black_box((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11));
+        }};
+    }
+
+    const _: () = assert!(FMA_CHAINS == 12);
+
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn fma_avx2(iters: u64) {
-        let m = _mm256_set1_ps(black_box(0.999_999));
-        let c = _mm256_set1_ps(black_box(1e-7));
-        let mut acc = [_mm256_setzero_ps(); FMA_CHAINS];
-        for (i, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_set1_ps(i as f32 * 1e-3);
-        }
-        for _ in 0..iters {
-            for a in acc.iter_mut() {
-                *a = _mm256_fmadd_ps(*a, m, c);
-            }
-        }
-        black_box(acc);
+        fma_chains!(_mm256_set1_ps, _mm256_fmadd_ps, iters);
     }
 
     #[target_feature(enable = "avx512f,fma")]
     pub(super) unsafe fn fma_avx512(iters: u64) {
-        let m = _mm512_set1_ps(black_box(0.999_999));
-        let c = _mm512_set1_ps(black_box(1e-7));
-        let mut acc = [_mm512_setzero_ps(); FMA_CHAINS];
-        for (i, a) in acc.iter_mut().enumerate() {
-            *a = _mm512_set1_ps(i as f32 * 1e-3);
-        }
-        for _ in 0..iters {
-            for a in acc.iter_mut() {
-                *a = _mm512_fmadd_ps(*a, m, c);
-            }
-        }
-        black_box(acc);
+        fma_chains!(_mm512_set1_ps, _mm512_fmadd_ps, iters);
     }
 
     /// Sums `buf` with 256-bit loads into eight accumulators.

@@ -1,5 +1,271 @@
-//! Kernel report: machine baselines and kernel figures, last line JSON.
+//! Kernel report: this machine's single-core FMA peak and memory read
+//! bandwidth, then the fused attention, the whole encoder block and the f16
+//! scan measured against them, on every supported path. Prints a human
+//! table; the last line is one JSON object (figures of the active path).
+//!
+//! `cargo run --release -p profiled-benches --bin kernels-report`
+
+use std::time::Duration;
+
+use anyhow::Context;
+use profiled_benches::{SplitMix, load_average, median_time, us};
+use profiled_kernels::attention::{
+    AttentionWeights, Mask, OutputRows, Sequence, Workspace, mha_forward,
+};
+use profiled_kernels::block::{LayerTensors, LayerWeights, block_forward};
+use profiled_kernels::gemm::WeightPrecision;
+use profiled_kernels::{Isa, f16, probe, vector};
+
+const D: usize = 64;
+const HEADS: usize = 4;
+const FFN: usize = 256;
+
+/// FLOPs of QKV projection + attention (unmasked) + output projection.
+fn mha_flops(b: usize, t: usize) -> f64 {
+    let (b, t, d) = (b as f64, t as f64, D as f64);
+    b * (2.0 * t * d * 3.0 * d + 4.0 * t * t * d + 2.0 * t * d * d)
+}
+
+/// FLOPs of the whole block: mha + the two feed-forward GEMMs.
+fn block_flops(b: usize, t: usize) -> f64 {
+    mha_flops(b, t) + b as f64 * 4.0 * t as f64 * D as f64 * FFN as f64
+}
+
+struct Model {
+    attn_f32: AttentionWeights,
+    layer_f32: LayerWeights,
+}
+
+fn model() -> anyhow::Result<Model> {
+    let mut rng = SplitMix::new(42);
+    let s = 1.0 / (D as f32).sqrt();
+    let in_w = rng.vec(3 * D * D, s);
+    let in_b = rng.vec(3 * D, 0.02);
+    let out_w = rng.vec(D * D, s);
+    let out_b = rng.vec(D, 0.02);
+    let ln1w: Vec<f32> = (0..D).map(|_| 1.0 + rng.uniform(0.1)).collect();
+    let ln1b = rng.vec(D, 0.1);
+    let ln2w: Vec<f32> = (0..D).map(|_| 1.0 + rng.uniform(0.1)).collect();
+    let ln2b = rng.vec(D, 0.1);
+    let f1w = rng.vec(FFN * D, s);
+    let f1b = rng.vec(FFN, 0.02);
+    let f2w = rng.vec(D * FFN, 1.0 / (FFN as f32).sqrt());
+    let f2b = rng.vec(D, 0.02);
+    let t = LayerTensors {
+        d: D,
+        heads: HEADS,
+        ffn: FFN,
+        eps: 1e-5,
+        in_proj_weight: &in_w,
+        in_proj_bias: &in_b,
+        out_proj_weight: &out_w,
+        out_proj_bias: &out_b,
+        ln1_weight: &ln1w,
+        ln1_bias: &ln1b,
+        ln2_weight: &ln2w,
+        ln2_bias: &ln2b,
+        ffn1_weight: &f1w,
+        ffn1_bias: &f1b,
+        ffn2_weight: &f2w,
+        ffn2_bias: &f2b,
+    };
+    Ok(Model {
+        attn_f32: AttentionWeights::from_pytorch(
+            D,
+            HEADS,
+            &in_w,
+            &in_b,
+            &out_w,
+            &out_b,
+            WeightPrecision::F32,
+        )?,
+        layer_f32: LayerWeights::new(&t, WeightPrecision::F32)?,
+    })
+}
+
+fn time_mha(isa: Isa, m: &Model, b: usize, t: usize) -> anyhow::Result<Duration> {
+    let x = SplitMix::new(7).vec(b * t * D, 1.0);
+    let seqs = vec![Sequence::new(t, Mask::None); b];
+    let mut out = vec![0.0f32; b * t * D];
+    let mut ws = Workspace::new();
+    mha_forward(
+        isa,
+        &m.attn_f32,
+        &x,
+        &seqs,
+        OutputRows::All,
+        &mut out,
+        &mut ws,
+        None,
+    )?;
+    Ok(median_time(3, 30, Duration::from_millis(300), || {
+        let r = mha_forward(
+            isa,
+            &m.attn_f32,
+            &x,
+            &seqs,
+            OutputRows::All,
+            &mut out,
+            &mut ws,
+            None,
+        );
+        std::hint::black_box(r.is_ok());
+        std::hint::black_box(&out);
+    }))
+}
+
+fn time_block(isa: Isa, m: &Model, b: usize, t: usize) -> anyhow::Result<Duration> {
+    let x = SplitMix::new(9).vec(b * t * D, 1.0);
+    let seqs = vec![Sequence::new(t, Mask::None); b];
+    let mut out = vec![0.0f32; b * t * D];
+    let mut ws = Workspace::new();
+    block_forward(
+        isa,
+        &m.layer_f32,
+        &x,
+        &seqs,
+        OutputRows::All,
+        &mut out,
+        &mut ws,
+        None,
+    )?;
+    Ok(median_time(3, 20, Duration::from_millis(300), || {
+        let r = block_forward(
+            isa,
+            &m.layer_f32,
+            &x,
+            &seqs,
+            OutputRows::All,
+            &mut out,
+            &mut ws,
+            None,
+        );
+        std::hint::black_box(r.is_ok());
+        std::hint::black_box(&out);
+    }))
+}
+
+/// Scans 1M × 64 f16 rows (row-major) against one query; returns GB/s.
+fn scan_gbps(isa: Isa, rows: &[f16], query: &[f32], out: &mut [f32]) -> anyhow::Result<f64> {
+    vector::dot_f16_rows(isa, rows, D, query, out)?;
+    let t = median_time(1, 7, Duration::from_millis(500), || {
+        let r = vector::dot_f16_rows(isa, rows, D, query, out);
+        std::hint::black_box(r.is_ok());
+        std::hint::black_box(&out);
+    });
+    Ok((rows.len() * 2) as f64 / t.as_secs_f64() / 1e9)
+}
+
 fn main() -> anyhow::Result<()> {
-    println!("{}", serde_json::json!({"isa": profiled_kernels::Isa::active().name()}));
+    let selection = Isa::selection();
+    let active = selection.isa;
+    let load_before = load_average();
+    println!("profiled kernels report");
+    println!(
+        "active path: {active} (detected {}; PROFILED_KERNELS={})",
+        selection.detected,
+        selection.requested.as_deref().unwrap_or("unset")
+    );
+    if let Some(e) = &selection.rejected {
+        println!("note: PROFILED_KERNELS ignored: {e}");
+    }
+
+    // In-run baselines.
+    let mut peaks = Vec::new();
+    for isa in Isa::supported() {
+        peaks.push((isa, probe::fma_peak_gflops(isa, Duration::from_millis(600))));
+    }
+    let peak = peaks.iter().map(|p| p.1).fold(0.0f64, f64::max);
+    let bw = probe::mem_read_gbps(512 << 20, 5);
+    println!();
+    println!("baselines (single core)");
+    for (isa, g) in &peaks {
+        println!("  FMA peak {isa:<9} {g:8.1} GFLOP/s");
+    }
+    println!("  memory read      {bw:8.1} GB/s (512 MiB stream)");
+
+    let m = model()?;
+    let mut rng = SplitMix::new(3);
+    let n_rows = 1 << 20;
+    let rows: Vec<f16> = (0..n_rows * D)
+        .map(|_| f16::from_f32(rng.uniform(1.0)))
+        .collect();
+    let query = rng.vec(D, 1.0);
+    let mut scores = vec![0.0f32; n_rows];
+
+    println!();
+    println!(
+        "{:<9} {:>12} {:>12} {:>7} {:>14} {:>7} {:>12} {:>7}",
+        "path", "mha b1 t16", "mha b64 t16", "eff", "block b64 t56", "eff", "f16 scan", "eff"
+    );
+    let mut figures = Vec::new();
+    for isa in Isa::supported() {
+        let mha1 = time_mha(isa, &m, 1, 16)?;
+        let mha64 = time_mha(isa, &m, 64, 16)?;
+        let blk = time_block(isa, &m, 64, 56)?;
+        let gbps = scan_gbps(isa, &rows, &query, &mut scores)?;
+        let mha_eff = mha_flops(64, 16) / (peak * 1e9) / mha64.as_secs_f64();
+        let blk_eff = block_flops(64, 56) / (peak * 1e9) / blk.as_secs_f64();
+        let scan_eff = gbps / bw;
+        println!(
+            "{:<9} {:>9.1} µs {:>9.1} µs {:>7.2} {:>11.1} µs {:>7.2} {:>7.1} GB/s {:>7.2}",
+            isa.name(),
+            us(mha1),
+            us(mha64),
+            mha_eff,
+            us(blk),
+            blk_eff,
+            gbps,
+            scan_eff
+        );
+        figures.push((isa, mha1, mha64, mha_eff, blk, blk_eff, gbps, scan_eff));
+    }
+    println!();
+    println!(
+        "FLOP floors: mha = B·(2·T·d·3d + 4·T²·d + 2·T·d²), block = mha + B·4·T·d·ffn; \
+         efficiency = floor ÷ best measured FMA peak ({peak:.1} GFLOP/s) ÷ time"
+    );
+    let best_block = figures
+        .iter()
+        .map(|f| f.4)
+        .min()
+        .context("no kernel path ran")?;
+    if let Some(p) = figures.iter().find(|f| f.0 == Isa::Portable) {
+        println!(
+            "portable path: block {:.2}× the best path's time",
+            p.4.as_secs_f64() / best_block.as_secs_f64()
+        );
+    }
+    let load_after = load_average();
+    println!(
+        "load average before/after: {:?} / {:?}",
+        load_before.map(|l| l[0]),
+        load_after.map(|l| l[0])
+    );
+    let f = figures
+        .iter()
+        .find(|f| f.0 == active)
+        .context("active path did not run")?;
+    let portable_ratio = figures
+        .iter()
+        .find(|f| f.0 == Isa::Portable)
+        .map(|p| p.4.as_secs_f64() / best_block.as_secs_f64());
+    println!(
+        "{}",
+        serde_json::json!({
+            "isa": active.name(),
+            "fma_peak_gflops": peak,
+            "mem_read_gbps": bw,
+            "mha_b1_t16_us": us(f.1),
+            "mha_b64_t16_us": us(f.2),
+            "mha_b64_t16_efficiency": f.3,
+            "block_b64_t56_us": us(f.4),
+            "block_b64_t56_efficiency": f.5,
+            "f16_dot_scan_gbps": f.6,
+            "f16_dot_scan_efficiency": f.7,
+            "portable_block_slowdown": portable_ratio,
+            "load_avg_1m": load_after.map(|l| l[0]),
+        })
+    );
     Ok(())
 }
