@@ -182,8 +182,12 @@ pub fn dot_f16_rows_multi(
                 out.iter_mut().for_each(|o| *o = 0.0);
             } else {
                 for (o, row) in out.chunks_exact_mut(nq).zip(rows.chunks_exact(dim)) {
-                    for (oq, q) in o.iter_mut().zip(queries.chunks_exact(dim)) {
-                        *oq = row.iter().zip(q).map(|(x, y)| x.to_f32() * y).sum();
+                    o.iter_mut().for_each(|v| *v = 0.0);
+                    for (i, x) in row.iter().enumerate() {
+                        let x = x.to_f32();
+                        for (q, oq) in o.iter_mut().enumerate() {
+                            *oq += x * queries[q * dim + i];
+                        }
                     }
                 }
             }

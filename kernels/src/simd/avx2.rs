@@ -594,9 +594,13 @@ pub(crate) fn dot_f16_rows(rows: &[f16], dim: usize, query: &[f32], out: &mut [f
     } else {
         _mm256_setzero_ps()
     };
+    let ahead = super::prefetch_rows(dim, 8);
     let mut r = 0;
     while r + 8 <= nrows {
         let base = r * dim;
+        if r + ahead + 8 <= nrows {
+            prefetch_rows(rows, base + ahead * dim, 8 * dim);
+        }
         let mut acc = [_mm256_setzero_ps(); 8];
         let mut c = 0;
         while c < full {
@@ -627,74 +631,137 @@ pub(crate) fn dot_f16_rows(rows: &[f16], dim: usize, query: &[f32], out: &mut [f
     }
 }
 
-/// Multi-query scan, `R` rows × `NQ` queries of accumulators per step.
+/// One tile of the multi-query scan: rows `r0..r0+R` × queries
+/// `q0..q0+G` (`R·G` accumulators, 8 in the tiles used), written to `out[(r0+k)·nq + q0+j]`.
+/// Returns without doing anything if the tile is not inside the slices.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn multi_block<const NQ: usize, const R: usize>(
+fn multi_tile<const R: usize, const G: usize>(
     rows: &[u16],
+    r0: usize,
     dim: usize,
     queries: &[f32],
+    q0: usize,
+    nq: usize,
     out: &mut [f32],
 ) {
-    let nrows = (out.len() / NQ).min(rows.len() / dim);
-    if queries.len() < NQ * dim {
+    const { assert!(R * G <= 16 && R > 0 && G > 0) };
+    if (r0 + R) * dim > rows.len()
+        || (q0 + G) * dim > queries.len()
+        || (r0 + R - 1) * nq + q0 + G > out.len()
+    {
         return;
     }
     let full = dim / 8 * 8;
     let tail = dim - full;
     let (pr, pq) = (rows.as_ptr(), queries.as_ptr());
-    let mut r = 0;
-    while r < nrows {
-        let rb = R.min(nrows - r);
-        let mut acc = [[_mm256_setzero_ps(); NQ]; R];
-        let mut c = 0;
-        while c < full {
-            let mut xs = [_mm256_setzero_ps(); R];
-            for k in 0..rb {
-                // SAFETY: row `r + k < nrows` lies in `rows`; `c + 8 <= dim`.
-                xs[k] = unsafe { load_h8(pr.add((r + k) * dim + c)) };
-            }
-            for q in 0..NQ {
-                // SAFETY: `q < NQ` and `c + 8 <= dim`: inside `queries[..NQ*dim]`.
-                let qv = unsafe { _mm256_loadu_ps(pq.add(q * dim + c)) };
-                for k in 0..R {
-                    acc[k][q] = _mm256_fmadd_ps(xs[k], qv, acc[k][q]);
-                }
-            }
-            c += 8;
+    let mut acc = [[_mm256_setzero_ps(); G]; R];
+    let mut c = 0;
+    while c < full {
+        let mut xs = [_mm256_setzero_ps(); R];
+        for k in 0..R {
+            // SAFETY: `(r0 + k + 1)·dim <= rows.len()` (checked above) and
+            // `c + 8 <= dim`.
+            xs[k] = unsafe { load_h8(pr.add((r0 + k) * dim + c)) };
         }
-        if tail > 0 {
-            let mut xs = [_mm256_setzero_ps(); R];
-            for k in 0..rb {
-                xs[k] = load_h_tail(&rows[..nrows * dim], (r + k) * dim + full, tail);
-            }
-            for q in 0..NQ {
-                // SAFETY: `tail` elements from `q*dim + full` are in the query.
-                let qv = unsafe { load_tail(pq.add(q * dim + full), tail) };
-                for k in 0..R {
-                    acc[k][q] = _mm256_fmadd_ps(xs[k], qv, acc[k][q]);
-                }
+        for j in 0..G {
+            // SAFETY: `(q0 + j + 1)·dim <= queries.len()` and `c + 8 <= dim`.
+            let qv = unsafe { _mm256_loadu_ps(pq.add((q0 + j) * dim + c)) };
+            for k in 0..R {
+                acc[k][j] = _mm256_fmadd_ps(xs[k], qv, acc[k][j]);
             }
         }
-        for k in 0..rb {
-            let o = &mut out[(r + k) * NQ..(r + k + 1) * NQ];
-            let mut g = 0;
-            while g < NQ {
-                let m = (NQ - g).min(8);
-                let mut v = [_mm256_setzero_ps(); 8];
-                v[..m].copy_from_slice(&acc[k][g..g + m]);
-                let mut lanes = [0f32; 8];
-                // SAFETY: `lanes` holds 8 f32.
-                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), hsum8(&v)) };
-                o[g..g + m].copy_from_slice(&lanes[..m]);
-                g += m;
+        c += 8;
+    }
+    if tail > 0 {
+        let mut xs = [_mm256_setzero_ps(); R];
+        for k in 0..R {
+            xs[k] = load_h_tail(rows, (r0 + k) * dim + full, tail);
+        }
+        for j in 0..G {
+            // SAFETY: `tail` elements from `(q0+j)·dim + full` end at
+            // `(q0+j+1)·dim <= queries.len()`.
+            let qv = unsafe { load_tail(pq.add((q0 + j) * dim + full), tail) };
+            for k in 0..R {
+                acc[k][j] = _mm256_fmadd_ps(xs[k], qv, acc[k][j]);
             }
         }
-        r += rb;
+    }
+    let mut v = [[_mm256_setzero_ps(); 8]; 2];
+    for k in 0..R {
+        for j in 0..G {
+            let t = k * G + j;
+            v[t / 8][t % 8] = acc[k][j];
+        }
+    }
+    let mut lanes = [0f32; 16];
+    // SAFETY: `lanes` holds 16 f32.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), hsum8(&v[0])) };
+    if R * G > 8 {
+        // SAFETY: `lanes[8..]` holds 8 f32.
+        unsafe { _mm256_storeu_ps(lanes[8..].as_mut_ptr(), hsum8(&v[1])) };
+    }
+    for k in 0..R {
+        for j in 0..G {
+            out[(r0 + k) * nq + q0 + j] = lanes[k * G + j];
+        }
     }
 }
 
-/// Multi-query scan (`1 ≤ nq ≤ 16`); `out` is rows × nq.
+/// All query tiles of the row block `r0..r0+R`: groups of `G` queries, then
+/// the remaining `< G` queries.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn multi_rows<const R: usize, const G: usize>(
+    rows: &[u16],
+    r0: usize,
+    dim: usize,
+    queries: &[f32],
+    nq: usize,
+    out: &mut [f32],
+) {
+    let mut q0 = 0;
+    while q0 + G <= nq {
+        multi_tile::<R, G>(rows, r0, dim, queries, q0, nq, out);
+        q0 += G;
+    }
+    match nq - q0 {
+        0 => {}
+        1 => multi_tile::<R, 1>(rows, r0, dim, queries, q0, nq, out),
+        2 => multi_tile::<R, 2>(rows, r0, dim, queries, q0, nq, out),
+        _ => multi_tile::<R, 3>(rows, r0, dim, queries, q0, nq, out),
+    }
+}
+
+/// The multi-query scan over all rows with `R`-row tiles.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn multi_scan<const R: usize, const G: usize>(
+    rows: &[u16],
+    nrows: usize,
+    dim: usize,
+    queries: &[f32],
+    nq: usize,
+    out: &mut [f32],
+) {
+    let ahead = super::prefetch_rows(dim, R);
+    let mut r = 0;
+    while r + R <= nrows {
+        if r + ahead + R <= nrows {
+            prefetch_rows(rows, (r + ahead) * dim, R * dim);
+        }
+        multi_rows::<R, G>(rows, r, dim, queries, nq, out);
+        r += R;
+    }
+    while r < nrows {
+        multi_rows::<1, G>(rows, r, dim, queries, nq, out);
+        r += 1;
+    }
+}
+
+/// Multi-query scan (`1 ≤ nq ≤ 16`); `out` is rows × nq. Each tile keeps
+/// `R·G = 8` accumulators in registers; a tile's rows stay in L1 while the
+/// query groups pass over them, so memory is read once.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn dot_f16_rows_multi(
     rows: &[f16],
@@ -703,30 +770,39 @@ pub(crate) fn dot_f16_rows_multi(
     nq: usize,
     out: &mut [f32],
 ) {
+    let nq = nq.min(MAX_QUERIES);
+    if nq == 0 {
+        return;
+    }
     if dim == 0 {
         out.iter_mut().for_each(|o| *o = 0.0);
         return;
     }
+    if nq == 1 {
+        return dot_f16_rows(rows, dim, queries, out);
+    }
+    if queries.len() < nq * dim {
+        return;
+    }
     let bits: &[u16] = rows.reinterpret_cast();
-    let rows_h = rows;
-    let rows = bits;
-    match nq.min(MAX_QUERIES) {
-        0 => {}
-        1 => dot_f16_rows(rows_h, dim, queries, out),
-        2 => multi_block::<2, 4>(rows, dim, queries, out),
-        3 => multi_block::<3, 2>(rows, dim, queries, out),
-        4 => multi_block::<4, 2>(rows, dim, queries, out),
-        5 => multi_block::<5, 1>(rows, dim, queries, out),
-        6 => multi_block::<6, 1>(rows, dim, queries, out),
-        7 => multi_block::<7, 1>(rows, dim, queries, out),
-        8 => multi_block::<8, 1>(rows, dim, queries, out),
-        9 => multi_block::<9, 1>(rows, dim, queries, out),
-        10 => multi_block::<10, 1>(rows, dim, queries, out),
-        11 => multi_block::<11, 1>(rows, dim, queries, out),
-        12 => multi_block::<12, 1>(rows, dim, queries, out),
-        13 => multi_block::<13, 1>(rows, dim, queries, out),
-        14 => multi_block::<14, 1>(rows, dim, queries, out),
-        15 => multi_block::<15, 1>(rows, dim, queries, out),
-        _ => multi_block::<16, 1>(rows, dim, queries, out),
+    let nrows = (out.len() / nq).min(bits.len() / dim);
+    if nq == 2 {
+        multi_scan::<4, 2>(bits, nrows, dim, queries, nq, out);
+    } else {
+        multi_scan::<2, 4>(bits, nrows, dim, queries, nq, out);
+    }
+}
+
+/// Prefetches (T0) the cache lines of `rows[start..start+len]` (clamped).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn prefetch_rows(rows: &[u16], start: usize, len: usize) {
+    let end = (start + len).min(rows.len());
+    let mut i = start;
+    while i < end {
+        // `prefetcht0` is a hint: it never faults and has no effect on
+        // program semantics; the address is inside `rows`.
+        _mm_prefetch::<_MM_HINT_T0>(rows[i..].as_ptr().cast());
+        i += 32;
     }
 }

@@ -19,23 +19,22 @@ use crate::f16;
 
 // ---------------------------------------------------------------- f16 lanes
 
-/// Eight f16 bit patterns to f32, exactly (`half::f16::to_f32` semantics).
+/// Eight f16 bit patterns to f32, exactly (`half::f16::to_f32` values; a
+/// NaN keeps its sign and payload but, unlike `half`, its quiet bit is not
+/// forced on).
 #[inline(always)]
 fn h2f(h: u16x8) -> f32x8 {
     let h = i32x8::from_u16x8(h);
     let em = h & i32x8::splat(0x7fff);
-    let sign = (h & i32x8::splat(0x8000)) << 16;
-    let shifted = em << 13;
+    let sign = (h ^ em) << 16;
     // Normal and subnormal f16 (and zero): the bits shifted into an f32 are
-    // the value scaled by 2^-112; one exact multiply rescales them
+    // the value scaled by 2^-112; one exact multiply by 2^112 rescales them
     // (subnormal f16 land on subnormal f32 inputs, exact products).
-    let finite: f32x8 = cast::<i32x8, f32x8>(shifted) * f32x8::splat(5.192_297e33);
-    let finite: i32x8 = cast(finite);
-    // Inf/NaN: all-ones exponent, mantissa shifted, quiet bit for NaN.
-    let quiet = em.simd_gt(i32x8::splat(0x7c00)) & i32x8::splat(0x0040_0000);
-    let special = shifted | i32x8::splat(0x7f80_0000) | quiet;
-    let is_special = em.simd_gt(i32x8::splat(0x7bff));
-    cast(is_special.select(special, finite) | sign)
+    let mag = cast::<i32x8, f32x8>(em << 13) * f32x8::splat(5.192_297e33);
+    // Inf/NaN: the product has exponent 143 and the right mantissa; setting
+    // every exponent bit turns it into inf/NaN with that mantissa.
+    let special = em.simd_gt(i32x8::splat(0x7bff)) & i32x8::splat(0x7f80_0000);
+    cast(cast::<f32x8, i32x8>(mag) | special | sign)
 }
 
 /// Eight f32 to f16 bit patterns, round to nearest even
@@ -65,6 +64,12 @@ fn f2h(v: f32x8) -> u16x8 {
     let r = is_nan.select(nan, r);
     let r = r | sign;
     cast(i16x8::from_i32x8_truncate(r))
+}
+
+/// Eight f32 from `s[i..i + 8]` (the caller keeps `i + 8 <= s.len()`).
+#[inline(always)]
+fn ld(s: &[f32], i: usize) -> f32x8 {
+    f32x8::new(<[f32; 8]>::try_from(&s[i..i + 8]).unwrap_or([0.0; 8]))
 }
 
 #[inline(always)]
@@ -124,10 +129,12 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     }
     let (ra, rb) = (ca.remainder(), cb.remainder());
     let mut i = 0;
-    while i < ra.len() {
-        let e = (i + 8).min(ra.len());
-        acc[0] = f32x8::from(&ra[i..e]).mul_add(f32x8::from(&rb[i..e]), acc[0]);
-        i = e;
+    while i + 8 <= ra.len() {
+        acc[0] = ld(ra, i).mul_add(ld(rb, i), acc[0]);
+        i += 8;
+    }
+    if i < ra.len() {
+        acc[1] = f32x8::from(&ra[i..]).mul_add(f32x8::from(&rb[i..]), acc[1]);
     }
     ((acc[0] + acc[1]) + (acc[2] + acc[3])).reduce_add()
 }
@@ -145,11 +152,12 @@ fn dot_h_row(a: &[u16], b: &[f32]) -> f32 {
         acc1 = h2f(load_h(&x[8..])).mul_add(f32x8::from(&y[8..]), acc1);
     }
     let (ra, rb) = (ca.remainder(), cb.remainder());
-    let mut i = 0;
-    while i < ra.len() {
-        let e = (i + 8).min(ra.len());
-        acc0 = h2f(load_h(&ra[i..e])).mul_add(f32x8::from(&rb[i..e]), acc0);
-        i = e;
+    if ra.len() >= 8 {
+        acc0 = h2f(load_h(&ra[..8])).mul_add(ld(rb, 0), acc0);
+    }
+    if !ra.len().is_multiple_of(8) {
+        let i = ra.len() / 8 * 8;
+        acc1 = h2f(load_h(&ra[i..])).mul_add(f32x8::from(&rb[i..]), acc1);
     }
     (acc0 + acc1).reduce_add()
 }
@@ -310,17 +318,19 @@ pub(crate) fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: 
     let cnt = n.max(1) as f32;
     let mut s = f32x8::ZERO;
     let mut i = 0;
-    while i < n {
-        let e = (i + 8).min(n);
-        s += f32x8::from(&x[i..e]);
-        i = e;
+    while i + 8 <= n {
+        s += ld(x, i);
+        i += 8;
+    }
+    if i < n {
+        s += f32x8::from(&x[i..]);
     }
     let mean = s.reduce_add() / cnt;
     let mv = f32x8::splat(mean);
     let mut v = f32x8::ZERO;
     let mut i = 0;
     while i + 8 <= n {
-        let d = f32x8::from(&x[i..i + 8]) - mv;
+        let d = ld(x, i) - mv;
         v = d.mul_add(d, v);
         i += 8;
     }
@@ -332,12 +342,16 @@ pub(crate) fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: 
     let inv = 1.0 / (var / cnt + eps).sqrt();
     let iv = f32x8::splat(inv);
     let mut i = 0;
-    while i < n {
-        let e = (i + 8).min(n);
-        let xv = (f32x8::from(&x[i..e]) - mv) * iv;
-        let r = xv.mul_add(f32x8::from(&gamma[i..e]), f32x8::from(&beta[i..e]));
-        out[i..e].copy_from_slice(&r.as_array()[..e - i]);
-        i = e;
+    while i + 8 <= n {
+        let xv = (ld(x, i) - mv) * iv;
+        let r = xv.mul_add(ld(gamma, i), ld(beta, i));
+        out[i..i + 8].copy_from_slice(r.as_array());
+        i += 8;
+    }
+    if i < n {
+        let xv = (f32x8::from(&x[i..]) - mv) * iv;
+        let r = xv.mul_add(f32x8::from(&gamma[i..]), f32x8::from(&beta[i..]));
+        out[i..].copy_from_slice(&r.as_array()[..n - i]);
     }
 }
 
@@ -382,7 +396,35 @@ pub(crate) fn dot_f16_rows(rows: &[f16], dim: usize, query: &[f32], out: &mut [f
     }
 }
 
+/// Four dot products of `x` with `q[j·dim..][..x.len()]`, `j < 4`.
+#[inline(always)]
+fn dot4(x: &[f32], q: &[f32], dim: usize) -> [f32; 4] {
+    let n = x.len();
+    let qs: [&[f32]; 4] = std::array::from_fn(|j| &q[j * dim..j * dim + n]);
+    let mut acc = [f32x8::ZERO; 4];
+    let mut i = 0;
+    while i + 8 <= n {
+        let xv = ld(x, i);
+        for j in 0..4 {
+            acc[j] = xv.mul_add(ld(qs[j], i), acc[j]);
+        }
+        i += 8;
+    }
+    if i < n {
+        let xv = f32x8::from(&x[i..]);
+        for j in 0..4 {
+            acc[j] = xv.mul_add(f32x8::from(&qs[j][i..]), acc[j]);
+        }
+    }
+    acc.map(|a| a.reduce_add())
+}
+
+/// Rows whose f32 copy fits the multi-query scan's stack buffer.
+const MULTI_BUF: usize = 512;
+
 /// Multi-query scan (see [`crate::vector::dot_f16_rows_multi`]), `nq ≤ 16`.
+/// Each row is converted once into a stack buffer (when `dim ≤ 512`), then
+/// dotted with the queries four at a time.
 pub(crate) fn dot_f16_rows_multi(
     rows: &[f16],
     dim: usize,
@@ -398,25 +440,37 @@ pub(crate) fn dot_f16_rows_multi(
         out.iter_mut().for_each(|o| *o = 0.0);
         return;
     }
-    let rows: &[u16] = rows.reinterpret_cast();
-    let queries = &queries[..(nq * dim).min(queries.len())];
     if queries.len() < nq * dim {
         return;
     }
+    let rows: &[u16] = rows.reinterpret_cast();
+    let mut buf = [0f32; MULTI_BUF];
     for (o, row) in out.chunks_exact_mut(nq).zip(rows.chunks_exact(dim)) {
-        let mut acc = [f32x8::ZERO; super::MAX_QUERIES];
-        let mut i = 0;
-        while i < dim {
-            let e = (i + 8).min(dim);
-            let xv = h2f(load_h(&row[i..e]));
-            for (q, a) in acc[..nq].iter_mut().enumerate() {
-                let qv = f32x8::from(&queries[q * dim + i..q * dim + e]);
-                *a = xv.mul_add(qv, *a);
+        if dim <= MULTI_BUF {
+            let x = &mut buf[..dim];
+            let mut sc = row.chunks_exact(8);
+            let mut dc = x.chunks_exact_mut(8);
+            for (s8, d8) in (&mut sc).zip(&mut dc) {
+                d8.copy_from_slice(h2f(load_h(s8)).as_array());
             }
-            i = e;
-        }
-        for (oq, a) in o.iter_mut().zip(&acc[..nq]) {
-            *oq = a.reduce_add();
+            let (sr, dr) = (sc.remainder(), dc.into_remainder());
+            if !sr.is_empty() {
+                let v = h2f(load_h(sr)).to_array();
+                dr.copy_from_slice(&v[..dr.len()]);
+            }
+            let x = &buf[..dim];
+            let mut q0 = 0;
+            while q0 + 4 <= nq {
+                o[q0..q0 + 4].copy_from_slice(&dot4(x, &queries[q0 * dim..], dim));
+                q0 += 4;
+            }
+            for q in q0..nq {
+                o[q] = dot_f32(x, &queries[q * dim..(q + 1) * dim]);
+            }
+        } else {
+            for (q, oq) in o.iter_mut().enumerate() {
+                *oq = dot_h_row(row, &queries[q * dim..(q + 1) * dim]);
+            }
         }
     }
 }
