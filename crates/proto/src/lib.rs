@@ -13,6 +13,11 @@
 //!   of every file (imports included), for server reflection
 //!   (`tonic_reflection::server::Builder::register_encoded_file_descriptor_set`).
 //!
+//! Helpers on the generated types (in `ext`): `Vector::{from_f32,
+//! from_f32_as_f16, dim, to_f32, to_f32_checked}` with [`VectorError`],
+//! `ModelSpec::{default_version, pinned, labelled}`, and conversions between
+//! `ItemError` and `tonic::Status`.
+//!
 //! Nothing below the server uses these types: the server converts them to the
 //! plain-Rust types of the model and index crates at its edge.
 //!
@@ -20,6 +25,10 @@
 //! [tonic-prost-build]: https://docs.rs/tonic-prost-build
 
 #![forbid(unsafe_code)]
+
+mod ext;
+
+pub use ext::VectorError;
 
 /// Generated code for package `profiled.v1` (messages, enums, clients, servers).
 ///
