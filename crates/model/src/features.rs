@@ -121,7 +121,10 @@ mod tests {
     fn user(fields: &[(&str, FieldValue)], events: &[(&str, i64, Option<f32>)]) -> UserFeatures {
         UserFeatures {
             user_id: None,
-            fields: fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
             events: events
                 .iter()
                 .map(|(item, timestamp, rating)| Event {
@@ -139,13 +142,19 @@ mod tests {
             &[
                 ("gender", FieldValue::Categorical("F".into())),
                 ("age", FieldValue::Number(34.0)),
-                ("genres", FieldValue::Tags(vec![("Drama".into(), 0.6), ("Comedy".into(), 0.4)])),
+                (
+                    "genres",
+                    FieldValue::Tags(vec![("Drama".into(), 0.6), ("Comedy".into(), 0.4)]),
+                ),
             ],
             &[("50", 10, Some(5.0)), ("7", 5, None)],
         );
         let b = user(
             &[
-                ("genres", FieldValue::Tags(vec![("Comedy".into(), 0.4), ("Drama".into(), 0.6)])),
+                (
+                    "genres",
+                    FieldValue::Tags(vec![("Comedy".into(), 0.4), ("Drama".into(), 0.6)]),
+                ),
                 ("age", FieldValue::Number(34.0)),
                 ("gender", FieldValue::Categorical("F".into())),
             ],
@@ -161,8 +170,14 @@ mod tests {
             user(&[("occupation", FieldValue::Categorical("a".into()))], &[]),
             user(&[("occupationa", FieldValue::Categorical("b".into()))], &[]),
             user(&[("occupation", FieldValue::Number(1.0))], &[]),
-            user(&[("occupation", FieldValue::Categorical("ab".into()))], &[("1", 0, None)]),
-            user(&[("occupation", FieldValue::Categorical("ab".into()))], &[("1", 0, Some(0.0))]),
+            user(
+                &[("occupation", FieldValue::Categorical("ab".into()))],
+                &[("1", 0, None)],
+            ),
+            user(
+                &[("occupation", FieldValue::Categorical("ab".into()))],
+                &[("1", 0, Some(0.0))],
+            ),
         ];
         let mut seen = vec![base.canonical_bytes()];
         for v in &variants {
@@ -175,7 +190,10 @@ mod tests {
     #[test]
     fn negative_zero_equals_zero_and_user_id_is_ignored() {
         let mut a = user(&[("age", FieldValue::Number(0.0))], &[("1", 3, Some(0.0))]);
-        let b = user(&[("age", FieldValue::Number(-0.0))], &[("1", 3, Some(-0.0))]);
+        let b = user(
+            &[("age", FieldValue::Number(-0.0))],
+            &[("1", 3, Some(-0.0))],
+        );
         a.user_id = Some("42".into());
         assert_eq!(a.canonical_bytes(), b.canonical_bytes());
     }

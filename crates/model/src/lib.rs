@@ -3,8 +3,36 @@
 //! schema, computes profiles with `profiled-kernels` and explains them.
 //!
 //! No proto types appear here: the server converts requests into
-//! [`UserFeatures`] at its edge.
+//! [`UserFeatures`] at its edge. The trainer (`profiled-train`) writes the
+//! files this crate reads; the contract is `docs/model-format.md`, and this
+//! crate mirrors it with its own types ([`format`]) so that serving never
+//! depends on the trainer or candle.
+//!
+//! ```no_run
+//! use profiled_model::{Encoder, UserFeatures, Workspace};
+//! # fn main() -> Result<(), profiled_model::Error> {
+//! let enc = Encoder::load(std::path::Path::new("models/ml-100k/1"))?;
+//! let mut ws = Workspace::new();
+//! let users = vec![UserFeatures::default()];
+//! let profiles = enc.forward_batch(&users, &mut ws)?;
+//! assert_eq!(profiles.len(), 1);
+//! # Ok(()) }
+//! ```
 
+pub mod encoder;
+pub mod error;
+pub mod explain;
 pub mod features;
+pub mod format;
+pub mod testing;
+pub mod tokenizer;
+mod weights;
 
+pub use encoder::{Encoder, LoadOptions, LoadReport, Profiles, Workspace, cosine};
+pub use error::{Error, Result};
+pub use explain::{
+    ExplainOptions, Explanation, GroupAttribution, LayerAttention, Method, Target, TokenAttribution,
+};
 pub use features::{Event, FieldValue, UserFeatures};
+pub use format::{Dtype, Group, ModelJson};
+pub use tokenizer::{TokenBatch, TokenStats, Tokenizer, UserTokens};
