@@ -6,6 +6,8 @@
 pub mod atomic;
 pub mod data;
 pub mod error;
+pub mod eval;
+pub mod fetch;
 pub mod model;
 pub mod schema;
 pub mod synthetic;

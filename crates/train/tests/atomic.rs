@@ -1,4 +1,5 @@
 //! Tests of the RecBole atomic-file loader on small files written here.
+#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 
