@@ -338,8 +338,9 @@ pub(crate) fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     &mut v[..n]
 }
 
-/// Query rows processed together by the score / `P·V` kernels.
-const QB: usize = 4;
+/// Query rows processed together by the score / `P·V` kernels (the AVX-512
+/// path; the others use half).
+const QB: usize = 8;
 
 /// `out = MHA(x)`: QKV projection, masked softmax attention and output
 /// projection (with its bias) for a ragged batch.
@@ -458,6 +459,7 @@ pub(crate) fn mha_core(
     let tp_max = tmax.div_ceil(PANEL) * PANEL;
     let kt = grow(kt, hd * tp_max);
     let sc = grow(scores, QB * tp_max);
+    let qb = if isa == Isa::Avx512 { QB } else { QB / 2 };
     let attn = grow(attn, nout * d);
     let scale = 1.0 / (hd as f32).sqrt();
     let mut probs = probs;
@@ -471,18 +473,20 @@ pub(crate) fn mha_core(
         for h in 0..heads {
             // Kᵀ of this head: kt[c·tp + j] = K[j, c], zero-padded to tp keys.
             let koff = pd + h * hd;
-            for c in 0..hd {
-                let row = &mut kt[c * tp..(c + 1) * tp];
-                for j in 0..t {
-                    row[j] = qkv[(r0 + j) * ldq + koff + c];
-                }
-                row[t..].fill(0.0);
-            }
+            transpose_k(
+                isa,
+                &qkv[r0 * ldq + koff..],
+                ldq,
+                t,
+                hd,
+                &mut kt[..hd * tp],
+                tp,
+            );
             let kt_h = &kt[..hd * tp];
             let voff = 2 * pd + h * hd;
             let mut i0 = 0;
             while i0 < nq {
-                let nb = QB.min(nq - i0);
+                let nb = qb.min(nq - i0);
                 let mut qs: [&[f32]; QB] = [&[]; QB];
                 let mut lens = [0usize; QB];
                 let mut orows = [0usize; QB];
@@ -506,30 +510,60 @@ pub(crate) fn mha_core(
                     .div_ceil(PANEL)
                     * PANEL;
                 let sc_blk = &mut sc[..nb * tp];
-                scores_block(isa, &qs[..nb], kt_h, tp, jn, scale, sc_blk);
-                for b in 0..nb {
-                    let row = &mut sc_blk[b * tp..b * tp + lens[b]];
-                    activation::softmax_row(isa, row);
-                    if let Some(p) = probs.as_deref_mut() {
+                let v_h = &qkv[r0 * ldq + voff..];
+                #[cfg(target_arch = "x86_64")]
+                let fused = isa == Isa::Avx512;
+                #[cfg(not(target_arch = "x86_64"))]
+                let fused = false;
+                if fused {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `isa` was checked to be supported (AVX-512);
+                    // the kernel asserts every slice bound it relies on.
+                    unsafe {
+                        x86::attend_avx512(
+                            &qs[..nb],
+                            &lens[..nb],
+                            kt_h,
+                            tp,
+                            jn,
+                            scale,
+                            sc_blk,
+                            v_h,
+                            ldq,
+                            hd,
+                            attn,
+                            d,
+                            h * hd,
+                            &orows[..nb],
+                        )
+                    };
+                } else {
+                    scores_block(isa, &qs[..nb], kt_h, tp, jn, scale, sc_blk);
+                    for b in 0..nb {
+                        activation::softmax_row(isa, &mut sc_blk[b * tp..b * tp + lens[b]]);
+                    }
+                    pv_block(
+                        isa,
+                        sc_blk,
+                        tp,
+                        &lens[..nb],
+                        v_h,
+                        ldq,
+                        hd,
+                        attn,
+                        d,
+                        h * hd,
+                        &orows[..nb],
+                    );
+                }
+                if let Some(p) = probs.as_deref_mut() {
+                    for b in 0..nb {
                         let off = probs_base + (h * nq + i0 + b) * t;
                         let dst = &mut p[off..off + t];
-                        dst[..lens[b]].copy_from_slice(row);
+                        dst[..lens[b]].copy_from_slice(&sc_blk[b * tp..b * tp + lens[b]]);
                         dst[lens[b]..].fill(0.0);
                     }
                 }
-                pv_block(
-                    isa,
-                    sc_blk,
-                    tp,
-                    &lens[..nb],
-                    &qkv[r0 * ldq + voff..],
-                    ldq,
-                    hd,
-                    attn,
-                    d,
-                    h * hd,
-                    &orows[..nb],
-                );
                 i0 += nb;
             }
         }
@@ -555,6 +589,25 @@ pub(crate) fn mha_core(
     )
 }
 
+/// `kt[c·tp + j] = k[j·ldk + c]` for `c < hd`, `j < t`; zero for `t ≤ j < tp`.
+fn transpose_k(isa: Isa, k: &[f32], ldk: usize, t: usize, hd: usize, kt: &mut [f32], tp: usize) {
+    assert!(t >= 1 && t <= tp && kt.len() >= hd * tp && k.len() >= (t - 1) * ldk + hd);
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: AVX-512 was checked by the caller; bounds asserted above.
+        unsafe { x86::transpose_avx512(k, ldk, t, hd, kt, tp) };
+        return;
+    }
+    let _ = isa;
+    for c in 0..hd {
+        let row = &mut kt[c * tp..(c + 1) * tp];
+        for j in 0..t {
+            row[j] = k[j * ldk + c];
+        }
+        row[t..].fill(0.0);
+    }
+}
+
 /// Scores of a block of query rows: `s[b·tp + j] = scale · q_b · Kᵀ[:, j]`
 /// for `j < jn` (`jn ≤ tp`, both multiples of 16; `kt` is `hd × tp`).
 fn scores_block(
@@ -570,14 +623,9 @@ fn scores_block(
     debug_assert!(jn <= tp && jn.is_multiple_of(PANEL) && s.len() >= qs.len() * tp);
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => {
-            // SAFETY: the caller checked the ISA (mha_core calls isa.checked());
-            // slice lengths are asserted inside.
-            unsafe { x86::scores_avx512(qs, kt, tp, jn, scale, s) }
-        }
-        #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
-            // SAFETY: as above, AVX2+FMA are present.
+            // SAFETY: the caller checked the ISA (mha_core calls
+            // isa.checked()), so AVX2+FMA are present; bounds asserted inside.
             unsafe { x86::scores_avx2(qs, kt, tp, jn, scale, s) }
         }
         _ => {
@@ -616,11 +664,6 @@ fn pv_block(
 ) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => {
-            // SAFETY: ISA checked by the caller; bounds asserted inside.
-            unsafe { x86::pv_avx512(p, tp, lens, v, ldv, hd, out, ldo, col0, orows) }
-        }
-        #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             // SAFETY: ISA checked by the caller; bounds asserted inside.
             unsafe { x86::pv_avx2(p, tp, lens, v, ldv, hd, out, ldo, col0, orows) }
@@ -644,46 +687,325 @@ fn pv_block(
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::QB;
+    use crate::simd::expc;
     use std::arch::x86_64::*;
 
-    /// AVX-512 scores; see `scores_block`.
+    /// The first `n ≤ 16` lanes.
+    #[inline(always)]
+    fn lanes(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    }
+
+    /// `exp` in 16 lanes: `2^n · p(r)`, `n = round(x·log2 e)`, `r = x − n·ln 2`
+    /// (two-part ln 2), degree-7 Taylor polynomial, `vscalefps` for `2^n`.
+    /// NaN propagates; inputs are clamped to the f32 exp range.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    fn exp16(x: __m512) -> __m512 {
+        let xc = _mm512_min_ps(
+            _mm512_set1_ps(expc::HI),
+            _mm512_max_ps(_mm512_set1_ps(expc::LO), x),
+        );
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(xc, _mm512_set1_ps(expc::LOG2E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(expc::LN2_HI), xc);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(expc::LN2_LO), r);
+        let mut p = _mm512_fmadd_ps(_mm512_set1_ps(expc::C7), r, _mm512_set1_ps(expc::C6));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(expc::C5));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(expc::C4));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(expc::C3));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(expc::C2));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
+        _mm512_scalef_ps(p, n)
+    }
+
+    /// In-place softmax of `row[..l]` (`row.len() ≥ l`, rounded up to 16).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    fn softmax16(row: &mut [f32], l: usize) {
+        assert!(l >= 1 && row.len() >= l);
+        let p = row.as_mut_ptr();
+        let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+        if l <= 16 {
+            let m = lanes(l);
+            // SAFETY: the mask covers l ≤ row.len() elements.
+            let x = unsafe { _mm512_mask_loadu_ps(ninf, m, p) };
+            let mx = _mm512_set1_ps(_mm512_reduce_max_ps(x));
+            let e = _mm512_maskz_mov_ps(m, exp16(_mm512_sub_ps(x, mx)));
+            let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(e));
+            // SAFETY: as above.
+            unsafe { _mm512_mask_storeu_ps(p, m, _mm512_mul_ps(e, inv)) };
+            return;
+        }
+        let mut mx = ninf;
+        let mut j = 0;
+        while j < l {
+            let m = lanes(l - j);
+            // SAFETY: lanes j..min(j+16, l) are inside the row.
+            mx = _mm512_max_ps(mx, unsafe { _mm512_mask_loadu_ps(ninf, m, p.add(j)) });
+            j += 16;
+        }
+        let mx = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+        let mut sum = _mm512_setzero_ps();
+        let mut j = 0;
+        while j < l {
+            let m = lanes(l - j);
+            // SAFETY: as above.
+            unsafe {
+                let e = exp16(_mm512_sub_ps(_mm512_mask_loadu_ps(ninf, m, p.add(j)), mx));
+                let e = _mm512_maskz_mov_ps(m, e);
+                sum = _mm512_add_ps(sum, e);
+                _mm512_mask_storeu_ps(p.add(j), m, e);
+            }
+            j += 16;
+        }
+        let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+        let mut j = 0;
+        while j < l {
+            let m = lanes(l - j);
+            // SAFETY: as above.
+            unsafe {
+                let e = _mm512_maskz_loadu_ps(m, p.add(j));
+                _mm512_mask_storeu_ps(p.add(j), m, _mm512_mul_ps(e, inv));
+            }
+            j += 16;
+        }
+    }
+
+    /// Scores, softmax and `P·V` of a block of query rows (see `scores_block`
+    /// and `pv_block`); the probabilities stay in `s`.
     ///
     /// # Safety
-    /// AVX-512F is available.
+    /// AVX-512 F/BW/VL and FMA are available.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-    pub(super) unsafe fn scores_avx512(
+    pub(super) unsafe fn attend_avx512(
         qs: &[&[f32]],
+        lens: &[usize],
         kt: &[f32],
         tp: usize,
         jn: usize,
         scale: f32,
         s: &mut [f32],
+        v: &[f32],
+        ldv: usize,
+        hd: usize,
+        out: &mut [f32],
+        ldo: usize,
+        col0: usize,
+        orows: &[usize],
     ) {
-        let hd = kt.len() / tp;
         let nb = qs.len();
-        assert!(nb <= QB && jn <= tp && jn.is_multiple_of(16) && s.len() >= nb * tp);
+        assert!((1..=QB).contains(&nb) && lens.len() == nb && orows.len() == nb);
+        assert!(jn <= tp && jn.is_multiple_of(16) && s.len() >= nb * tp && kt.len() >= hd * tp);
         for q in qs {
             assert!(q.len() >= hd);
         }
-        assert!(kt.len() >= hd * tp);
-        let sc = _mm512_set1_ps(scale);
+        pv_checks(s, tp, lens, v, ldv, hd, out, ldo, col0, orows);
+        for &l in lens {
+            assert!((1..=jn).contains(&l));
+        }
+        let a = Args {
+            qs,
+            lens,
+            kt,
+            tp,
+            jn,
+            scale,
+            v,
+            ldv,
+            hd,
+            ldo,
+            col0,
+            orows,
+        };
+        match nb {
+            1 => attend_r::<1>(&a, s, out),
+            2 => attend_r::<2>(&a, s, out),
+            3 => attend_r::<3>(&a, s, out),
+            4 => attend_r::<4>(&a, s, out),
+            5 => attend_r::<5>(&a, s, out),
+            6 => attend_r::<6>(&a, s, out),
+            7 => attend_r::<7>(&a, s, out),
+            _ => attend_r::<8>(&a, s, out),
+        }
+    }
+
+    /// Checked arguments of `attend_r` (see `attend_avx512` for the asserts).
+    struct Args<'a> {
+        qs: &'a [&'a [f32]],
+        lens: &'a [usize],
+        kt: &'a [f32],
+        tp: usize,
+        jn: usize,
+        scale: f32,
+        v: &'a [f32],
+        ldv: usize,
+        hd: usize,
+        ldo: usize,
+        col0: usize,
+        orows: &'a [usize],
+    }
+
+    /// `R` query rows with accumulators in registers.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    fn attend_r<const R: usize>(a: &Args<'_>, s: &mut [f32], out: &mut [f32]) {
+        let sc = _mm512_set1_ps(a.scale);
+        let sp = s.as_mut_ptr();
+        let ktp = a.kt.as_ptr();
+        let mut qp = [std::ptr::null::<f32>(); R];
+        let mut lens = [0usize; R];
+        for b in 0..R {
+            qp[b] = a.qs[b].as_ptr();
+            lens[b] = a.lens[b];
+        }
+        let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
         let mut j0 = 0;
-        while j0 < jn {
-            let mut acc = [_mm512_setzero_ps(); QB];
-            for c in 0..hd {
+        while j0 < a.jn {
+            let mut acc = [_mm512_setzero_ps(); R];
+            for c in 0..a.hd {
                 // SAFETY: c < hd, j0 + 16 ≤ jn ≤ tp: inside kt (asserted).
-                let k = unsafe { _mm512_loadu_ps(kt.as_ptr().add(c * tp + j0)) };
-                for b in 0..nb {
-                    // SAFETY: c < hd ≤ q.len() (asserted).
-                    let qv = _mm512_set1_ps(unsafe { *qs[b].get_unchecked(c) });
+                let k = unsafe { _mm512_loadu_ps(ktp.add(c * a.tp + j0)) };
+                for b in 0..R {
+                    // SAFETY: c < hd ≤ qs[b].len() (asserted).
+                    let qv = _mm512_set1_ps(unsafe { *qp[b].add(c) });
                     acc[b] = _mm512_fmadd_ps(qv, k, acc[b]);
                 }
             }
-            for b in 0..nb {
-                // SAFETY: b·tp + j0 + 16 ≤ nb·tp ≤ s.len() (asserted).
+            if a.jn == 16 {
+                // Whole rows in one register: softmax without leaving them.
+                for b in 0..R {
+                    let m = lanes(lens[b]);
+                    let x = _mm512_mask_mul_ps(ninf, m, acc[b], sc);
+                    let mx = _mm512_set1_ps(_mm512_reduce_max_ps(x));
+                    let e = _mm512_maskz_mov_ps(m, exp16(_mm512_sub_ps(x, mx)));
+                    let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(e));
+                    // SAFETY: b·tp + 16 ≤ R·tp ≤ s.len() (asserted).
+                    unsafe { _mm512_storeu_ps(sp.add(b * a.tp), _mm512_mul_ps(e, inv)) };
+                }
+            } else {
+                for b in 0..R {
+                    // SAFETY: b·tp + j0 + 16 ≤ s.len() (asserted).
+                    unsafe { _mm512_storeu_ps(sp.add(b * a.tp + j0), _mm512_mul_ps(acc[b], sc)) };
+                }
+            }
+            j0 += 16;
+        }
+        if a.jn > 16 {
+            for b in 0..R {
+                softmax16(&mut s[b * a.tp..(b + 1) * a.tp], lens[b]);
+            }
+        }
+        let sp = s.as_ptr();
+        let lmin = lens.iter().copied().min().unwrap_or(0);
+        let vp = a.v.as_ptr();
+        let mut c0 = 0;
+        while c0 < a.hd {
+            let m = lanes(a.hd - c0);
+            let mut acc = [_mm512_setzero_ps(); R];
+            for j in 0..lmin {
+                // SAFETY: j < lens ≤ lmax rows of v, columns c0.. < hd under the
+                // mask (pv_checks).
+                let vv = unsafe { _mm512_maskz_loadu_ps(m, vp.add(j * a.ldv + c0)) };
+                for b in 0..R {
+                    // SAFETY: b·tp + j < s.len().
+                    let pb = _mm512_set1_ps(unsafe { *sp.add(b * a.tp + j) });
+                    acc[b] = _mm512_fmadd_ps(pb, vv, acc[b]);
+                }
+            }
+            for b in 0..R {
+                for j in lmin..lens[b] {
+                    // SAFETY: as above.
+                    let vv = unsafe { _mm512_maskz_loadu_ps(m, vp.add(j * a.ldv + c0)) };
+                    // SAFETY: as above.
+                    let pb = _mm512_set1_ps(unsafe { *sp.add(b * a.tp + j) });
+                    acc[b] = _mm512_fmadd_ps(pb, vv, acc[b]);
+                }
+                // SAFETY: the output row slot holds hd values (pv_checks); the
+                // mask limits the store to hd − c0 lanes.
                 unsafe {
-                    _mm512_storeu_ps(s.as_mut_ptr().add(b * tp + j0), _mm512_mul_ps(acc[b], sc))
+                    _mm512_mask_storeu_ps(
+                        out.as_mut_ptr().add(a.orows[b] * a.ldo + a.col0 + c0),
+                        m,
+                        acc[b],
+                    )
                 };
+            }
+            c0 += 16;
+        }
+    }
+
+    /// `kt[c·tp + j] = k[j·ldk + c]` (`c < hd`, `j < t`), zero for `t ≤ j < tp`,
+    /// with 16×16 in-register transposes.
+    ///
+    /// # Safety
+    /// AVX-512F is available.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    pub(super) unsafe fn transpose_avx512(
+        k: &[f32],
+        ldk: usize,
+        t: usize,
+        hd: usize,
+        kt: &mut [f32],
+        tp: usize,
+    ) {
+        assert!(t >= 1 && t <= tp && tp.is_multiple_of(16) && kt.len() >= hd * tp);
+        assert!(k.len() >= (t - 1) * ldk + hd);
+        let kp = k.as_ptr();
+        let mut j0 = 0;
+        while j0 < tp {
+            let mut c0 = 0;
+            while c0 < hd {
+                let w = (hd - c0).min(16);
+                let m = lanes(w);
+                let mut r = [_mm512_setzero_ps(); 16];
+                for i in 0..16 {
+                    if j0 + i < t {
+                        // SAFETY: row j0 + i < t, columns c0..c0+w ≤ hd: inside k.
+                        r[i] = unsafe { _mm512_maskz_loadu_ps(m, kp.add((j0 + i) * ldk + c0)) };
+                    }
+                }
+                let mut tt = [_mm512_setzero_ps(); 16];
+                for i in 0..8 {
+                    tt[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+                    tt[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+                }
+                let mut u = [_mm512_setzero_ps(); 16];
+                for i in 0..4 {
+                    u[4 * i] = _mm512_shuffle_ps::<0x44>(tt[4 * i], tt[4 * i + 2]);
+                    u[4 * i + 1] = _mm512_shuffle_ps::<0xEE>(tt[4 * i], tt[4 * i + 2]);
+                    u[4 * i + 2] = _mm512_shuffle_ps::<0x44>(tt[4 * i + 1], tt[4 * i + 3]);
+                    u[4 * i + 3] = _mm512_shuffle_ps::<0xEE>(tt[4 * i + 1], tt[4 * i + 3]);
+                }
+                // u[4i + m] lane L = column 4L + m of rows 4i..4i+4.
+                for mm in 0..4 {
+                    let (a, b, c, d) = (u[mm], u[4 + mm], u[8 + mm], u[12 + mm]);
+                    let v0 = _mm512_shuffle_f32x4::<0x44>(a, b);
+                    let v1 = _mm512_shuffle_f32x4::<0x44>(c, d);
+                    let v2 = _mm512_shuffle_f32x4::<0xEE>(a, b);
+                    let v3 = _mm512_shuffle_f32x4::<0xEE>(c, d);
+                    let cols = [
+                        (mm, _mm512_shuffle_f32x4::<0x88>(v0, v1)),
+                        (4 + mm, _mm512_shuffle_f32x4::<0xDD>(v0, v1)),
+                        (8 + mm, _mm512_shuffle_f32x4::<0x88>(v2, v3)),
+                        (12 + mm, _mm512_shuffle_f32x4::<0xDD>(v2, v3)),
+                    ];
+                    for (cc, val) in cols {
+                        if cc < w {
+                            // SAFETY: c0 + cc < hd and j0 + 16 ≤ tp: inside kt.
+                            unsafe {
+                                _mm512_storeu_ps(kt.as_mut_ptr().add((c0 + cc) * tp + j0), val)
+                            };
+                        }
+                    }
+                }
+                c0 += 16;
             }
             j0 += 16;
         }
@@ -757,65 +1079,6 @@ mod x86 {
         assert!(lmax == 0 || v.len() >= (lmax - 1) * ldv + hd);
         for &o in orows {
             assert!(o * ldo + col0 + hd <= out.len());
-        }
-    }
-
-    /// AVX-512 `P·V`; see `pv_block`.
-    ///
-    /// # Safety
-    /// AVX-512F is available.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-    pub(super) unsafe fn pv_avx512(
-        p: &[f32],
-        tp: usize,
-        lens: &[usize],
-        v: &[f32],
-        ldv: usize,
-        hd: usize,
-        out: &mut [f32],
-        ldo: usize,
-        col0: usize,
-        orows: &[usize],
-    ) {
-        pv_checks(p, tp, lens, v, ldv, hd, out, ldo, col0, orows);
-        let nb = lens.len();
-        let lmin = lens.iter().copied().min().unwrap_or(0);
-        let mut c0 = 0;
-        while c0 < hd {
-            let w = (hd - c0).min(16);
-            let m: __mmask16 = if w == 16 { 0xffff } else { (1u16 << w) - 1 };
-            let mut acc = [_mm512_setzero_ps(); QB];
-            let vp = v.as_ptr();
-            for j in 0..lmin {
-                // SAFETY: j < lmax, columns c0..c0+w < hd: inside v (checked);
-                // masked lanes are not read.
-                let vv = unsafe { _mm512_maskz_loadu_ps(m, vp.add(j * ldv + c0)) };
-                for b in 0..nb {
-                    // SAFETY: b·tp + j < b·tp + lens[b] ≤ p.len() (checked).
-                    let pb = _mm512_set1_ps(unsafe { *p.get_unchecked(b * tp + j) });
-                    acc[b] = _mm512_fmadd_ps(pb, vv, acc[b]);
-                }
-            }
-            for b in 0..nb {
-                for j in lmin..lens[b] {
-                    // SAFETY: as above.
-                    let vv = unsafe { _mm512_maskz_loadu_ps(m, vp.add(j * ldv + c0)) };
-                    // SAFETY: as above.
-                    let pb = _mm512_set1_ps(unsafe { *p.get_unchecked(b * tp + j) });
-                    acc[b] = _mm512_fmadd_ps(pb, vv, acc[b]);
-                }
-                // SAFETY: orows[b]·ldo + col0 + hd ≤ out.len() (checked);
-                // the mask limits the store to w ≤ hd − c0 lanes.
-                unsafe {
-                    _mm512_mask_storeu_ps(
-                        out.as_mut_ptr().add(orows[b] * ldo + col0 + c0),
-                        m,
-                        acc[b],
-                    )
-                };
-            }
-            c0 += 16;
         }
     }
 

@@ -19,7 +19,7 @@ use profiled_kernels::gemm::WeightPrecision;
 use profiled_kernels::{Isa, KernelError};
 use proptest::prelude::*;
 
-pub fn weights(r: &AttnRef, prec: WeightPrecision) -> AttentionWeights {
+fn weights(r: &AttnRef, prec: WeightPrecision) -> AttentionWeights {
     AttentionWeights::from_pytorch(r.d, r.heads, &r.in_w, &r.in_b, &r.out_w, &r.out_b, prec)
         .expect("weights")
 }

@@ -18,7 +18,7 @@ const D: usize = 36;
 
 enum Model {
     Mha(AttentionWeights),
-    Block(LayerWeights),
+    Block(Box<LayerWeights>),
 }
 
 impl Model {
@@ -51,7 +51,9 @@ fn models() -> Vec<Model> {
             )
             .expect("weights"),
         ),
-        Model::Block(LayerWeights::new(&l.tensors(), WeightPrecision::F16).expect("layer")),
+        Model::Block(Box::new(
+            LayerWeights::new(&l.tensors(), WeightPrecision::F16).expect("layer"),
+        )),
     ]
 }
 

@@ -143,7 +143,6 @@ pub fn mha_ref(
     let (qkv, _) = linear_ref(x, total, d, &w.in_w, 3 * d, Some(&w.in_b));
     let mut attn_rows = Vec::new();
     let mut probs_seq: Vec<f64> = Vec::new();
-    let probs;
     let mut r0 = 0;
     for s in seqs {
         let t = s.len;
@@ -188,7 +187,7 @@ pub fn mha_ref(
         attn_rows.push(o);
         r0 += t;
     }
-    probs = probs_seq;
+    let probs = probs_seq;
     let attn: Vec<f64> = attn_rows.concat();
     let n = attn.len() / d;
     let (out, _) = linear_ref(&attn, n, d, &w.out_w, d, Some(&w.out_b));
