@@ -218,6 +218,7 @@ fn explain_round_trip() {
         method: ExplainMethod::Attention as i32,
         top_n: 5,
         cache: CacheMode::Unspecified as i32,
+        groups_only: false,
     };
     round_trip(&request);
 
