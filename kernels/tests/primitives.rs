@@ -19,7 +19,7 @@
 //! | `exp_inplace` | `2e-7·ref + 2⁻¹⁴⁹` (measured max relative error ≈ 7.6e-8 AVX2/AVX-512, 9.7e-8 portable, printed by the test) |
 //! | `softmax_row` | `(2·(range + 4) + n + 12)·u·pᵢ`, range = max − min of the row |
 //! | `layer_norm` | `c·|γᵢ|·(A/σ + 1 + |x̂ᵢ|) + 2u·|βᵢ|`, `c = (n+16)·u`, `A = max|x|` |
-//! | `gelu` | `(8 + 4·|t|)·u·|ref| + 1e-36`, `t = 2·√(2/π)·(x + 0.044715x³)` (conditioning of `sigmoid(t)`) |
+//! | `gelu` | `(8 + 8·|t|)·u·|ref| + 1e-36`, `t = 2·√(2/π)·(x + 0.044715x³)`: `t` computed in f32 (rounded constants, up to 5 roundings without FMA) has `|δt| ≲ 6u·|t|`, which `sigmoid(t) ≈ eᵗ` (t ≪ 0) turns into relative error |
 //!
 //! Special values: NaN in a dot → NaN; `inf·0` → NaN; a NaN in one row of a
 //! row scan affects only that row; softmax of an all `−inf` row → zeros, with
@@ -643,7 +643,7 @@ proptest! {
                 let v = x[i] as f64;
                 let t = 2.0 * (2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v);
                 let want = v / (1.0 + (-t).exp());
-                let tol = (8.0 + 4.0 * t.abs()) * U * want.abs() + 1e-36;
+                let tol = (8.0 + 8.0 * t.abs()) * U * want.abs() + 1e-36;
                 prop_assert!((got[i] as f64 - want).abs() <= tol, "{isa} gelu({}) = {} vs {want}", x[i], got[i]);
             }
         }
