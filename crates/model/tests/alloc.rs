@@ -43,14 +43,24 @@ fn steady_state_forward_does_not_allocate() {
     write_synthetic_model(dir.path(), &spec).expect("write");
     let enc = Encoder::load(dir.path()).expect("load");
     let mut rng = Rng::new(3);
-    let users: Vec<_> = (0..32).map(|_| random_user(&mut rng, spec.items, spec.max_events)).collect();
+    let users: Vec<_> = (0..32)
+        .map(|_| random_user(&mut rng, spec.items, spec.max_events))
+        .collect();
     let mut ws = Workspace::new();
     let first = enc.forward_batch(&users, &mut ws).expect("first").len();
     assert_eq!(first, users.len());
     let before = COUNT.with(Cell::get);
     let n = enc.forward_batch(&users, &mut ws).expect("second").len();
-    let smaller = enc.forward_batch(&users[..5], &mut ws).expect("smaller").len();
+    let smaller = enc
+        .forward_batch(&users[..5], &mut ws)
+        .expect("smaller")
+        .len();
     let after = COUNT.with(Cell::get);
     assert_eq!((n, smaller), (32, 5));
-    assert_eq!(after - before, 0, "steady-state forward allocated {} times", after - before);
+    assert_eq!(
+        after - before,
+        0,
+        "steady-state forward allocated {} times",
+        after - before
+    );
 }
