@@ -490,6 +490,7 @@ pub(crate) fn mha_core(
                 let mut qs: [&[f32]; QB] = [&[]; QB];
                 let mut lens = [0usize; QB];
                 let mut orows = [0usize; QB];
+                let mut lmax = 0;
                 for b in 0..nb {
                     let (qrow, pos, orow) = match rows {
                         OutputRows::All => {
@@ -500,15 +501,10 @@ pub(crate) fn mha_core(
                     };
                     qs[b] = qrow;
                     lens[b] = seq.visible(pos);
+                    lmax = lmax.max(lens[b]);
                     orows[b] = orow;
                 }
-                let jn = lens[..nb]
-                    .iter()
-                    .copied()
-                    .max()
-                    .unwrap_or(0)
-                    .div_ceil(PANEL)
-                    * PANEL;
+                let jn = lmax.div_ceil(PANEL) * PANEL;
                 let sc_blk = &mut sc[..nb * tp];
                 let v_h = &qkv[r0 * ldq + voff..];
                 #[cfg(target_arch = "x86_64")]

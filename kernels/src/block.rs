@@ -191,16 +191,7 @@ pub fn block_forward(
     let mut resid = std::mem::take(&mut ws.resid);
     let result = (|| {
         let lnb = grow(&mut ln, total * d);
-        for i in 0..total {
-            activation::layer_norm(
-                isa,
-                &x[i * d..(i + 1) * d],
-                &layer.ln1_g,
-                &layer.ln1_b,
-                layer.eps,
-                &mut lnb[i * d..(i + 1) * d],
-            )?;
-        }
+        layer_norm_rows(isa, x, d, &layer.ln1_g, &layer.ln1_b, layer.eps, lnb)?;
         // h = x + MHA(LN1(x)) into `out`.
         let res: &[f32] = match rows {
             OutputRows::All => x,
@@ -244,16 +235,15 @@ fn ffn_residual(
 ) -> Result<(), KernelError> {
     let d = layer.d();
     let ln2 = grow(&mut ws.ln2, n * d);
-    for i in 0..n {
-        activation::layer_norm(
-            isa,
-            &out[i * d..(i + 1) * d],
-            &layer.ln2_g,
-            &layer.ln2_b,
-            layer.eps,
-            &mut ln2[i * d..(i + 1) * d],
-        )?;
-    }
+    layer_norm_rows(
+        isa,
+        &out[..n * d],
+        d,
+        &layer.ln2_g,
+        &layer.ln2_b,
+        layer.eps,
+        ln2,
+    )?;
     let f = layer.ffn;
     let hidden = grow(&mut ws.hidden, n * f);
     gemm_strided(
@@ -285,4 +275,149 @@ fn ffn_residual(
         0,
         d,
     )
+}
+
+/// LayerNorm of every `d`-wide row of `x` into `out` (same shape). The
+/// AVX-512 path normalises four rows at a time so that their reduction
+/// chains overlap; the other paths call [`activation::layer_norm`] per row.
+fn layer_norm_rows(
+    isa: Isa,
+    x: &[f32],
+    d: usize,
+    g: &[f32],
+    b: &[f32],
+    eps: f32,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    check_len("layer norm out", x.len(), out.len())?;
+    check_len("layer norm gamma", d, g.len())?;
+    check_len("layer norm beta", d, b.len())?;
+    if d == 0 || !x.len().is_multiple_of(d) {
+        return Err(KernelError::Invalid {
+            what: "layer norm rows",
+            detail: format!("{} values are not rows of {d}", x.len()),
+        });
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: the caller checked the ISA (AVX-512 F/BW/VL + FMA).
+        unsafe { x86::ln_rows_avx512(x, d, g, b, eps, out) };
+        return Ok(());
+    }
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        activation::layer_norm(isa, xr, g, b, eps, or)?;
+    }
+    Ok(())
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    fn lanes(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    }
+
+    /// Rows of `d` values, four at a time (see `layer_norm_rows`).
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL and FMA are available.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    pub(super) unsafe fn ln_rows_avx512(
+        x: &[f32],
+        d: usize,
+        g: &[f32],
+        b: &[f32],
+        eps: f32,
+        out: &mut [f32],
+    ) {
+        assert!(d > 0 && x.len().is_multiple_of(d) && out.len() == x.len());
+        assert!(g.len() == d && b.len() == d);
+        let n = x.len() / d;
+        let mut i = 0;
+        while i + 4 <= n {
+            rows::<4>(x, i, d, g, b, eps, out);
+            i += 4;
+        }
+        while i < n {
+            rows::<1>(x, i, d, g, b, eps, out);
+            i += 1;
+        }
+    }
+
+    /// Normalises rows `i..i + R` (`i + R ≤ rows`, checked by the caller).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    fn rows<const R: usize>(
+        x: &[f32],
+        i: usize,
+        d: usize,
+        g: &[f32],
+        b: &[f32],
+        eps: f32,
+        out: &mut [f32],
+    ) {
+        assert!((i + R) * d <= x.len() && x.len() == out.len() && g.len() == d && b.len() == d);
+        let xp = x.as_ptr();
+        let op = out.as_mut_ptr();
+        let inv_d = 1.0 / d as f32;
+        let mut sum = [_mm512_setzero_ps(); R];
+        let mut c = 0;
+        while c < d {
+            let m = lanes(d - c);
+            for r in 0..R {
+                // SAFETY: row i + r < rows, columns c.. < d under the mask.
+                let v = unsafe { _mm512_maskz_loadu_ps(m, xp.add((i + r) * d + c)) };
+                sum[r] = _mm512_add_ps(sum[r], v);
+            }
+            c += 16;
+        }
+        let mut mean = [_mm512_setzero_ps(); R];
+        for r in 0..R {
+            mean[r] = _mm512_set1_ps(_mm512_reduce_add_ps(sum[r]) * inv_d);
+        }
+        let mut sq = [_mm512_setzero_ps(); R];
+        let mut c = 0;
+        while c < d {
+            let m = lanes(d - c);
+            for r in 0..R {
+                // SAFETY: as above.
+                let v = unsafe { _mm512_maskz_loadu_ps(m, xp.add((i + r) * d + c)) };
+                let t = _mm512_maskz_sub_ps(m, v, mean[r]);
+                sq[r] = _mm512_fmadd_ps(t, t, sq[r]);
+            }
+            c += 16;
+        }
+        let mut inv = [_mm512_setzero_ps(); R];
+        for r in 0..R {
+            let var = _mm512_reduce_add_ps(sq[r]) * inv_d;
+            inv[r] = _mm512_set1_ps(1.0 / (var + eps).sqrt());
+        }
+        let mut c = 0;
+        while c < d {
+            let m = lanes(d - c);
+            // SAFETY: columns c.. < d under the mask, inside gamma and beta.
+            let (gv, bv) = unsafe {
+                (
+                    _mm512_maskz_loadu_ps(m, g.as_ptr().add(c)),
+                    _mm512_maskz_loadu_ps(m, b.as_ptr().add(c)),
+                )
+            };
+            for r in 0..R {
+                // SAFETY: as above, for x and out.
+                unsafe {
+                    let v = _mm512_maskz_loadu_ps(m, xp.add((i + r) * d + c));
+                    let y =
+                        _mm512_fmadd_ps(_mm512_mul_ps(_mm512_sub_ps(v, mean[r]), inv[r]), gv, bv);
+                    _mm512_mask_storeu_ps(op.add((i + r) * d + c), m, y);
+                }
+            }
+            c += 16;
+        }
+    }
 }
