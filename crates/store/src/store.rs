@@ -1,0 +1,731 @@
+//! [`Store`]: the registry of models, versions and generations, with loading
+//! off the request path, atomic swaps, labels and the repository watcher.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use dashmap::DashMap;
+
+use crate::error::{Error, Result};
+use crate::generation::Generation;
+use crate::policy::VersionPolicy;
+use crate::repo;
+
+/// Configuration of a [`Store`].
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The repository root (`<root>/<name>/<version>/`).
+    pub root: PathBuf,
+    /// Version policy of models without an entry in `policies`.
+    pub default_policy: VersionPolicy,
+    /// Version policy per model name.
+    pub policies: BTreeMap<String, VersionPolicy>,
+    /// The model requests with an empty name get (otherwise the only model,
+    /// when exactly one exists).
+    pub default_model: Option<String>,
+    /// Period of the repository poll (the watcher's safety net).
+    pub poll_interval: Duration,
+    /// Debounce of file-system events.
+    pub debounce: Duration,
+    /// Run the golden examples at load (always true in production).
+    pub verify_golden: bool,
+}
+
+impl StoreConfig {
+    /// A configuration with defaults for `root`: policy `latest`, poll every
+    /// 5 s, debounce 300 ms, golden check on.
+    pub fn new(root: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            root: root.into(),
+            default_policy: VersionPolicy::Latest,
+            policies: BTreeMap::new(),
+            default_model: None,
+            poll_interval: Duration::from_secs(5),
+            debounce: Duration::from_millis(300),
+            verify_golden: true,
+        }
+    }
+}
+
+/// Lifecycle state of a version in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionState {
+    /// Being loaded, validated and warmed.
+    Loading,
+    /// Serving.
+    Ready,
+    /// Refused (see the reason); never serves.
+    Failed,
+    /// Not loaded (dropped by the policy, or by an operator).
+    Unloaded,
+}
+
+impl VersionState {
+    /// Upper-case name, as in the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            VersionState::Loading => "LOADING",
+            VersionState::Ready => "READY",
+            VersionState::Failed => "FAILED",
+            VersionState::Unloaded => "UNLOADED",
+        }
+    }
+}
+
+/// What the store knows about one version.
+#[derive(Debug, Clone)]
+pub struct VersionStatus {
+    /// Current state.
+    pub state: VersionState,
+    /// Why it failed or was unloaded; empty otherwise.
+    pub reason: String,
+    /// When it entered the state.
+    pub since: SystemTime,
+    /// Duration of the last successful load.
+    pub load_duration: Option<Duration>,
+    /// Generation id while READY; 0 otherwise.
+    pub generation_id: u64,
+    /// Failed load attempts so far.
+    pub failures: u32,
+    /// Unloaded by an operator: the watcher does not load it again until a
+    /// reload names it.
+    pub pinned_out: bool,
+}
+
+impl VersionStatus {
+    fn new(state: VersionState, reason: impl Into<String>) -> VersionStatus {
+        VersionStatus {
+            state,
+            reason: reason.into(),
+            since: SystemTime::now(),
+            load_duration: None,
+            generation_id: 0,
+            failures: 0,
+            pinned_out: false,
+        }
+    }
+
+    fn set(&mut self, state: VersionState, reason: impl Into<String>) {
+        self.state = state;
+        self.reason = reason.into();
+        self.since = SystemTime::now();
+        if state != VersionState::Ready {
+            self.generation_id = 0;
+        }
+    }
+}
+
+/// How a request selects a version of a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// The model's default version (newest READY one the policy allows).
+    Default,
+    /// Exactly this version (it must be READY).
+    Version(u64),
+    /// The version a label points to (it must be READY).
+    Label(String),
+}
+
+/// A model and its versions, for status RPCs.
+#[derive(Debug, Clone)]
+pub struct ModelSnapshot {
+    /// Model name.
+    pub name: String,
+    /// Its version policy.
+    pub policy: VersionPolicy,
+    /// The default version; 0 when none is READY.
+    pub default_version: u64,
+    /// Label → version.
+    pub labels: BTreeMap<String, u64>,
+    /// Every known version, newest first.
+    pub versions: Vec<VersionSnapshot>,
+}
+
+/// One version of a [`ModelSnapshot`].
+#[derive(Debug, Clone)]
+pub struct VersionSnapshot {
+    /// Version number.
+    pub version: u64,
+    /// Its status.
+    pub status: VersionStatus,
+    /// The generation while READY.
+    pub generation: Option<Arc<Generation>>,
+    /// Whether it is the default version.
+    pub is_default: bool,
+    /// Labels pointing to it.
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug)]
+struct ModelState {
+    name: String,
+    policy: VersionPolicy,
+    default: ArcSwapOption<Generation>,
+    versions: Mutex<BTreeMap<u64, VersionStatus>>,
+    labels: Mutex<BTreeMap<String, u64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[derive(Debug)]
+struct Inner {
+    cfg: StoreConfig,
+    models: DashMap<String, Arc<ModelState>>,
+    slots: DashMap<(String, u64), Arc<ArcSwap<Generation>>>,
+    scan_lock: tokio::sync::Mutex<()>,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+/// The model store. Cheap to clone (shared state).
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl Store {
+    /// A store over `cfg.root` with nothing loaded yet; call [`Store::scan`]
+    /// (or [`Store::spawn_watcher`]) to load.
+    pub fn new(cfg: StoreConfig) -> Store {
+        let (changed, _) = tokio::sync::watch::channel(0);
+        Store {
+            inner: Arc::new(Inner {
+                cfg,
+                models: DashMap::new(),
+                slots: DashMap::new(),
+                scan_lock: tokio::sync::Mutex::new(()),
+                changed,
+            }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.cfg
+    }
+
+    /// A receiver that changes whenever a version changes state (for health).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changed.subscribe()
+    }
+
+    fn bump(&self) {
+        self.inner.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Names of the known models, sorted.
+    pub fn model_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.inner.models.iter().map(|e| e.key().clone()).collect();
+        v.sort();
+        v
+    }
+
+    /// The model requests with an empty name get: the configured default
+    /// model, or the only model when exactly one is known.
+    pub fn default_model(&self) -> Option<String> {
+        if let Some(d) = &self.inner.cfg.default_model {
+            return Some(d.clone());
+        }
+        let names = self.model_names();
+        if names.len() == 1 {
+            names.into_iter().next()
+        } else {
+            None
+        }
+    }
+
+    /// True when at least one model has a READY default version.
+    pub fn any_ready(&self) -> bool {
+        self.inner
+            .models
+            .iter()
+            .any(|m| m.value().default.load().is_some())
+    }
+
+    /// True when every known model has a READY default version (and there is
+    /// at least one model).
+    pub fn all_ready(&self) -> bool {
+        !self.inner.models.is_empty()
+            && self
+                .inner
+                .models
+                .iter()
+                .all(|m| m.value().default.load().is_some())
+    }
+
+    fn model(&self, name: &str) -> Result<(String, Arc<ModelState>)> {
+        let name = if name.is_empty() {
+            self.default_model().ok_or_else(|| Error::NoDefaultModel {
+                available: self.available(),
+            })?
+        } else {
+            name.to_string()
+        };
+        match self.inner.models.get(&name) {
+            Some(m) => Ok((name, m.value().clone())),
+            None => Err(Error::UnknownModel {
+                name,
+                available: self.available(),
+            }),
+        }
+    }
+
+    fn available(&self) -> String {
+        let names = self.model_names();
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        }
+    }
+
+    /// The generation a request gets. Take it once per request and keep the
+    /// `Arc` until the response is built: the whole request then runs on one
+    /// generation even if a swap happens meanwhile.
+    pub fn resolve(&self, name: &str, selector: &Selector) -> Result<Arc<Generation>> {
+        let (name, m) = self.model(name)?;
+        match selector {
+            Selector::Default => m
+                .default
+                .load_full()
+                .ok_or(Error::NoReadyVersion { model: name }),
+            Selector::Version(v) => self.pinned(&name, &m, *v),
+            Selector::Label(label) => {
+                let v = lock(&m.labels).get(label).copied();
+                match v {
+                    Some(v) => self.pinned(&name, &m, v),
+                    None => Err(Error::UnknownLabel {
+                        model: name,
+                        label: label.clone(),
+                    }),
+                }
+            }
+        }
+    }
+
+    fn pinned(&self, name: &str, m: &ModelState, v: u64) -> Result<Arc<Generation>> {
+        if let Some(slot) = self.inner.slots.get(&(name.to_string(), v)) {
+            return Ok(slot.value().load_full());
+        }
+        let state = match lock(&m.versions).get(&v) {
+            None => "unknown version".to_string(),
+            Some(s) if s.reason.is_empty() => s.state.name().to_string(),
+            Some(s) => format!("{}: {}", s.state.name(), s.reason),
+        };
+        Err(Error::VersionNotReady {
+            model: name.to_string(),
+            version: v,
+            state,
+        })
+    }
+
+    /// A status snapshot of one model (empty name = the default model).
+    pub fn snapshot(&self, name: &str) -> Result<ModelSnapshot> {
+        let (name, m) = self.model(name)?;
+        let default = m.default.load_full();
+        let labels = lock(&m.labels).clone();
+        let versions = lock(&m.versions).clone();
+        let mut out = Vec::with_capacity(versions.len());
+        for (v, status) in versions.into_iter().rev() {
+            let generation = self
+                .inner
+                .slots
+                .get(&(name.clone(), v))
+                .map(|s| s.value().load_full());
+            out.push(VersionSnapshot {
+                version: v,
+                is_default: default.as_ref().is_some_and(|d| d.version == v),
+                labels: labels
+                    .iter()
+                    .filter(|(_, lv)| **lv == v)
+                    .map(|(l, _)| l.clone())
+                    .collect(),
+                status,
+                generation,
+            });
+        }
+        Ok(ModelSnapshot {
+            name,
+            policy: m.policy,
+            default_version: default.map_or(0, |d| d.version),
+            labels,
+            versions: out,
+        })
+    }
+
+    /// Snapshots of every model, by name.
+    pub fn snapshots(&self) -> Vec<ModelSnapshot> {
+        self.model_names()
+            .iter()
+            .filter_map(|n| self.snapshot(n).ok())
+            .collect()
+    }
+
+    fn ensure_model(&self, name: &str) -> Arc<ModelState> {
+        self.inner
+            .models
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                let policy = self
+                    .inner
+                    .cfg
+                    .policies
+                    .get(name)
+                    .copied()
+                    .unwrap_or(self.inner.cfg.default_policy);
+                Arc::new(ModelState {
+                    name: name.to_string(),
+                    policy,
+                    default: ArcSwapOption::empty(),
+                    versions: Mutex::new(BTreeMap::new()),
+                    labels: Mutex::new(BTreeMap::new()),
+                })
+            })
+            .clone()
+    }
+
+    /// Rescans the whole repository: discovers models and versions, loads
+    /// what the version policies want (off the request path), swaps defaults
+    /// atomically and unloads versions the policies no longer keep.
+    pub async fn scan(&self) -> Result<()> {
+        let _guard = self.inner.scan_lock.lock().await;
+        let root = self.inner.cfg.root.clone();
+        let names = tokio::task::spawn_blocking(move || repo::list_models(&root))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+        for name in names {
+            if let Err(e) = self.scan_model_locked(&name).await {
+                tracing::warn!(model = %name, error = %e, "scan failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Rescans one model.
+    pub async fn scan_model(&self, name: &str) -> Result<()> {
+        repo::validate_model_name(name)?;
+        let _guard = self.inner.scan_lock.lock().await;
+        self.scan_model_locked(name).await
+    }
+
+    async fn scan_model_locked(&self, name: &str) -> Result<()> {
+        let dir = self.inner.cfg.root.join(name);
+        let d2 = dir.clone();
+        let (disk, labels) =
+            tokio::task::spawn_blocking(move || (repo::list_versions(&d2), repo::read_labels(&d2)))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?;
+        let disk = disk?;
+        let m = self.ensure_model(name);
+        match labels {
+            Ok(l) => *lock(&m.labels) = l,
+            Err(e) => tracing::warn!(model = %name, error = %e, "labels file ignored"),
+        }
+        {
+            let mut vs = lock(&m.versions);
+            for &v in &disk {
+                vs.entry(v).or_insert_with(|| {
+                    VersionStatus::new(VersionState::Unloaded, "not selected by the version policy")
+                });
+            }
+        }
+        loop {
+            let to_load: Vec<u64> = {
+                let vs = lock(&m.versions);
+                let available: Vec<u64> = disk
+                    .iter()
+                    .copied()
+                    .filter(|v| {
+                        vs.get(v)
+                            .is_none_or(|s| s.state != VersionState::Failed && !s.pinned_out)
+                    })
+                    .collect();
+                let mut wanted: BTreeSet<u64> = m.policy.wanted(&available).into_iter().collect();
+                for &lv in lock(&m.labels).values() {
+                    if available.contains(&lv) {
+                        wanted.insert(lv);
+                    }
+                }
+                wanted
+                    .into_iter()
+                    .rev()
+                    .filter(|v| vs.get(v).is_none_or(|s| s.state != VersionState::Ready))
+                    .collect()
+            };
+            if to_load.is_empty() {
+                break;
+            }
+            for v in to_load {
+                self.load_version(&m, v).await;
+            }
+        }
+        self.refresh_default(&m);
+        self.prune(&m, &disk);
+        Ok(())
+    }
+
+    async fn load_version(&self, m: &Arc<ModelState>, version: u64) -> bool {
+        {
+            let mut vs = lock(&m.versions);
+            let s = vs
+                .entry(version)
+                .or_insert_with(|| VersionStatus::new(VersionState::Loading, ""));
+            s.set(VersionState::Loading, "");
+        }
+        self.bump();
+        let dir = self.inner.cfg.root.join(&m.name).join(version.to_string());
+        let name = m.name.clone();
+        let verify = self.inner.cfg.verify_golden;
+        tracing::info!(model = %name, version, dir = %dir.display(), "loading version");
+        let res =
+            tokio::task::spawn_blocking(move || Generation::load(&name, version, &dir, verify))
+                .await
+                .map_err(|e| Error::Internal(format!("loading task failed: {e}")))
+                .and_then(|r| r);
+        let ok = match res {
+            Ok(g) => {
+                let g = Arc::new(g);
+                let key = (m.name.clone(), version);
+                match self.inner.slots.get(&key) {
+                    Some(slot) => slot.value().store(g.clone()),
+                    None => {
+                        self.inner
+                            .slots
+                            .insert(key, Arc::new(ArcSwap::new(g.clone())));
+                    }
+                }
+                let mut vs = lock(&m.versions);
+                let s = vs
+                    .entry(version)
+                    .or_insert_with(|| VersionStatus::new(VersionState::Ready, ""));
+                s.set(VersionState::Ready, "");
+                s.generation_id = g.id;
+                s.load_duration = Some(g.load_duration);
+                s.pinned_out = false;
+                metrics::counter!("profiled_model_loads_total", "model" => m.name.clone(), "outcome" => "ready").increment(1);
+                tracing::info!(model = %m.name, version, generation = g.id,
+                    load_ms = g.load_duration.as_millis() as u64, "version ready");
+                true
+            }
+            Err(e) => {
+                let reason = match &e {
+                    Error::Load { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                };
+                let mut vs = lock(&m.versions);
+                let s = vs
+                    .entry(version)
+                    .or_insert_with(|| VersionStatus::new(VersionState::Failed, ""));
+                s.set(VersionState::Failed, reason.clone());
+                s.failures += 1;
+                metrics::counter!("profiled_model_loads_total", "model" => m.name.clone(), "outcome" => "failed").increment(1);
+                tracing::warn!(model = %m.name, version, reason = %reason, "version refused");
+                false
+            }
+        };
+        self.bump();
+        ok
+    }
+
+    /// Points the default at the newest READY version the policy allows.
+    fn refresh_default(&self, m: &ModelState) {
+        let ready: Vec<u64> = lock(&m.versions)
+            .iter()
+            .filter(|(v, s)| s.state == VersionState::Ready && m.policy.allows_default(**v))
+            .map(|(v, _)| *v)
+            .collect();
+        let best = ready
+            .iter()
+            .rev()
+            .find_map(|v| self.inner.slots.get(&(m.name.clone(), *v)))
+            .map(|s| s.value().load_full());
+        let current = m.default.load_full();
+        let same = match (&current, &best) {
+            (Some(a), Some(b)) => a.id == b.id,
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            if let Some(b) = &best {
+                tracing::info!(model = %m.name, version = b.version, generation = b.id, "default version swapped");
+                metrics::counter!("profiled_model_swaps_total", "model" => m.name.clone())
+                    .increment(1);
+            }
+            m.default.store(best);
+            self.bump();
+        }
+    }
+
+    /// Unloads READY versions the policy no longer keeps (labelled versions
+    /// and the default are always kept).
+    fn prune(&self, m: &ModelState, disk: &[u64]) {
+        let default = m.default.load().as_ref().map(|g| g.version);
+        let labelled: BTreeSet<u64> = lock(&m.labels).values().copied().collect();
+        let mut dropped = Vec::new();
+        {
+            let mut vs = lock(&m.versions);
+            let available: Vec<u64> = disk
+                .iter()
+                .copied()
+                .filter(|v| {
+                    vs.get(v)
+                        .is_none_or(|s| s.state != VersionState::Failed && !s.pinned_out)
+                })
+                .collect();
+            let keep: BTreeSet<u64> = m.policy.wanted(&available).into_iter().collect();
+            for (v, s) in vs.iter_mut() {
+                if s.state == VersionState::Ready
+                    && !keep.contains(v)
+                    && !labelled.contains(v)
+                    && Some(*v) != default
+                {
+                    s.set(
+                        VersionState::Unloaded,
+                        format!("dropped by the version policy ({})", m.policy),
+                    );
+                    dropped.push(*v);
+                }
+            }
+        }
+        for v in &dropped {
+            self.inner.slots.remove(&(m.name.clone(), *v));
+            tracing::info!(model = %m.name, version = *v, "version unloaded by the policy");
+        }
+        if !dropped.is_empty() {
+            self.bump();
+        }
+    }
+
+    /// Rescans now (one model or all). With `version` (requires a model), loads
+    /// or retries exactly that version even if FAILED or UNLOADED.
+    pub async fn reload(&self, model: &str, version: Option<u64>) -> Result<()> {
+        if model.is_empty() {
+            if version.is_some() {
+                return Err(Error::Precondition(
+                    "version: a version needs a model name".into(),
+                ));
+            }
+            return self.scan().await;
+        }
+        repo::validate_model_name(model)?;
+        let Some(v) = version else {
+            return self.scan_model(model).await;
+        };
+        let _guard = self.inner.scan_lock.lock().await;
+        let dir = self.inner.cfg.root.join(model).join(v.to_string());
+        if !dir.is_dir() {
+            return Err(Error::VersionNotReady {
+                model: model.to_string(),
+                version: v,
+                state: format!("no directory {}", dir.display()),
+            });
+        }
+        let m = self.ensure_model(model);
+        if let Some(s) = lock(&m.versions).get_mut(&v) {
+            s.pinned_out = false;
+        }
+        let ok = self.load_version(&m, v).await;
+        self.refresh_default(&m);
+        if ok {
+            Ok(())
+        } else {
+            let reason = lock(&m.versions)
+                .get(&v)
+                .map(|s| s.reason.clone())
+                .unwrap_or_default();
+            Err(Error::Load {
+                model: model.to_string(),
+                version: v,
+                reason,
+            })
+        }
+    }
+
+    /// Points `label` at a READY `version` (`Some`) or removes it (`None`);
+    /// persisted in the model's `labels.json`.
+    pub fn set_label(&self, model: &str, label: &str, version: Option<u64>) -> Result<()> {
+        repo::validate_label(label)?;
+        let (name, m) = self.model(model)?;
+        let mut labels = lock(&m.labels).clone();
+        match version {
+            Some(v) => {
+                let ready = lock(&m.versions)
+                    .get(&v)
+                    .is_some_and(|s| s.state == VersionState::Ready);
+                if !ready {
+                    return Err(Error::Precondition(format!(
+                        "version: model {name:?} version {v} is not READY"
+                    )));
+                }
+                labels.insert(label.to_string(), v);
+            }
+            None => {
+                if labels.remove(label).is_none() {
+                    return Err(Error::UnknownLabel {
+                        model: name,
+                        label: label.to_string(),
+                    });
+                }
+            }
+        }
+        repo::write_labels(&self.inner.cfg.root.join(&name), &labels)?;
+        *lock(&m.labels) = labels;
+        self.bump();
+        Ok(())
+    }
+
+    /// Stops serving `version`; in-flight requests finish on it and its
+    /// memory is released when they drop their references. Without `force`
+    /// a labelled version or the only READY version is refused.
+    pub fn unload(&self, model: &str, version: u64, force: bool) -> Result<()> {
+        let (name, m) = self.model(model)?;
+        let ready: Vec<u64> = lock(&m.versions)
+            .iter()
+            .filter(|(_, s)| s.state == VersionState::Ready)
+            .map(|(v, _)| *v)
+            .collect();
+        if !ready.contains(&version) {
+            return Err(Error::VersionNotReady {
+                model: name,
+                version,
+                state: "not READY".into(),
+            });
+        }
+        let labelled: Vec<String> = lock(&m.labels)
+            .iter()
+            .filter(|(_, v)| **v == version)
+            .map(|(l, _)| l.clone())
+            .collect();
+        if !force {
+            if !labelled.is_empty() {
+                return Err(Error::Precondition(format!(
+                    "version {version} is labelled ({}); use force",
+                    labelled.join(", ")
+                )));
+            }
+            if ready.len() == 1 {
+                return Err(Error::Precondition(format!(
+                    "version {version} is the only READY version of {name:?}; use force"
+                )));
+            }
+        }
+        if !labelled.is_empty() {
+            let mut labels = lock(&m.labels).clone();
+            labels.retain(|_, v| *v != version);
+            repo::write_labels(&self.inner.cfg.root.join(&name), &labels)?;
+            *lock(&m.labels) = labels;
+        }
+        if let Some(s) = lock(&m.versions).get_mut(&version) {
+            s.set(VersionState::Unloaded, "unloaded by ModelAdmin.Unload");
+            s.pinned_out = true;
+        }
+        self.inner.slots.remove(&(name.clone(), version));
+        self.refresh_default(&m);
+        self.bump();
+        Ok(())
+    }
+}
