@@ -353,29 +353,51 @@ unsafe fn store_tail_or_full(p: *mut f32, r: usize, v: __m256) {
     }
 }
 
-/// Applies `f` to every 8-lane block of `x` in place (masked tail).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn map_inplace(x: &mut [f32], f: impl Fn(__m256) -> __m256) {
-    let n = x.len();
-    let p = x.as_mut_ptr();
-    let mut i = 0;
-    while i < n {
-        let r = (n - i).min(8);
-        // SAFETY: `r` elements from `i` are in `x`.
-        unsafe {
-            let v = f(load_tail_or_full(p.add(i), r));
-            store_tail_or_full(p.add(i), r, v);
+/// Applies `$f` (an expression of the 8-lane vector `$v`) to every 8-lane
+/// block of the `&mut [f32]` `$x` in place, masked tail. A macro rather than
+/// a closure so that the body is compiled with this module's target features
+/// and inlined.
+macro_rules! map_inplace {
+    ($x:expr, |$v:ident| $f:expr) => {{
+        let x: &mut [f32] = $x;
+        let n = x.len();
+        let p = x.as_mut_ptr();
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: `i + 16 <= n = x.len()`.
+            let (a, b) = unsafe { (_mm256_loadu_ps(p.add(i)), _mm256_loadu_ps(p.add(i + 8))) };
+            let ra = {
+                let $v = a;
+                $f
+            };
+            let rb = {
+                let $v = b;
+                $f
+            };
+            // SAFETY: as above.
+            unsafe {
+                _mm256_storeu_ps(p.add(i), ra);
+                _mm256_storeu_ps(p.add(i + 8), rb);
+            }
+            i += 16;
         }
-        i += r;
-    }
+        while i < n {
+            let r = (n - i).min(8);
+            // SAFETY: `r` elements from `i` are in `x`.
+            let $v = unsafe { load_tail_or_full(p.add(i), r) };
+            let out = $f;
+            // SAFETY: as above.
+            unsafe { store_tail_or_full(p.add(i), r, out) };
+            i += r;
+        }
+    }};
 }
 
 /// `x *= s`.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn scale(x: &mut [f32], s: f32) {
     let sv = _mm256_set1_ps(s);
-    map_inplace(x, |v| _mm256_mul_ps(v, sv));
+    map_inplace!(x, |v| _mm256_mul_ps(v, sv));
 }
 
 /// Scales to unit norm; returns the norm.
@@ -426,7 +448,7 @@ fn exp8(x: __m256) -> __m256 {
 /// `x = exp(x)` element-wise.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn exp_inplace(x: &mut [f32]) {
-    map_inplace(x, |v| exp8(v));
+    map_inplace!(x, |v| exp8(v));
 }
 
 /// In-place row softmax.
@@ -502,46 +524,65 @@ pub(crate) fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: 
     let n = x.len().min(gamma.len()).min(beta.len()).min(out.len());
     let (px, pg, pb, po) = (x.as_ptr(), gamma.as_ptr(), beta.as_ptr(), out.as_mut_ptr());
     let cnt = n.max(1) as f32;
-    // Mean.
-    let mut s = [_mm256_setzero_ps(); 2];
+    // Mean (masked tail lanes load as 0).
+    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: `i + 16 <= n`.
+        unsafe {
+            s0 = _mm256_add_ps(s0, _mm256_loadu_ps(px.add(i)));
+            s1 = _mm256_add_ps(s1, _mm256_loadu_ps(px.add(i + 8)));
+        }
+        i += 16;
+    }
     while i < n {
         let r = (n - i).min(8);
-        // SAFETY: `r` elements from `i` are in `x` (masked lanes read as 0).
-        let v = unsafe { load_tail_or_full(px.add(i), r) };
-        s[(i / 8) & 1] = _mm256_add_ps(s[(i / 8) & 1], v);
+        // SAFETY: `r` elements from `i` are in `x`.
+        s0 = _mm256_add_ps(s0, unsafe { load_tail_or_full(px.add(i), r) });
         i += r;
     }
-    let mean = hsum(_mm256_add_ps(s[0], s[1])) / cnt;
+    let mean = hsum(_mm256_add_ps(s0, s1)) / cnt;
     let mv = _mm256_set1_ps(mean);
-    // Variance (two-pass; masked lanes zeroed after the subtraction).
-    let mut q = [_mm256_setzero_ps(); 2];
+    // Variance, two-pass (tail lanes zeroed after the subtraction).
+    let (mut q0, mut q1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: `i + 16 <= n`.
+        let (a, b) = unsafe { (_mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(px.add(i + 8))) };
+        let (da, db) = (_mm256_sub_ps(a, mv), _mm256_sub_ps(b, mv));
+        q0 = _mm256_fmadd_ps(da, da, q0);
+        q1 = _mm256_fmadd_ps(db, db, q1);
+        i += 16;
+    }
     while i < n {
         let r = (n - i).min(8);
         let mask = _mm256_castsi256_ps(tail_mask(r));
         // SAFETY: `r` elements from `i` are in `x`.
         let v = unsafe { load_tail_or_full(px.add(i), r) };
         let d = _mm256_and_ps(_mm256_sub_ps(v, mv), mask);
-        q[(i / 8) & 1] = _mm256_fmadd_ps(d, d, q[(i / 8) & 1]);
+        q0 = _mm256_fmadd_ps(d, d, q0);
         i += r;
     }
-    let var = hsum(_mm256_add_ps(q[0], q[1])) / cnt;
+    let var = hsum(_mm256_add_ps(q0, q1)) / cnt;
     let iv = _mm256_set1_ps(1.0 / (var + eps).sqrt());
     let mut i = 0;
-    while i < n {
-        let r = (n - i).min(8);
+    while i + 8 <= n {
+        // SAFETY: `i + 8 <= n`, all four slices hold `n` elements.
+        unsafe {
+            let v = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(px.add(i)), mv), iv);
+            let o = _mm256_fmadd_ps(v, _mm256_loadu_ps(pg.add(i)), _mm256_loadu_ps(pb.add(i)));
+            _mm256_storeu_ps(po.add(i), o);
+        }
+        i += 8;
+    }
+    if i < n {
+        let r = n - i;
         // SAFETY: `r` elements from `i` are in all four slices.
         unsafe {
-            let v = _mm256_mul_ps(_mm256_sub_ps(load_tail_or_full(px.add(i), r), mv), iv);
-            let o = _mm256_fmadd_ps(
-                v,
-                load_tail_or_full(pg.add(i), r),
-                load_tail_or_full(pb.add(i), r),
-            );
-            store_tail_or_full(po.add(i), r, o);
+            let v = _mm256_mul_ps(_mm256_sub_ps(load_tail(px.add(i), r), mv), iv);
+            let o = _mm256_fmadd_ps(v, load_tail(pg.add(i), r), load_tail(pb.add(i), r));
+            store_tail(po.add(i), r, o);
         }
-        i += r;
     }
 }
 
@@ -566,7 +607,7 @@ fn gelu8(x: __m256) -> __m256 {
 /// Tanh-GELU in place.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn gelu(x: &mut [f32]) {
-    map_inplace(x, |v| gelu8(v));
+    map_inplace!(x, |v| gelu8(v));
 }
 
 // ---------------------------------------------------------------- row scans

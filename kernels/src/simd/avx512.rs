@@ -111,6 +111,16 @@ pub(crate) fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
     let d: &mut [u16] = dst[..n].reinterpret_cast_mut();
     let (sp, dp) = (src.as_ptr(), d.as_mut_ptr());
     let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: `i + 16 <= n`: 16 f32 readable at `sp+i`, 16 u16 writable at `dp+i`.
+        unsafe {
+            let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm512_loadu_ps(sp.add(i)),
+            );
+            _mm256_storeu_si256(dp.add(i).cast(), h);
+        }
+        i += 16;
+    }
     while i < n {
         let r = (n - i).min(16);
         // SAFETY: `r` elements from `i` are readable in `src` and writable in
@@ -235,41 +245,57 @@ pub(crate) fn axpy_f16(alpha: f32, x: &[f16], y: &mut [f32]) {
     let (px, py) = (x.as_ptr(), y.as_mut_ptr());
     let av = _mm512_set1_ps(alpha);
     let mut i = 0;
-    while i < n {
-        let r = (n - i).min(16);
+    while i + 16 <= n {
+        // SAFETY: `i + 16 <= n`, both slices hold `n` elements.
+        unsafe {
+            let v = _mm512_fmadd_ps(load_h16(px.add(i)), av, _mm512_loadu_ps(py.add(i)));
+            _mm512_storeu_ps(py.add(i), v);
+        }
+        i += 16;
+    }
+    if i < n {
+        let r = n - i;
         // SAFETY: `r` elements from `i` are in both slices.
         unsafe {
             let v = _mm512_fmadd_ps(load_h(px.add(i), r), av, load(py.add(i), r));
             store(py.add(i), r, v);
         }
-        i += r;
     }
 }
 
-/// Applies `f` to every 16-lane block of `x` in place (masked tail).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn map_inplace(x: &mut [f32], f: impl Fn(__m512) -> __m512) {
-    let n = x.len();
-    let p = x.as_mut_ptr();
-    let mut i = 0;
-    while i + 16 <= n {
-        // SAFETY: `i + 16 <= n`.
-        unsafe { _mm512_storeu_ps(p.add(i), f(_mm512_loadu_ps(p.add(i)))) };
-        i += 16;
-    }
-    if i < n {
-        let r = n - i;
-        // SAFETY: `r` elements from `i` are in `x`.
-        unsafe { store(p.add(i), r, f(load(p.add(i), r))) };
-    }
+/// Applies `$f` (an expression of the 16-lane vector `$v`) to every block of
+/// the `&mut [f32]` `$x` in place, masked tail (a macro so the body is
+/// compiled with this module's target features and inlined).
+macro_rules! map_inplace {
+    ($x:expr, |$v:ident| $f:expr) => {{
+        let x: &mut [f32] = $x;
+        let n = x.len();
+        let p = x.as_mut_ptr();
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: `i + 16 <= n = x.len()`.
+            let $v = unsafe { _mm512_loadu_ps(p.add(i)) };
+            let out = $f;
+            // SAFETY: as above.
+            unsafe { _mm512_storeu_ps(p.add(i), out) };
+            i += 16;
+        }
+        if i < n {
+            let r = n - i;
+            // SAFETY: `r` elements from `i` are in `x`.
+            let $v = unsafe { load(p.add(i), r) };
+            let out = $f;
+            // SAFETY: as above.
+            unsafe { store(p.add(i), r, out) };
+        }
+    }};
 }
 
 /// `x *= s`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 fn scale(x: &mut [f32], s: f32) {
     let sv = _mm512_set1_ps(s);
-    map_inplace(x, |v| _mm512_mul_ps(v, sv));
+    map_inplace!(x, |v| _mm512_mul_ps(v, sv));
 }
 
 /// Scales to unit norm; returns the norm.
@@ -313,7 +339,7 @@ fn exp16(x: __m512) -> __m512 {
 /// `x = exp(x)` element-wise.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub(crate) fn exp_inplace(x: &mut [f32]) {
-    map_inplace(x, |v| exp16(v));
+    map_inplace!(x, |v| exp16(v));
 }
 
 /// In-place row softmax.
@@ -380,39 +406,62 @@ pub(crate) fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: 
     let n = x.len().min(gamma.len()).min(beta.len()).min(out.len());
     let (px, pg, pb, po) = (x.as_ptr(), gamma.as_ptr(), beta.as_ptr(), out.as_mut_ptr());
     let cnt = n.max(1) as f32;
-    let mut s = [_mm512_setzero_ps(); 2];
+    let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
     let mut i = 0;
+    while i + 32 <= n {
+        // SAFETY: `i + 32 <= n`.
+        unsafe {
+            s0 = _mm512_add_ps(s0, _mm512_loadu_ps(px.add(i)));
+            s1 = _mm512_add_ps(s1, _mm512_loadu_ps(px.add(i + 16)));
+        }
+        i += 32;
+    }
     while i < n {
         let r = (n - i).min(16);
         // SAFETY: `r` elements from `i` are in `x` (masked lanes read as 0).
-        let v = unsafe { load(px.add(i), r) };
-        s[(i / 16) & 1] = _mm512_add_ps(s[(i / 16) & 1], v);
+        s0 = _mm512_add_ps(s0, unsafe { load(px.add(i), r) });
         i += r;
     }
-    let mean = _mm512_reduce_add_ps(_mm512_add_ps(s[0], s[1])) / cnt;
+    let mean = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1)) / cnt;
     let mv = _mm512_set1_ps(mean);
-    let mut q = [_mm512_setzero_ps(); 2];
+    let (mut q0, mut q1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
     let mut i = 0;
+    while i + 32 <= n {
+        // SAFETY: `i + 32 <= n`.
+        let (a, b) = unsafe { (_mm512_loadu_ps(px.add(i)), _mm512_loadu_ps(px.add(i + 16))) };
+        let (da, db) = (_mm512_sub_ps(a, mv), _mm512_sub_ps(b, mv));
+        q0 = _mm512_fmadd_ps(da, da, q0);
+        q1 = _mm512_fmadd_ps(db, db, q1);
+        i += 32;
+    }
     while i < n {
         let r = (n - i).min(16);
         // SAFETY: `r` elements from `i` are in `x`.
         let v = unsafe { load(px.add(i), r) };
         let d = _mm512_maskz_sub_ps(mask16(r), v, mv);
-        q[(i / 16) & 1] = _mm512_fmadd_ps(d, d, q[(i / 16) & 1]);
+        q0 = _mm512_fmadd_ps(d, d, q0);
         i += r;
     }
-    let var = _mm512_reduce_add_ps(_mm512_add_ps(q[0], q[1])) / cnt;
+    let var = _mm512_reduce_add_ps(_mm512_add_ps(q0, q1)) / cnt;
     let iv = _mm512_set1_ps(1.0 / (var + eps).sqrt());
     let mut i = 0;
-    while i < n {
-        let r = (n - i).min(16);
+    while i + 16 <= n {
+        // SAFETY: `i + 16 <= n`, all four slices hold `n` elements.
+        unsafe {
+            let v = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(px.add(i)), mv), iv);
+            let o = _mm512_fmadd_ps(v, _mm512_loadu_ps(pg.add(i)), _mm512_loadu_ps(pb.add(i)));
+            _mm512_storeu_ps(po.add(i), o);
+        }
+        i += 16;
+    }
+    if i < n {
+        let r = n - i;
         // SAFETY: `r` elements from `i` are in all four slices.
         unsafe {
             let v = _mm512_mul_ps(_mm512_sub_ps(load(px.add(i), r), mv), iv);
             let o = _mm512_fmadd_ps(v, load(pg.add(i), r), load(pb.add(i), r));
             store(po.add(i), r, o);
         }
-        i += r;
     }
 }
 
@@ -439,7 +488,7 @@ fn gelu16(x: __m512) -> __m512 {
 /// Tanh-GELU in place.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub(crate) fn gelu(x: &mut [f32]) {
-    map_inplace(x, |v| gelu16(v));
+    map_inplace!(x, |v| gelu16(v));
 }
 
 // ---------------------------------------------------------------- row scans
