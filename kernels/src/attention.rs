@@ -624,6 +624,22 @@ fn scores_block(
             // isa.checked()), so AVX2+FMA are present; bounds asserted inside.
             unsafe { x86::scores_avx2(qs, kt, tp, jn, scale, s) }
         }
+        Isa::Portable => match qs.len() {
+            1 => portable::scores::<1>(qs, kt, tp, jn, scale, s),
+            2 => portable::scores::<2>(qs, kt, tp, jn, scale, s),
+            3 => portable::scores::<3>(qs, kt, tp, jn, scale, s),
+            _ => {
+                for (i, q4) in qs.chunks(4).enumerate() {
+                    let s4 = &mut s[i * 4 * tp..];
+                    match q4.len() {
+                        1 => portable::scores::<1>(q4, kt, tp, jn, scale, s4),
+                        2 => portable::scores::<2>(q4, kt, tp, jn, scale, s4),
+                        3 => portable::scores::<3>(q4, kt, tp, jn, scale, s4),
+                        _ => portable::scores::<4>(q4, kt, tp, jn, scale, s4),
+                    }
+                }
+            }
+        },
         _ => {
             for (b, q) in qs.iter().enumerate() {
                 let row = &mut s[b * tp..b * tp + jn];
@@ -664,6 +680,20 @@ fn pv_block(
             // SAFETY: ISA checked by the caller; bounds asserted inside.
             unsafe { x86::pv_avx2(p, tp, lens, v, ldv, hd, out, ldo, col0, orows) }
         }
+        Isa::Portable => {
+            let mut b0 = 0;
+            while b0 < lens.len() {
+                let n = (lens.len() - b0).min(4);
+                let (p4, l4, o4) = (&p[b0 * tp..], &lens[b0..b0 + n], &orows[b0..b0 + n]);
+                match n {
+                    1 => portable::pv::<1>(p4, tp, l4, v, ldv, hd, out, ldo, col0, o4),
+                    2 => portable::pv::<2>(p4, tp, l4, v, ldv, hd, out, ldo, col0, o4),
+                    3 => portable::pv::<3>(p4, tp, l4, v, ldv, hd, out, ldo, col0, o4),
+                    _ => portable::pv::<4>(p4, tp, l4, v, ldv, hd, out, ldo, col0, o4),
+                }
+                b0 += n;
+            }
+        }
         _ => {
             for (b, &l) in lens.iter().enumerate() {
                 let o = &mut out[orows[b] * ldo + col0..][..hd];
@@ -676,6 +706,101 @@ fn pv_block(
                     }
                 }
             }
+        }
+    }
+}
+
+/// The portable (`wide::f32x8`) score and `P·V` kernels, `R` rows at a time.
+mod portable {
+    use wide::f32x8;
+
+    #[inline(always)]
+    fn ld8(s: &[f32]) -> f32x8 {
+        let mut a = [0.0f32; 8];
+        a.copy_from_slice(&s[..8]);
+        f32x8::new(a)
+    }
+
+    #[inline(always)]
+    fn ld_part(s: &[f32], w: usize) -> f32x8 {
+        if w >= 8 {
+            return ld8(s);
+        }
+        let mut a = [0.0f32; 8];
+        for (d, v) in a.iter_mut().zip(&s[..w]) {
+            *d = *v;
+        }
+        f32x8::new(a)
+    }
+
+    /// See `scores_block`; `qs.len() == R`.
+    pub(super) fn scores<const R: usize>(
+        qs: &[&[f32]],
+        kt: &[f32],
+        tp: usize,
+        jn: usize,
+        scale: f32,
+        s: &mut [f32],
+    ) {
+        let hd = kt.len() / tp;
+        let sc = f32x8::splat(scale);
+        let mut j0 = 0;
+        while j0 < jn {
+            let mut a0 = [f32x8::ZERO; R];
+            let mut a1 = [f32x8::ZERO; R];
+            for c in 0..hd {
+                let k = &kt[c * tp + j0..c * tp + j0 + 16];
+                let (k0, k1) = (ld8(k), ld8(&k[8..]));
+                for b in 0..R {
+                    let q = f32x8::splat(qs[b][c]);
+                    a0[b] += q * k0;
+                    a1[b] += q * k1;
+                }
+            }
+            for b in 0..R {
+                let o = &mut s[b * tp + j0..b * tp + j0 + 16];
+                o[..8].copy_from_slice(&(a0[b] * sc).to_array());
+                o[8..].copy_from_slice(&(a1[b] * sc).to_array());
+            }
+            j0 += 16;
+        }
+    }
+
+    /// See `pv_block`; `lens.len() == orows.len() == R`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn pv<const R: usize>(
+        p: &[f32],
+        tp: usize,
+        lens: &[usize],
+        v: &[f32],
+        ldv: usize,
+        hd: usize,
+        out: &mut [f32],
+        ldo: usize,
+        col0: usize,
+        orows: &[usize],
+    ) {
+        let lmin = lens.iter().copied().min().unwrap_or(0);
+        let mut c0 = 0;
+        while c0 < hd {
+            let w = (hd - c0).min(8);
+            let mut acc = [f32x8::ZERO; R];
+            for j in 0..lmin {
+                let vv = ld_part(&v[j * ldv + c0..], w);
+                for b in 0..R {
+                    acc[b] += f32x8::splat(p[b * tp + j]) * vv;
+                }
+            }
+            for b in 0..R {
+                for j in lmin..lens[b] {
+                    acc[b] += f32x8::splat(p[b * tp + j]) * ld_part(&v[j * ldv + c0..], w);
+                }
+                let o = &mut out[orows[b] * ldo + col0 + c0..][..w];
+                for (d, v) in o.iter_mut().zip(acc[b].to_array()) {
+                    *d = v;
+                }
+            }
+            c0 += 8;
         }
     }
 }
@@ -1022,31 +1147,58 @@ mod x86 {
     ) {
         let hd = kt.len() / tp;
         let nb = qs.len();
-        assert!(nb <= QB && jn <= tp && jn.is_multiple_of(16) && s.len() >= nb * tp);
+        assert!((1..=QB).contains(&nb) && jn <= tp && jn.is_multiple_of(16) && s.len() >= nb * tp);
         for q in qs {
             assert!(q.len() >= hd);
         }
         assert!(kt.len() >= hd * tp);
+        // SAFETY: the bounds the kernels rely on were asserted just above.
+        unsafe {
+            match nb {
+                1 => scores_avx2_r::<1>(qs, kt, tp, jn, scale, s),
+                2 => scores_avx2_r::<2>(qs, kt, tp, jn, scale, s),
+                3 => scores_avx2_r::<3>(qs, kt, tp, jn, scale, s),
+                _ => scores_avx2_r::<4>(qs, kt, tp, jn, scale, s),
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX2+FMA available; `qs.len() == R`, the bounds of `scores_avx2` hold.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scores_avx2_r<const R: usize>(
+        qs: &[&[f32]],
+        kt: &[f32],
+        tp: usize,
+        jn: usize,
+        scale: f32,
+        s: &mut [f32],
+    ) {
+        let hd = kt.len() / tp;
         let sc = _mm256_set1_ps(scale);
+        let mut qp = [std::ptr::null::<f32>(); R];
+        for b in 0..R {
+            qp[b] = qs[b].as_ptr();
+        }
         let mut j0 = 0;
         while j0 < jn {
-            let mut acc0 = [_mm256_setzero_ps(); QB];
-            let mut acc1 = [_mm256_setzero_ps(); QB];
+            let mut acc0 = [_mm256_setzero_ps(); R];
+            let mut acc1 = [_mm256_setzero_ps(); R];
             for c in 0..hd {
-                // SAFETY: c < hd, j0 + 16 ≤ jn ≤ tp: inside kt (asserted).
+                // SAFETY: c < hd, j0 + 16 ≤ jn ≤ tp: inside kt (caller).
                 let (k0, k1) = unsafe {
                     let p = kt.as_ptr().add(c * tp + j0);
                     (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
                 };
-                for b in 0..nb {
-                    // SAFETY: c < hd ≤ q.len() (asserted).
-                    let qv = _mm256_set1_ps(unsafe { *qs[b].get_unchecked(c) });
+                for b in 0..R {
+                    // SAFETY: c < hd ≤ qs[b].len() (caller).
+                    let qv = _mm256_set1_ps(unsafe { *qp[b].add(c) });
                     acc0[b] = _mm256_fmadd_ps(qv, k0, acc0[b]);
                     acc1[b] = _mm256_fmadd_ps(qv, k1, acc1[b]);
                 }
             }
-            for b in 0..nb {
-                // SAFETY: b·tp + j0 + 16 ≤ s.len() (asserted).
+            for b in 0..R {
+                // SAFETY: b·tp + j0 + 16 ≤ s.len() (caller).
                 unsafe {
                     let p = s.as_mut_ptr().add(b * tp + j0);
                     _mm256_storeu_ps(p, _mm256_mul_ps(acc0[b], sc));
@@ -1097,31 +1249,61 @@ mod x86 {
         orows: &[usize],
     ) {
         pv_checks(p, tp, lens, v, ldv, hd, out, ldo, col0, orows);
-        let nb = lens.len();
-        let lmin = lens.iter().copied().min().unwrap_or(0);
+        // SAFETY: pv_checks asserted every bound the kernels rely on.
+        unsafe {
+            match lens.len() {
+                0 => {}
+                1 => pv_avx2_r::<1>(p, tp, lens, v, ldv, hd, out, ldo, col0, orows),
+                2 => pv_avx2_r::<2>(p, tp, lens, v, ldv, hd, out, ldo, col0, orows),
+                3 => pv_avx2_r::<3>(p, tp, lens, v, ldv, hd, out, ldo, col0, orows),
+                _ => pv_avx2_r::<4>(p, tp, lens, v, ldv, hd, out, ldo, col0, orows),
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX2+FMA available; `lens.len() == R`; `pv_checks` passed.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn pv_avx2_r<const R: usize>(
+        p: &[f32],
+        tp: usize,
+        lens: &[usize],
+        v: &[f32],
+        ldv: usize,
+        hd: usize,
+        out: &mut [f32],
+        ldo: usize,
+        col0: usize,
+        orows: &[usize],
+    ) {
+        let mut ls = [0usize; R];
+        ls.copy_from_slice(&lens[..R]);
+        let lmin = ls.iter().copied().min().unwrap_or(0);
+        let pp = p.as_ptr();
+        let vp = v.as_ptr();
         let mut c0 = 0;
         while c0 < hd {
             let w = (hd - c0).min(8);
             let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
             let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(w as i32), lanes);
-            let mut acc = [_mm256_setzero_ps(); QB];
-            let vp = v.as_ptr();
+            let mut acc = [_mm256_setzero_ps(); R];
             for j in 0..lmin {
                 // SAFETY: j < lmax, columns c0..c0+w < hd: inside v (checked);
                 // masked lanes are not read.
                 let vv = unsafe { _mm256_maskload_ps(vp.add(j * ldv + c0), m) };
-                for b in 0..nb {
+                for b in 0..R {
                     // SAFETY: b·tp + j < p.len() (checked).
-                    let pb = _mm256_set1_ps(unsafe { *p.get_unchecked(b * tp + j) });
+                    let pb = _mm256_set1_ps(unsafe { *pp.add(b * tp + j) });
                     acc[b] = _mm256_fmadd_ps(pb, vv, acc[b]);
                 }
             }
-            for b in 0..nb {
-                for j in lmin..lens[b] {
+            for b in 0..R {
+                for j in lmin..ls[b] {
                     // SAFETY: as above.
                     let vv = unsafe { _mm256_maskload_ps(vp.add(j * ldv + c0), m) };
                     // SAFETY: as above.
-                    let pb = _mm256_set1_ps(unsafe { *p.get_unchecked(b * tp + j) });
+                    let pb = _mm256_set1_ps(unsafe { *pp.add(b * tp + j) });
                     acc[b] = _mm256_fmadd_ps(pb, vv, acc[b]);
                 }
                 // SAFETY: the row slot holds hd ≥ c0 + w values (checked);

@@ -245,36 +245,46 @@ fn ffn_residual(
         ln2,
     )?;
     let f = layer.ffn;
-    let hidden = grow(&mut ws.hidden, n * f);
-    gemm_strided(
-        isa,
-        Operand { data: ln2, ld: d },
-        n,
-        &layer.w1,
-        Some(&layer.b1),
-        true,
-        Res::None,
-        hidden,
-        f,
-        0,
-        f,
-    )?;
-    gemm_strided(
-        isa,
-        Operand {
-            data: hidden,
-            ld: f,
-        },
-        n,
-        &layer.w2,
-        Some(&layer.b2),
-        false,
-        Res::Accumulate,
-        out,
-        d,
-        0,
-        d,
-    )
+    // Row chunks small enough that the hidden activations (chunk × ffn)
+    // stay in L1/L2 between the two GEMMs.
+    let chunk = (32 * 1024 / (4 * f)).clamp(8, 256);
+    let hidden = grow(&mut ws.hidden, chunk.min(n) * f);
+    let mut r0 = 0;
+    while r0 < n {
+        let rows = chunk.min(n - r0);
+        let h = &mut hidden[..rows * f];
+        gemm_strided(
+            isa,
+            Operand {
+                data: &ln2[r0 * d..(r0 + rows) * d],
+                ld: d,
+            },
+            rows,
+            &layer.w1,
+            Some(&layer.b1),
+            true,
+            Res::None,
+            h,
+            f,
+            0,
+            f,
+        )?;
+        gemm_strided(
+            isa,
+            Operand { data: h, ld: f },
+            rows,
+            &layer.w2,
+            Some(&layer.b2),
+            false,
+            Res::Accumulate,
+            &mut out[r0 * d..(r0 + rows) * d],
+            d,
+            0,
+            d,
+        )?;
+        r0 += rows;
+    }
+    Ok(())
 }
 
 /// LayerNorm of every `d`-wide row of `x` into `out` (same shape). The

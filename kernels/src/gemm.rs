@@ -469,6 +469,7 @@ pub(crate) fn gemm_strided(
         res: res_ptr,
         ldr,
         accumulate: matches!(residual, Res::Accumulate),
+        gelu: gelu.then_some(isa),
     };
     // Rows per chunk: keep the chunk of `a` around 16 KiB so that it and one
     // panel stay in L1 while every panel sweeps over it.
@@ -497,11 +498,6 @@ pub(crate) fn gemm_strided(
             portable::tile(&job, t, r, np, c0, cols)
         }),
     }
-    if gelu {
-        for i in 0..m {
-            activation::gelu(isa, &mut out[i * ldc..i * ldc + ncols]);
-        }
-    }
     Ok(())
 }
 
@@ -524,6 +520,8 @@ pub(crate) struct Job {
     res: *const f32,
     ldr: usize,
     accumulate: bool,
+    /// Apply GELU (on this path) to each row chunk once it is complete.
+    gelu: Option<Isa>,
 }
 
 /// Tile callback: `(first row, rows, panels, first column, valid columns)`.
@@ -548,6 +546,16 @@ fn drive(job: &Job, m: usize, mc_target: usize, mr: usize, np_max: usize, tile: 
                 r += rows;
             }
             p += np;
+        }
+        if let Some(isa) = job.gelu {
+            for i in m0..m1 {
+                // SAFETY: row i < m of `out` holds ncols values (Job contract);
+                // no tile of this call touches it any more and no other
+                // reference to `out` is live while the job runs.
+                let row =
+                    unsafe { std::slice::from_raw_parts_mut(job.out.add(i * job.ldc), job.ncols) };
+                activation::gelu(isa, row);
+            }
         }
         m0 = m1;
     }
