@@ -276,7 +276,7 @@ pub fn pack_blocked(rows_f32: &[f32], dims: usize) -> Result<Vec<f16>, KernelErr
             detail: "must be at least 1".into(),
         });
     }
-    if rows_f32.len() % dims != 0 {
+    if !rows_f32.len().is_multiple_of(dims) {
         return Err(KernelError::Shape {
             what: "pack_blocked rows",
             expected: rows_f32.len().div_ceil(dims) * dims,
@@ -309,10 +309,13 @@ fn f16_bits_to_f32(h: u16) -> f32 {
 }
 
 fn check_queries(dims: usize, queries: &[f32], tops: &[TopK]) -> Result<(), KernelError> {
-    let want = tops.len().checked_mul(dims).ok_or_else(|| KernelError::Invalid {
-        what: "queries",
-        detail: "count × dims overflows".into(),
-    })?;
+    let want = tops
+        .len()
+        .checked_mul(dims)
+        .ok_or_else(|| KernelError::Invalid {
+            what: "queries",
+            detail: "count × dims overflows".into(),
+        })?;
     check_len("queries (tops.len() × dims)", want, queries.len())
 }
 
@@ -356,7 +359,11 @@ impl AllBlocks {
         AllBlocks {
             next: 0,
             blocks: blocks_for(rows),
-            last_mask: if rem == 0 { 0xffff } else { ((1u32 << rem) - 1) as u16 },
+            last_mask: if rem == 0 {
+                0xffff
+            } else {
+                ((1u32 << rem) - 1) as u16
+            },
         }
     }
 }
@@ -369,7 +376,14 @@ impl BlockSource for AllBlocks {
         }
         let b = self.next;
         self.next += 1;
-        Some((b, if b + 1 == self.blocks { self.last_mask } else { 0xffff }))
+        Some((
+            b,
+            if b + 1 == self.blocks {
+                self.last_mask
+            } else {
+                0xffff
+            },
+        ))
     }
 }
 
@@ -401,7 +415,12 @@ impl BlockSource for CandidateBlocks<'_> {
 /// Scans every row of `m` against `tops.len()` queries (row-major in
 /// `queries`, `dims` each), offering each row to the matching [`TopK`].
 /// Batches larger than [`MAX_QUERIES`] are split into passes.
-pub fn scan(isa: Isa, m: &Blocked<'_>, queries: &[f32], tops: &mut [TopK]) -> Result<(), KernelError> {
+pub fn scan(
+    isa: Isa,
+    m: &Blocked<'_>,
+    queries: &[f32],
+    tops: &mut [TopK],
+) -> Result<(), KernelError> {
     check_queries(m.dims, queries, tops)?;
     for (q, t) in queries
         .chunks(MAX_QUERIES * m.dims)
@@ -428,7 +447,16 @@ pub fn scan_candidates_blocked(
         .chunks(MAX_QUERIES * m.dims)
         .zip(tops.chunks_mut(MAX_QUERIES))
     {
-        run_blocks(isa, m, q, t, CandidateBlocks { rows: candidates, pos: 0 });
+        run_blocks(
+            isa,
+            m,
+            q,
+            t,
+            CandidateBlocks {
+                rows: candidates,
+                pos: 0,
+            },
+        );
     }
     Ok(())
 }
@@ -449,7 +477,7 @@ pub fn scan_candidates_rows(
             detail: "must be at least 1".into(),
         });
     }
-    if data.len() % dims != 0 {
+    if !data.len().is_multiple_of(dims) {
         return Err(KernelError::Shape {
             what: "row-major data",
             expected: data.len().div_ceil(dims) * dims,
@@ -459,14 +487,23 @@ pub fn scan_candidates_rows(
     let rows = data.len() / dims;
     check_queries(dims, queries, tops)?;
     check_candidates(rows, candidates)?;
-    for (q, t) in queries.chunks(MAX_QUERIES * dims).zip(tops.chunks_mut(MAX_QUERIES)) {
+    for (q, t) in queries
+        .chunks(MAX_QUERIES * dims)
+        .zip(tops.chunks_mut(MAX_QUERIES))
+    {
         run_rows(isa, data, dims, candidates, q, t);
     }
     Ok(())
 }
 
 /// Dispatches a block scan; `queries.len() == tops.len() · dims`, `tops.len() ≤ 16`.
-fn run_blocks<B: BlockSource>(isa: Isa, m: &Blocked<'_>, queries: &[f32], tops: &mut [TopK], src: B) {
+fn run_blocks<B: BlockSource>(
+    isa: Isa,
+    m: &Blocked<'_>,
+    queries: &[f32],
+    tops: &mut [TopK],
+    src: B,
+) {
     debug_assert!(tops.len() <= MAX_QUERIES);
     #[cfg(target_arch = "x86_64")]
     {
@@ -541,7 +578,12 @@ fn blocks_scalar<B: BlockSource>(m: &Blocked<'_>, queries: &[f32], tops: &mut [T
 
 /// Portable SIMD (`wide`): converts each dimension's 16 lanes once, then two
 /// 8-wide multiply-adds per query.
-fn blocks_portable<B: BlockSource>(m: &Blocked<'_>, queries: &[f32], tops: &mut [TopK], mut src: B) {
+fn blocks_portable<B: BlockSource>(
+    m: &Blocked<'_>,
+    queries: &[f32],
+    tops: &mut [TopK],
+    mut src: B,
+) {
     use wide::f32x8;
     let dims = m.dims;
     let nq = tops.len();
@@ -550,7 +592,10 @@ fn blocks_portable<B: BlockSource>(m: &Blocked<'_>, queries: &[f32], tops: &mut 
         let mut acc = [[f32x8::ZERO; 2]; MAX_QUERIES];
         for d in 0..dims {
             let mut v = [0.0f32; BLOCK_ROWS];
-            for (o, h) in v.iter_mut().zip(&block[d * BLOCK_ROWS..(d + 1) * BLOCK_ROWS]) {
+            for (o, h) in v
+                .iter_mut()
+                .zip(&block[d * BLOCK_ROWS..(d + 1) * BLOCK_ROWS])
+            {
                 *o = f16_bits_to_f32(h.to_bits());
             }
             let lo = f32x8::from([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]]);
@@ -606,7 +651,12 @@ mod x86 {
     /// Dispatches the AVX-512 block kernel on the query count, choosing how
     /// many independent accumulator sets (`S`) split the dimension loop so
     /// that at least ~8 FMA chains are in flight.
-    pub(super) fn blocks_avx512<B: BlockSource>(m: &Blocked<'_>, q: &[f32], tops: &mut [TopK], src: B) {
+    pub(super) fn blocks_avx512<B: BlockSource>(
+        m: &Blocked<'_>,
+        q: &[f32],
+        tops: &mut [TopK],
+        src: B,
+    ) {
         macro_rules! go {
             ($nq:literal, $s:literal) => {
                 // SAFETY: the caller (run_blocks) checked AVX-512 F/BW/VL,
@@ -650,7 +700,11 @@ mod x86 {
         let qp = q.as_ptr();
         let mut thr = [f32::NEG_INFINITY; NQ];
         for (t, top) in thr.iter_mut().zip(tops.iter()) {
-            *t = if top.len() < top.k() { f32::NEG_INFINITY } else { top.threshold() };
+            *t = if top.len() < top.k() {
+                f32::NEG_INFINITY
+            } else {
+                top.threshold()
+            };
         }
         let mut scores = [0.0f32; BLOCK_ROWS];
         while let Some((b, mask)) = src.next_block() {
@@ -662,7 +716,9 @@ mod x86 {
                 for (s, accs) in acc.iter_mut().enumerate() {
                     // SAFETY: d + s < dims: 16 values at (d+s)·16 lie in the block.
                     let v = unsafe {
-                        _mm512_cvtph_ps(_mm256_loadu_si256(p.add((d + s) * BLOCK_ROWS) as *const __m256i))
+                        _mm512_cvtph_ps(_mm256_loadu_si256(
+                            p.add((d + s) * BLOCK_ROWS) as *const __m256i
+                        ))
                     };
                     for (j, a) in accs.iter_mut().enumerate() {
                         // SAFETY: j < NQ = tops.len() and d + s < dims, so the
@@ -675,7 +731,9 @@ mod x86 {
             }
             while d < dims {
                 // SAFETY: d < dims, as above.
-                let v = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.add(d * BLOCK_ROWS) as *const __m256i)) };
+                let v = unsafe {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(p.add(d * BLOCK_ROWS) as *const __m256i))
+                };
                 for (j, a) in acc[0].iter_mut().enumerate() {
                     // SAFETY: j < NQ and d < dims.
                     let qs = unsafe { *qp.add(j * dims + d) };
@@ -694,7 +752,11 @@ mod x86 {
                     unsafe { _mm512_storeu_ps(scores.as_mut_ptr(), sum) };
                     emit(&scores, hit, b, &mut tops[j]);
                     let top = &tops[j];
-                    thr[j] = if top.len() < top.k() { f32::NEG_INFINITY } else { top.threshold() };
+                    thr[j] = if top.len() < top.k() {
+                        f32::NEG_INFINITY
+                    } else {
+                        top.threshold()
+                    };
                 }
             }
         }
@@ -703,11 +765,22 @@ mod x86 {
     /// AVX2: each block is two halves of 8 lanes; queries go in groups of
     /// at most 8 (a group of 16 queries makes two groups over the same
     /// block, which is then in L1).
-    pub(super) fn blocks_avx2<B: BlockSource>(m: &Blocked<'_>, q: &[f32], tops: &mut [TopK], mut src: B) {
+    pub(super) fn blocks_avx2<B: BlockSource>(
+        m: &Blocked<'_>,
+        q: &[f32],
+        tops: &mut [TopK],
+        mut src: B,
+    ) {
         let dims = m.dims;
         let nq = tops.len();
         let mut thr = [f32::NEG_INFINITY; MAX_QUERIES];
-        let refresh = |t: &TopK| if t.len() < t.k() { f32::NEG_INFINITY } else { t.threshold() };
+        let refresh = |t: &TopK| {
+            if t.len() < t.k() {
+                f32::NEG_INFINITY
+            } else {
+                t.threshold()
+            }
+        };
         for (t, top) in thr.iter_mut().zip(tops.iter()) {
             *t = refresh(top);
         }
@@ -771,7 +844,9 @@ mod x86 {
                 for (s, accs) in acc.iter_mut().enumerate() {
                     // SAFETY: d + s < dims and half·8 + 8 ≤ 16: inside the block.
                     let v = unsafe {
-                        _mm256_cvtph_ps(_mm_loadu_si128(p.add((d + s) * BLOCK_ROWS + half * 8) as *const __m128i))
+                        _mm256_cvtph_ps(_mm_loadu_si128(
+                            p.add((d + s) * BLOCK_ROWS + half * 8) as *const __m128i
+                        ))
                     };
                     for (j, a) in accs.iter_mut().enumerate() {
                         // SAFETY: j < NQ and d + s < dims: inside q (NQ · dims).
@@ -783,7 +858,11 @@ mod x86 {
             }
             while d < dims {
                 // SAFETY: d < dims, as above.
-                let v = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.add(d * BLOCK_ROWS + half * 8) as *const __m128i)) };
+                let v = unsafe {
+                    _mm256_cvtph_ps(_mm_loadu_si128(
+                        p.add(d * BLOCK_ROWS + half * 8) as *const __m128i
+                    ))
+                };
                 for (j, a) in acc[0].iter_mut().enumerate() {
                     // SAFETY: j < NQ and d < dims.
                     let qs = unsafe { *qp.add(j * dims + d) };
@@ -821,11 +900,21 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    pub(super) unsafe fn rows_avx512(data: &[half::f16], dims: usize, cand: &[u32], q: &[f32], tops: &mut [TopK]) {
+    pub(super) unsafe fn rows_avx512(
+        data: &[half::f16],
+        dims: usize,
+        cand: &[u32],
+        q: &[f32],
+        tops: &mut [TopK],
+    ) {
         let base = data.as_ptr() as *const u16;
         let full = dims / 16;
         let tail = dims % 16;
-        let tmask: u16 = if tail == 0 { 0 } else { ((1u32 << tail) - 1) as u16 };
+        let tmask: u16 = if tail == 0 {
+            0
+        } else {
+            ((1u32 << tail) - 1) as u16
+        };
         for (i, &r) in cand.iter().enumerate() {
             // SAFETY: prefetch only (see prefetch_row).
             unsafe { prefetch_row(base, dims, cand, i) };
@@ -839,8 +928,11 @@ mod x86 {
                 while c + 1 < full {
                     // SAFETY: (c+2)·16 ≤ full·16 ≤ dims: inside the row and the query.
                     unsafe {
-                        let v0 = _mm512_cvtph_ps(_mm256_loadu_si256(row.add(c * 16) as *const __m256i));
-                        let v1 = _mm512_cvtph_ps(_mm256_loadu_si256(row.add(c * 16 + 16) as *const __m256i));
+                        let v0 =
+                            _mm512_cvtph_ps(_mm256_loadu_si256(row.add(c * 16) as *const __m256i));
+                        let v1 = _mm512_cvtph_ps(_mm256_loadu_si256(
+                            row.add(c * 16 + 16) as *const __m256i
+                        ));
                         a0 = _mm512_fmadd_ps(v0, _mm512_loadu_ps(qr.add(c * 16)), a0);
                         a1 = _mm512_fmadd_ps(v1, _mm512_loadu_ps(qr.add(c * 16 + 16)), a1);
                     }
@@ -849,7 +941,8 @@ mod x86 {
                 if c < full {
                     // SAFETY: (c+1)·16 ≤ dims.
                     unsafe {
-                        let v0 = _mm512_cvtph_ps(_mm256_loadu_si256(row.add(c * 16) as *const __m256i));
+                        let v0 =
+                            _mm512_cvtph_ps(_mm256_loadu_si256(row.add(c * 16) as *const __m256i));
                         a0 = _mm512_fmadd_ps(v0, _mm512_loadu_ps(qr.add(c * 16)), a0);
                     }
                 }
@@ -872,7 +965,13 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn rows_avx2(data: &[half::f16], dims: usize, cand: &[u32], q: &[f32], tops: &mut [TopK]) {
+    pub(super) unsafe fn rows_avx2(
+        data: &[half::f16],
+        dims: usize,
+        cand: &[u32],
+        q: &[f32],
+        tops: &mut [TopK],
+    ) {
         let base = data.as_ptr() as *const u16;
         let full = dims / 8;
         for (i, &r) in cand.iter().enumerate() {
@@ -890,7 +989,8 @@ mod x86 {
                     // SAFETY: (c+2)·8 ≤ dims: inside the row and the query.
                     unsafe {
                         let v0 = _mm256_cvtph_ps(_mm_loadu_si128(row.add(c * 8) as *const __m128i));
-                        let v1 = _mm256_cvtph_ps(_mm_loadu_si128(row.add(c * 8 + 8) as *const __m128i));
+                        let v1 =
+                            _mm256_cvtph_ps(_mm_loadu_si128(row.add(c * 8 + 8) as *const __m128i));
                         a0 = _mm256_fmadd_ps(v0, _mm256_loadu_ps(qr.add(c * 8)), a0);
                         a1 = _mm256_fmadd_ps(v1, _mm256_loadu_ps(qr.add(c * 8 + 8)), a1);
                     }
@@ -906,7 +1006,8 @@ mod x86 {
                 let mut lanes = [0.0f32; 8];
                 // SAFETY: lanes holds 8 f32.
                 unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(a0, a1)) };
-                let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+                let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+                    + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
                 for d in full * 8..dims {
                     // SAFETY: d < dims: inside the row.
                     let h = unsafe { *row.add(d) };
@@ -940,7 +1041,15 @@ mod tests {
     #[test]
     fn topk_keeps_best_with_ties_to_lower_rows() {
         let mut t = TopK::new(3);
-        for (s, r) in [(1.0, 0), (2.0, 1), (2.0, 2), (0.5, 3), (2.0, 4), (3.0, 5), (f32::NAN, 6)] {
+        for (s, r) in [
+            (1.0, 0),
+            (2.0, 1),
+            (2.0, 2),
+            (0.5, 3),
+            (2.0, 4),
+            (3.0, 5),
+            (f32::NAN, 6),
+        ] {
             t.push(s, r);
         }
         let rows: Vec<u32> = t.into_sorted().iter().map(|h| h.row).collect();

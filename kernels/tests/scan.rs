@@ -13,14 +13,19 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next_f32(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 }
 
 fn data(rows: usize, dims: usize, seed: u64) -> Vec<f32> {
     let mut g = Lcg(seed);
-    (0..rows * dims).map(|_| f16::from_f32(g.next_f32()).to_f32()).collect()
+    (0..rows * dims)
+        .map(|_| f16::from_f32(g.next_f32()).to_f32())
+        .collect()
 }
 
 /// (score, row, magnitude) for every row, best first.
@@ -33,11 +38,19 @@ fn brute(x: &[f32], dims: usize, q: &[f32], rows: Option<&[u32]>) -> Vec<(f64, u
         .map(|&r| {
             let row = &x[r as usize * dims..(r as usize + 1) * dims];
             let s: f64 = row.iter().zip(q).map(|(a, b)| *a as f64 * *b as f64).sum();
-            let m: f64 = row.iter().zip(q).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+            let m: f64 = row
+                .iter()
+                .zip(q)
+                .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                .sum();
             (s, r, m)
         })
         .collect();
-    v.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&b.1)));
+    v.sort_by(|a, b| {
+        b.0.partial_cmp(&a.0)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.1.cmp(&b.1))
+    });
     v
 }
 
@@ -46,14 +59,29 @@ fn check(got: &[Hit], want: &[(f64, u32, f64)], k: usize, what: &str) {
     if got.is_empty() {
         return;
     }
-    let by_row: std::collections::HashMap<u32, (f64, f64)> = want.iter().map(|w| (w.1, (w.0, w.2))).collect();
+    let by_row: std::collections::HashMap<u32, (f64, f64)> =
+        want.iter().map(|w| (w.1, (w.0, w.2))).collect();
     let kth = want[got.len() - 1].0;
     for (i, h) in got.iter().enumerate() {
         let (truth, mag) = by_row[&h.row];
         let tol = 1e-4 * (1.0 + mag);
-        assert!((h.score as f64 - truth).abs() <= tol, "{what}: row {} score {} vs {truth}", h.row, h.score);
-        assert!((h.score as f64 - want[i].0).abs() <= tol, "{what}: rank {i} score {} vs {}", h.score, want[i].0);
-        assert!(truth >= kth - tol, "{what}: row {} ({truth}) is below the k-th ({kth})", h.row);
+        assert!(
+            (h.score as f64 - truth).abs() <= tol,
+            "{what}: row {} score {} vs {truth}",
+            h.row,
+            h.score
+        );
+        assert!(
+            (h.score as f64 - want[i].0).abs() <= tol,
+            "{what}: rank {i} score {} vs {}",
+            h.score,
+            want[i].0
+        );
+        assert!(
+            truth >= kth - tol,
+            "{what}: row {} ({truth}) is below the k-th ({kth})",
+            h.row
+        );
         if i > 0 {
             assert!(got[i - 1].score >= h.score, "{what}: not sorted");
         }
@@ -75,7 +103,9 @@ fn run_case(isa: Isa, rows: usize, dims: usize, nq: usize, k: usize, seed: u64) 
     let packed = scan::pack_blocked(&x, dims).expect("pack");
     let m = Blocked::new(&packed, dims, rows).expect("blocked");
     let xh: Vec<f16> = x.iter().map(|v| f16::from_f32(*v)).collect();
-    let cand: Vec<u32> = (0..rows as u32).filter(|r| (r * 7 + seed as u32) % 5 < 2).collect();
+    let cand: Vec<u32> = (0..rows as u32)
+        .filter(|r| (r * 7 + seed as u32) % 5 < 2)
+        .collect();
 
     let mut tops: Vec<TopK> = (0..nq).map(|_| TopK::new(k)).collect();
     scan::scan(isa, &m, &qs, &mut tops).expect("scan");
@@ -86,9 +116,19 @@ fn run_case(isa: Isa, rows: usize, dims: usize, nq: usize, k: usize, seed: u64) 
     for j in 0..nq {
         let q = &qs[j * dims..(j + 1) * dims];
         let what = format!("{isa} rows={rows} dims={dims} nq={nq} k={k} q={j}");
-        check(&tops[j].sorted(), &brute(&x, dims, q, None), k, &format!("{what} full"));
+        check(
+            &tops[j].sorted(),
+            &brute(&x, dims, q, None),
+            k,
+            &format!("{what} full"),
+        );
         let want = brute(&x, dims, q, Some(&cand));
-        check(&ctops[j].sorted(), &want, k, &format!("{what} cand-blocked"));
+        check(
+            &ctops[j].sorted(),
+            &want,
+            k,
+            &format!("{what} cand-blocked"),
+        );
         check(&rtops[j].sorted(), &want, k, &format!("{what} cand-rows"));
     }
 }
@@ -98,7 +138,16 @@ fn every_path_matches_brute_force_on_odd_shapes() {
     for isa in Isa::supported() {
         for &rows in &[0usize, 1, 15, 16, 17, 100, 1000] {
             for &dims in &[1usize, 3, 8, 16, 17, 33, 64, 100] {
-                for &(nq, k) in &[(1usize, 10usize), (2, 1), (3, 5), (7, 10), (16, 10), (17, 3), (1, 0), (4, 2000)] {
+                for &(nq, k) in &[
+                    (1usize, 10usize),
+                    (2, 1),
+                    (3, 5),
+                    (7, 10),
+                    (16, 10),
+                    (17, 3),
+                    (1, 0),
+                    (4, 2000),
+                ] {
                     run_case(isa, rows, dims, nq, k, (rows * 131 + dims * 7 + nq) as u64);
                 }
             }
@@ -110,7 +159,9 @@ fn every_path_matches_brute_force_on_odd_shapes() {
 fn ties_go_to_the_lower_row_on_every_path() {
     // 40 identical rows: every path must return rows 0..k in order.
     let dims = 24;
-    let x: Vec<f32> = (0..40 * dims).map(|i| ((i % dims) as f32 / dims as f32) - 0.5).collect();
+    let x: Vec<f32> = (0..40 * dims)
+        .map(|i| ((i % dims) as f32 / dims as f32) - 0.5)
+        .collect();
     let packed = scan::pack_blocked(&x, dims).expect("pack");
     let m = Blocked::new(&packed, dims, 40).expect("blocked");
     let q: Vec<f32> = (0..dims).map(|i| i as f32 / 10.0).collect();
@@ -133,8 +184,12 @@ fn bad_shapes_are_errors_not_panics() {
     assert!(scan::scan_candidates_blocked(Isa::Scalar, &m, &[3, 2], &[1.0; 4], &mut tops).is_err());
     assert!(scan::scan_candidates_blocked(Isa::Scalar, &m, &[20], &[1.0; 4], &mut tops).is_err());
     let xh = vec![f16::ONE; 20 * 4];
-    assert!(scan::scan_candidates_rows(Isa::Scalar, &xh, 4, &[1, 1], &[1.0; 4], &mut tops).is_err());
-    assert!(scan::scan_candidates_rows(Isa::Scalar, &xh[..7], 4, &[1], &[1.0; 4], &mut tops).is_err());
+    assert!(
+        scan::scan_candidates_rows(Isa::Scalar, &xh, 4, &[1, 1], &[1.0; 4], &mut tops).is_err()
+    );
+    assert!(
+        scan::scan_candidates_rows(Isa::Scalar, &xh[..7], 4, &[1], &[1.0; 4], &mut tops).is_err()
+    );
 }
 
 #[test]
@@ -152,7 +207,10 @@ fn nan_rows_are_never_returned() {
         scan::scan(isa, &m, &q, &mut tops).expect("scan");
         let hits = tops[0].sorted();
         assert_eq!(hits.len(), 49, "{isa}");
-        assert!(hits.iter().all(|h| h.row != 8 && h.score.is_finite()), "{isa}");
+        assert!(
+            hits.iter().all(|h| h.row != 8 && h.score.is_finite()),
+            "{isa}"
+        );
     }
 }
 
