@@ -8,7 +8,10 @@
 //! portable path (≈ 1.3–1.6 ulp; the tests assert ≤ 2e-7 plus 2⁻¹⁴⁹ absolute
 //! in the subnormal range). `exp(x)` is 0 below ≈ −103.97 (where the true
 //! value rounds to 0), `+inf` above ≈ 88.72, `exp(−inf) = 0`,
-//! `exp(+inf) = +inf`, `exp(NaN) = NaN`. The scalar path
+//! `exp(+inf) = +inf`, `exp(NaN) = NaN`. Inside `softmax_row` and `gelu`
+//! the AVX2 and portable paths use a variant for non-positive arguments that
+//! flushes results below ≈ 1.2e-38 (the subnormal range) to 0, saving the
+//! second scaling multiply. The scalar path
 //! uses the standard library's `exp`/`sqrt`.
 //!
 //! An `isa` the CPU does not support runs on the best supported path below

@@ -597,6 +597,13 @@ fn softmax_special_rows() {
                 "{isa}: large equal inputs"
             );
         }
+        // Entries whose probability is below f32::MIN_POSITIVE may flush to 0.
+        let mut r = vec![0.0f32, -90.0, -200.0, -1.0];
+        activation::softmax_row(isa, &mut r);
+        let want1 = 1.0 / (1.0 + (-1.0f64).exp());
+        assert!((r[0] as f64 - want1).abs() < 2e-7, "{isa}: {r:?}");
+        assert!(r[1] >= 0.0 && r[1] < 1e-38, "{isa}: {r:?}");
+        assert_eq!(r[2], 0.0, "{isa}");
         let mut e: Vec<f32> = vec![];
         activation::softmax_row(isa, &mut e);
     }

@@ -445,6 +445,48 @@ fn exp8(x: __m256) -> __m256 {
     _mm256_mul_ps(_mm256_mul_ps(p, s1), s2)
 }
 
+/// `exp(x)` for `x ≤ 0` (or NaN), as used by softmax and GELU: one
+/// multiply for `2^n` (magic-number rounding leaves `n` in the mantissa of
+/// `t`), results below ≈ 1.2e-38 (`x < NEG_LO`) flushed to 0, so
+/// `exp(-inf) = 0`. Same polynomial and accuracy as [`exp8`] otherwise.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn exp_neg8(x: __m256) -> __m256 {
+    let lo = _mm256_set1_ps(expc::NEG_LO);
+    // `max` returns its second operand when either is NaN: NaN is kept.
+    let xc = _mm256_max_ps(lo, x);
+    let magic = _mm256_set1_ps(expc::MAGIC);
+    let t = _mm256_fmadd_ps(xc, _mm256_set1_ps(expc::LOG2E), magic);
+    let n = _mm256_sub_ps(t, magic);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(expc::LN2_HI), xc);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(expc::LN2_LO), r);
+    let mut p = _mm256_set1_ps(expc::C7);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(expc::C6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(expc::C5));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(expc::C4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(expc::C3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(expc::C2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
+    // (n + 127) << 23: the magic's own bits shift out of the word.
+    let s = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_castps_si256(t),
+        _mm256_set1_epi32(127),
+    )));
+    let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, lo);
+    _mm256_andnot_ps(under, _mm256_mul_ps(p, s))
+}
+
+/// Horizontal maximum of 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hmax(v: __m256) -> f32 {
+    let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    _mm_cvtss_f32(m)
+}
+
 /// `x = exp(x)` element-wise.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn exp_inplace(x: &mut [f32]) {
@@ -478,10 +520,7 @@ pub(crate) fn softmax_row(x: &mut [f32]) {
         i += r;
     }
     let mv = _mm256_max_ps(_mm256_max_ps(m[0], m[1]), _mm256_max_ps(m[2], m[3]));
-    let mut lanes = [0f32; 8];
-    // SAFETY: `lanes` holds 8 f32.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), mv) };
-    let max = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = hmax(mv);
     if max == f32::NEG_INFINITY {
         super::fill_masked_row(x);
         return;
@@ -494,8 +533,8 @@ pub(crate) fn softmax_row(x: &mut [f32]) {
     while i + 16 <= n {
         // SAFETY: `i + 16 <= n`.
         unsafe {
-            let a = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), mb));
-            let b = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i + 8)), mb));
+            let a = exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), mb));
+            let b = exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i + 8)), mb));
             _mm256_storeu_ps(p.add(i), a);
             _mm256_storeu_ps(p.add(i + 8), b);
             s0 = _mm256_add_ps(s0, a);
@@ -508,7 +547,7 @@ pub(crate) fn softmax_row(x: &mut [f32]) {
         let mask = _mm256_castsi256_ps(tail_mask(r));
         // SAFETY: `r` elements from `i` are in `x`.
         unsafe {
-            let e = exp8(_mm256_sub_ps(load_tail_or_full(p.add(i), r), mb));
+            let e = exp_neg8(_mm256_sub_ps(load_tail_or_full(p.add(i), r), mb));
             store_tail_or_full(p.add(i), r, e);
             s0 = _mm256_add_ps(s0, _mm256_and_ps(e, mask));
         }
@@ -595,9 +634,9 @@ fn gelu8(x: __m256) -> __m256 {
         _mm256_fmadd_ps(x3, _mm256_set1_ps(geluc::A), x),
         _mm256_set1_ps(geluc::TWO_C),
     );
-    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
-    let neg_abs = _mm256_xor_ps(_mm256_and_ps(t, abs_mask), _mm256_set1_ps(-0.0));
-    let e = exp8(neg_abs);
+    // -|t|: set the sign bit.
+    let neg_abs = _mm256_or_ps(t, _mm256_set1_ps(-0.0));
+    let e = exp_neg8(neg_abs);
     let one = _mm256_set1_ps(1.0);
     let pos = _mm256_cmp_ps::<_CMP_GE_OQ>(t, _mm256_setzero_ps());
     let num = _mm256_blendv_ps(e, one, pos);

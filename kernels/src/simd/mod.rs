@@ -165,6 +165,13 @@ pub(crate) mod expc {
     pub const LO: f32 = -104.0;
     /// Above this, `exp` overflows to `+inf` (`e^89 > f32::MAX`).
     pub const HI: f32 = 89.0;
+    /// Lower clamp of the `exp` of non-positive inputs used inside softmax
+    /// and GELU: below it the result (< 1.2e-38, subnormal) is flushed to 0,
+    /// which lets that variant apply `2^n` with a single multiply.
+    pub const NEG_LO: f32 = -87.3;
+    /// `1.5·2^23`: adding it rounds to an integer (nearest even) and leaves
+    /// that integer in the low mantissa bits.
+    pub const MAGIC: f32 = 12_582_912.0;
     pub const LOG2E: f32 = std::f32::consts::LOG2_E;
     /// `ln 2` rounded to 9 significant bits (355/512): `n · LN2_HI` is exact for |n| < 2^15.
     pub const LN2_HI: f32 = 0.693_359_4; // parses to exactly 355/512

@@ -257,6 +257,31 @@ fn exp8(x: f32x8) -> f32x8 {
     x.is_nan().select(x, y)
 }
 
+/// `exp(x)` for `x ≤ 0` (or NaN), as used by softmax and GELU: magic-number
+/// rounding, one multiply for `2^n`, results below ≈ 1.2e-38 flushed to 0.
+#[inline(always)]
+fn exp_neg8(x: f32x8) -> f32x8 {
+    let lo = f32x8::splat(expc::NEG_LO);
+    let xc = x.fast_max(lo);
+    let magic = f32x8::splat(expc::MAGIC);
+    let t = xc.mul_add(f32x8::splat(expc::LOG2E), magic);
+    let n = t - magic;
+    let r = n.mul_neg_add(f32x8::splat(expc::LN2_HI), xc);
+    let r = n.mul_neg_add(f32x8::splat(expc::LN2_LO), r);
+    let mut p = f32x8::splat(expc::C7);
+    p = p.mul_add(r, f32x8::splat(expc::C6));
+    p = p.mul_add(r, f32x8::splat(expc::C5));
+    p = p.mul_add(r, f32x8::splat(expc::C4));
+    p = p.mul_add(r, f32x8::splat(expc::C3));
+    p = p.mul_add(r, f32x8::splat(expc::C2));
+    p = p.mul_add(r, f32x8::ONE);
+    p = p.mul_add(r, f32x8::ONE);
+    // (n + 127) << 23: the magic's own bits shift out of the word.
+    let s: f32x8 = cast((cast::<f32x8, i32x8>(t) + i32x8::splat(127)) << 23);
+    let y = x.simd_lt(lo).select(f32x8::ZERO, p * s);
+    x.is_nan().select(x, y)
+}
+
 /// `x = exp(x)` element-wise.
 pub(crate) fn exp_inplace(x: &mut [f32]) {
     let mut c = x.chunks_exact_mut(8);
@@ -296,14 +321,14 @@ pub(crate) fn softmax_row(x: &mut [f32]) {
     let mut sum = f32x8::ZERO;
     let mut c = x.chunks_exact_mut(8);
     for xc in &mut c {
-        let e = exp8(f32x8::from(&*xc) - mv);
+        let e = exp_neg8(f32x8::from(&*xc) - mv);
         sum += e;
         xc.copy_from_slice(e.as_array());
     }
     let r = c.into_remainder();
     let mut total = sum.reduce_add();
     if !r.is_empty() {
-        let e = exp8(f32x8::from(&*r) - mv).to_array();
+        let e = exp_neg8(f32x8::from(&*r) - mv).to_array();
         let l = r.len();
         r.copy_from_slice(&e[..l]);
         total += r.iter().sum::<f32>();
@@ -359,7 +384,7 @@ pub(crate) fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: 
 fn gelu8(x: f32x8) -> f32x8 {
     let x3 = x * x * x;
     let t = x3.mul_add(f32x8::splat(geluc::A), x) * f32x8::splat(geluc::TWO_C);
-    let e = exp8(-t.abs());
+    let e = exp_neg8(-t.abs());
     let num = t.simd_ge(f32x8::ZERO).select(f32x8::ONE, e);
     x * (num / (f32x8::ONE + e))
 }
