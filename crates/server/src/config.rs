@@ -1,0 +1,392 @@
+//! Typed configuration: defaults → TOML file → `PROFILED__A__B` environment
+//! variables → command-line flags. `profiled --print-config` prints the
+//! effective result as TOML.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listener and transport settings.
+    pub server: ServerConfig,
+    /// The model repository.
+    pub models: ModelsConfig,
+    /// Request-side limits.
+    pub limits: Limits,
+    /// The hot profile cache.
+    pub cache: CacheConfig,
+    /// The per-model batcher and its workers.
+    pub batcher: BatcherConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// The ModelAdmin service.
+    pub admin: AdminConfig,
+}
+
+/// gRPC listener and transport settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listen address (`127.0.0.1:0` picks a free port; the bound address is
+    /// printed on stdout as `listening on ADDR`).
+    pub listen: String,
+    /// Also write the bound address into this file (written temp + rename).
+    pub port_file: Option<PathBuf>,
+    /// Largest request message accepted (bytes).
+    pub max_request_bytes: usize,
+    /// Largest response message sent (bytes).
+    pub max_response_bytes: usize,
+    /// HTTP/2 concurrent streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Calls in progress per connection before new calls are shed with
+    /// RESOURCE_EXHAUSTED (keep it below `max_concurrent_streams`).
+    pub concurrency_per_connection: usize,
+    /// Grace period of the drain after SIGTERM / ctrl-c (milliseconds).
+    pub grace_period_ms: u64,
+    /// Close connections older than this (milliseconds; 0 = never), so
+    /// clients rebalance.
+    pub max_connection_age_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:50051".into(),
+            port_file: None,
+            max_request_bytes: 4 << 20,
+            max_response_bytes: 16 << 20,
+            max_concurrent_streams: 256,
+            concurrency_per_connection: 128,
+            grace_period_ms: 10_000,
+            max_connection_age_ms: 0,
+        }
+    }
+}
+
+/// The model repository.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// Repository root (`<repository>/<name>/<version>/`).
+    pub repository: PathBuf,
+    /// The model requests with an empty name get (default: the only model).
+    pub default_model: Option<String>,
+    /// Version policy of every model: `latest`, `latest:N` or `pinned:V`.
+    pub policy: String,
+    /// Version policy per model name (overrides `policy`).
+    pub policies: BTreeMap<String, String>,
+    /// Repository poll period (milliseconds), the watcher's safety net.
+    pub poll_interval_ms: u64,
+    /// Debounce of file-system events (milliseconds).
+    pub debounce_ms: u64,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        ModelsConfig {
+            repository: PathBuf::from("models"),
+            default_model: None,
+            policy: "latest".into(),
+            policies: BTreeMap::new(),
+            poll_interval_ms: 5_000,
+            debounce_ms: 300,
+        }
+    }
+}
+
+/// Request-side limits (exceeding one is INVALID_ARGUMENT naming it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Users per Embed request.
+    pub max_users_per_call: usize,
+    /// Behaviour events per user.
+    pub max_events_per_user: usize,
+    /// Feature inputs per user.
+    pub max_fields_per_user: usize,
+    /// Tags per tag-list value.
+    pub max_tags_per_field: usize,
+    /// Bytes of any id, name or categorical value.
+    pub max_string_bytes: usize,
+    /// Search `k`.
+    pub max_k: u32,
+    /// Seeds in a seed set.
+    pub max_seeds: usize,
+    /// Explain `top_n`.
+    pub max_explain_top_n: u32,
+    /// EmbedStream batches in flight per stream.
+    pub stream_max_in_flight: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_users_per_call: 256,
+            max_events_per_user: 1_000,
+            max_fields_per_user: 64,
+            max_tags_per_field: 256,
+            max_string_bytes: 256,
+            max_k: 1_000,
+            max_seeds: 10_000,
+            max_explain_top_n: 256,
+            stream_max_in_flight: 16,
+        }
+    }
+}
+
+/// The hot profile cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Turn the cache on.
+    pub enabled: bool,
+    /// Time to live of an entry (seconds).
+    pub ttl_secs: u64,
+    /// Byte budget (keys + vectors).
+    pub max_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            ttl_secs: 300,
+            max_bytes: 256 << 20,
+        }
+    }
+}
+
+/// The per-model batcher.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatcherConfig {
+    /// Users per encoder batch.
+    pub max_batch: usize,
+    /// How long the first job of a batch waits for company (microseconds).
+    pub max_delay_us: u64,
+    /// Queued users per model before RESOURCE_EXHAUSTED.
+    pub queue_capacity: usize,
+    /// Worker threads per model (0 = available cores).
+    pub workers: usize,
+}
+
+impl Default for BatcherConfig {
+    fn default() -> Self {
+        BatcherConfig {
+            max_batch: 32,
+            max_delay_us: 200,
+            queue_capacity: 1024,
+            workers: 0,
+        }
+    }
+}
+
+/// Prometheus metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Listen address of the `/metrics` HTTP endpoint; empty = off.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter (`RUST_LOG` syntax), e.g. `info,profiled_store=debug`.
+    pub filter: String,
+    /// One JSON object per line instead of text.
+    pub json: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            filter: "info".into(),
+            json: false,
+        }
+    }
+}
+
+/// The ModelAdmin service: enabled only when a token is configured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Read the bearer token from this file (first line, trimmed).
+    pub token_file: Option<PathBuf>,
+    /// Read the bearer token from this environment variable.
+    pub token_env: Option<String>,
+}
+
+/// Command-line overrides (the last layer).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    /// `server.listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// `server.port_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port_file: Option<PathBuf>,
+    /// `models.repository`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<PathBuf>,
+    /// `metrics.listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
+    /// `log.json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_json: Option<bool>,
+    /// `admin.token_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Defaults, then the TOML file (when given), then `PROFILED__A__B`
+    /// environment variables (e.g. `PROFILED__SERVER__LISTEN`), then `cli`.
+    pub fn load(file: Option<&Path>, cli: &Overrides) -> Result<Config, String> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.is_file() {
+                return Err(format!("{}: config file not found", f.display()));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        fig = fig.merge(Env::prefixed("PROFILED__").split("__"));
+        let mut over = serde_json::Map::new();
+        let mut put = |section: &str, key: &str, v: serde_json::Value| {
+            let s = over
+                .entry(section.to_string())
+                .or_insert_with(|| serde_json::json!({}));
+            if let Some(o) = s.as_object_mut() {
+                o.insert(key.to_string(), v);
+            }
+        };
+        if let Some(v) = &cli.listen {
+            put("server", "listen", v.clone().into());
+        }
+        if let Some(v) = &cli.port_file {
+            put("server", "port_file", v.display().to_string().into());
+        }
+        if let Some(v) = &cli.repository {
+            put("models", "repository", v.display().to_string().into());
+        }
+        if let Some(v) = &cli.metrics_listen {
+            put("metrics", "listen", v.clone().into());
+        }
+        if let Some(v) = cli.log_json {
+            put("log", "json", v.into());
+        }
+        if let Some(v) = &cli.admin_token_file {
+            put("admin", "token_file", v.display().to_string().into());
+        }
+        fig = fig.merge(Serialized::defaults(serde_json::Value::Object(over)));
+        let cfg: Config = fig.extract().map_err(|e| format!("configuration: {e}"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        let bad = |k: &str, why: &str| Err(format!("configuration: {k}: {why}"));
+        if self.server.max_concurrent_streams == 0 {
+            return bad("server.max_concurrent_streams", "must be >= 1");
+        }
+        if self.server.concurrency_per_connection == 0 {
+            return bad("server.concurrency_per_connection", "must be >= 1");
+        }
+        if self.batcher.max_batch == 0 {
+            return bad("batcher.max_batch", "must be >= 1");
+        }
+        if self.batcher.queue_capacity == 0 {
+            return bad("batcher.queue_capacity", "must be >= 1");
+        }
+        if self.limits.max_users_per_call == 0 {
+            return bad("limits.max_users_per_call", "must be >= 1");
+        }
+        self.models
+            .policy
+            .parse::<profiled_store::VersionPolicy>()
+            .map_err(|e| format!("configuration: models.policy: {e}"))?;
+        for (m, p) in &self.models.policies {
+            p.parse::<profiled_store::VersionPolicy>()
+                .map_err(|e| format!("configuration: models.policies.{m}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// The admin token, when configured (from `admin.token_file` or
+    /// `admin.token_env`). Never logged.
+    pub fn admin_token(&self) -> Result<Option<String>, String> {
+        if let Some(f) = &self.admin.token_file {
+            let t = std::fs::read_to_string(f)
+                .map_err(|e| format!("admin.token_file {}: {e}", f.display()))?;
+            let t = t.lines().next().unwrap_or("").trim().to_string();
+            if t.is_empty() {
+                return Err(format!("admin.token_file {}: empty token", f.display()));
+            }
+            return Ok(Some(t));
+        }
+        if let Some(var) = &self.admin.token_env {
+            let t =
+                std::env::var(var).map_err(|_| format!("admin.token_env: ${var} is not set"))?;
+            let t = t.trim().to_string();
+            if t.is_empty() {
+                return Err(format!("admin.token_env: ${var} is empty"));
+            }
+            return Ok(Some(t));
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = std::env::temp_dir().join(format!("profiled-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(
+            &f,
+            "[server]\nlisten = \"0.0.0.0:1\"\n[limits]\nmax_k = 7\n[batcher]\nmax_batch = 3\n",
+        )
+        .unwrap();
+        let cli = Overrides {
+            listen: Some("127.0.0.1:2".into()),
+            ..Overrides::default()
+        };
+        let c = Config::load(Some(&f), &cli).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:2");
+        assert_eq!(c.limits.max_k, 7);
+        assert_eq!(c.batcher.max_batch, 3);
+        assert_eq!(c.limits.max_users_per_call, 256);
+        let again: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(again, c);
+        std::fs::write(&f, "[server]\nlisen = 1\n").unwrap();
+        assert!(Config::load(Some(&f), &Overrides::default()).is_err());
+    }
+}

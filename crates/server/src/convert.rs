@@ -1,0 +1,351 @@
+//! The edge: proto requests → plain-Rust `profiled_model` types (validated,
+//! with the offending field named in request terms), and model metadata →
+//! proto status messages.
+
+use std::collections::BTreeMap;
+
+use profiled_model::format::{CategoricalTransform, FieldKind as ModelKind};
+use profiled_model::{Event, FieldValue, Group, ModelJson, UserFeatures};
+use profiled_proto::v1 as pb;
+use profiled_store::{Generation, Selector};
+
+use crate::config::Limits;
+use crate::error::ApiError;
+
+/// The value kind an input accepts, per the model's schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    /// A categorical string.
+    Categorical,
+    /// A number.
+    Number,
+    /// Weighted tags.
+    Tags,
+}
+
+impl InputKind {
+    fn name(self) -> &'static str {
+        match self {
+            InputKind::Categorical => "categorical",
+            InputKind::Number => "a number",
+            InputKind::Tags => "tags",
+        }
+    }
+}
+
+/// The kind a schema field accepts; `None` for fields derived from events.
+pub fn field_input_kind(f: &profiled_model::format::FieldSchema) -> Option<InputKind> {
+    if f.source.starts_with("events.") {
+        return None;
+    }
+    Some(match &f.kind {
+        ModelKind::Categorical {
+            transform: CategoricalTransform::Bucket { .. },
+            ..
+        } => InputKind::Number,
+        ModelKind::Categorical { .. } => InputKind::Categorical,
+        ModelKind::Numeric { .. } => InputKind::Number,
+        ModelKind::Preference => InputKind::Tags,
+    })
+}
+
+/// Input name → accepted kind, for a model.
+pub fn input_kinds(meta: &ModelJson) -> BTreeMap<String, InputKind> {
+    let mut out = BTreeMap::new();
+    for f in &meta.schema.fields {
+        if let Some(k) = field_input_kind(f) {
+            out.entry(f.source.clone()).or_insert(k);
+        }
+    }
+    out
+}
+
+/// The store selector of a `ModelSpec` (unset = default model, default version).
+pub fn selector(spec: Option<&pb::ModelSpec>) -> Result<(String, Selector), ApiError> {
+    let Some(spec) = spec else {
+        return Ok((String::new(), Selector::Default));
+    };
+    let sel = match &spec.selector {
+        None => Selector::Default,
+        Some(pb::model_spec::Selector::Version(0)) => {
+            return Err(ApiError::invalid(
+                "model.version",
+                "versions are positive integers",
+            ));
+        }
+        Some(pb::model_spec::Selector::Version(v)) => Selector::Version(*v),
+        Some(pb::model_spec::Selector::Label(l)) if l.is_empty() => {
+            return Err(ApiError::invalid("model.label", "empty label"));
+        }
+        Some(pb::model_spec::Selector::Label(l)) => Selector::Label(l.clone()),
+    };
+    Ok((spec.name.clone(), sel))
+}
+
+fn check_str(path: &str, s: &str, limits: &Limits) -> Result<(), ApiError> {
+    if s.len() > limits.max_string_bytes {
+        return Err(ApiError::Limit {
+            field: path.to_string(),
+            got: format!("{} bytes", s.len()),
+            limit: "max_string_bytes",
+            value: limits.max_string_bytes as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Converts and validates one user's features against the generation's schema.
+/// `path` is the request path of the `UserFeatures` (e.g. `users[2].features`).
+pub fn features(
+    p: &pb::UserFeatures,
+    path: &str,
+    generation: &Generation,
+    limits: &Limits,
+) -> Result<UserFeatures, ApiError> {
+    let meta = generation.encoder.metadata();
+    let kinds = input_kinds(meta);
+    check_str(&format!("{path}.user_id"), &p.user_id, limits)?;
+    if p.fields.len() > limits.max_fields_per_user {
+        return Err(ApiError::Limit {
+            field: format!("{path}.fields"),
+            got: format!("{} fields", p.fields.len()),
+            limit: "max_fields_per_user",
+            value: limits.max_fields_per_user as u64,
+        });
+    }
+    if p.events.len() > limits.max_events_per_user {
+        return Err(ApiError::Limit {
+            field: format!("{path}.events"),
+            got: format!("{} events", p.events.len()),
+            limit: "max_events_per_user",
+            value: limits.max_events_per_user as u64,
+        });
+    }
+    let mut fields = BTreeMap::new();
+    for (key, value) in &p.fields {
+        let fpath = format!("{path}.fields[{key:?}]");
+        check_str(&fpath, key, limits)?;
+        let Some(&want) = kinds.get(key) else {
+            let known: Vec<&str> = kinds.keys().map(String::as_str).collect();
+            return Err(ApiError::invalid(
+                fpath,
+                format!("unknown field (the model reads: {})", known.join(", ")),
+            ));
+        };
+        let (got, v) = match &value.kind {
+            None => {
+                return Err(ApiError::invalid(
+                    fpath,
+                    "no value set (set one of categorical, number, tags)",
+                ));
+            }
+            Some(pb::field_value::Kind::Categorical(s)) => {
+                check_str(&fpath, s, limits)?;
+                (InputKind::Categorical, FieldValue::Categorical(s.clone()))
+            }
+            Some(pb::field_value::Kind::Number(x)) => {
+                if !x.is_finite() {
+                    return Err(ApiError::invalid(
+                        fpath,
+                        format!("{x} is not a finite number"),
+                    ));
+                }
+                (InputKind::Number, FieldValue::Number(*x))
+            }
+            Some(pb::field_value::Kind::Tags(list)) => {
+                if list.tags.len() > limits.max_tags_per_field {
+                    return Err(ApiError::Limit {
+                        field: format!("{fpath}.tags"),
+                        got: format!("{} tags", list.tags.len()),
+                        limit: "max_tags_per_field",
+                        value: limits.max_tags_per_field as u64,
+                    });
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                let mut tags = Vec::with_capacity(list.tags.len());
+                for (i, t) in list.tags.iter().enumerate() {
+                    let tpath = format!("{fpath}.tags[{i}]");
+                    check_str(&tpath, &t.tag, limits)?;
+                    let w = t.weight.unwrap_or(1.0);
+                    if !w.is_finite() || w < 0.0 {
+                        return Err(ApiError::invalid(
+                            format!("{tpath}.weight"),
+                            format!("{w} is not a finite weight >= 0"),
+                        ));
+                    }
+                    if !seen.insert(t.tag.as_str()) {
+                        return Err(ApiError::invalid(
+                            tpath,
+                            format!("duplicate tag {:?}", t.tag),
+                        ));
+                    }
+                    tags.push((t.tag.clone(), w));
+                }
+                (InputKind::Tags, FieldValue::Tags(tags))
+            }
+        };
+        if got != want {
+            return Err(ApiError::invalid(
+                fpath,
+                format!("expected {}, got {}", want.name(), got.name()),
+            ));
+        }
+        fields.insert(key.clone(), v);
+    }
+    let mut events = Vec::with_capacity(p.events.len());
+    for (i, e) in p.events.iter().enumerate() {
+        let epath = format!("{path}.events[{i}]");
+        check_str(&format!("{epath}.item_id"), &e.item_id, limits)?;
+        if let Some(r) = e.rating
+            && !r.is_finite()
+        {
+            return Err(ApiError::invalid(
+                format!("{epath}.rating"),
+                format!("{r} is not finite"),
+            ));
+        }
+        events.push(Event {
+            item: e.item_id.clone(),
+            timestamp: e.timestamp,
+            rating: e.rating,
+        });
+    }
+    if meta.schema.fields.is_empty() && events.is_empty() {
+        return Err(ApiError::invalid(
+            format!("{path}.events"),
+            "this model has no field tokens, so at least one event is needed",
+        ));
+    }
+    Ok(UserFeatures {
+        user_id: (!p.user_id.is_empty()).then(|| p.user_id.clone()),
+        fields,
+        events,
+    })
+}
+
+/// A proto `DimensionGroup` of a model group.
+pub fn group(g: Group) -> pb::DimensionGroup {
+    match g {
+        Group::Demographic => pb::DimensionGroup::Demographic,
+        Group::Behaviour => pb::DimensionGroup::Behaviour,
+        Group::Preference => pb::DimensionGroup::Preference,
+        Group::Numeric => pb::DimensionGroup::Numeric,
+    }
+}
+
+fn transform_text(f: &profiled_model::format::FieldSchema) -> String {
+    match &f.kind {
+        ModelKind::Categorical { transform, .. } => match transform {
+            CategoricalTransform::Identity => "identity".into(),
+            CategoricalTransform::Prefix { length } => format!("prefix {length}"),
+            CategoricalTransform::Bucket { labels, .. } => format!("bucket {}", labels.join("|")),
+        },
+        ModelKind::Numeric { transform, .. } => match transform {
+            profiled_model::format::NumericTransform::Identity => "standardised".into(),
+            profiled_model::format::NumericTransform::Log1p => "log1p, standardised".into(),
+        },
+        ModelKind::Preference => "rating-weighted genre mix".into(),
+    }
+}
+
+/// The proto feature schema of a model.
+pub fn schema(meta: &ModelJson) -> pb::FeatureSchema {
+    let fields = meta
+        .schema
+        .fields
+        .iter()
+        .map(|f| {
+            let (vocab_size, vocabulary) = match &f.kind {
+                ModelKind::Categorical { vocab, .. } => (
+                    vocab.len() as u32,
+                    if vocab.len() <= 100 {
+                        vocab.clone()
+                    } else {
+                        Vec::new()
+                    },
+                ),
+                _ => (0, Vec::new()),
+            };
+            pb::FieldSchema {
+                name: f.name.clone(),
+                kind: match field_input_kind(f) {
+                    None => pb::FieldKind::Unspecified,
+                    Some(InputKind::Categorical) => pb::FieldKind::Categorical,
+                    Some(InputKind::Number) => pb::FieldKind::Number,
+                    Some(InputKind::Tags) => pb::FieldKind::Tags,
+                } as i32,
+                group: group(f.group) as i32,
+                vocabulary_size: vocab_size,
+                vocabulary,
+                description: String::new(),
+                source: f.source.clone(),
+                transform: transform_text(f),
+            }
+        })
+        .collect();
+    pb::FeatureSchema {
+        fields,
+        max_events: meta.schema.behaviour.max_events as u32,
+        item_vocabulary_size: meta.schema.items.ids.len() as u32,
+        uses_ratings: meta.schema.behaviour.rating_rows() > 1,
+    }
+}
+
+fn flat_json(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
+    match v {
+        serde_json::Value::Object(o) => {
+            for (k, x) in o {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flat_json(&key, x, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.clone());
+        }
+    }
+}
+
+/// Metrics (numbers) and provenance (strings) recorded in model.json.
+pub fn metrics_and_provenance(
+    meta: &ModelJson,
+) -> (BTreeMap<String, f64>, BTreeMap<String, String>) {
+    let mut m = BTreeMap::new();
+    flat_json("", &meta.metrics, &mut m);
+    let metrics = m
+        .into_iter()
+        .filter_map(|(k, v)| v.as_f64().map(|x| (k, x)))
+        .collect();
+    let mut p = BTreeMap::new();
+    flat_json("dataset", &meta.dataset, &mut p);
+    flat_json("training", &meta.training, &mut p);
+    let provenance = p
+        .into_iter()
+        .filter(|(k, _)| !k.is_empty())
+        .filter_map(|(k, v)| match v {
+            serde_json::Value::String(s) => Some((k, s)),
+            serde_json::Value::Number(n) => Some((k, n.to_string())),
+            serde_json::Value::Bool(b) => Some((k, b.to_string())),
+            _ => None,
+        })
+        .collect();
+    (metrics, provenance)
+}
+
+/// The architecture of a loaded generation.
+pub fn architecture(g: &Generation) -> pb::Architecture {
+    let a = &g.encoder.metadata().architecture;
+    pb::Architecture {
+        dim: a.d_out as u32,
+        layers: a.layers as u32,
+        heads: a.heads as u32,
+        ffn_dim: a.ffn as u32,
+        max_tokens: (g.encoder.metadata().schema.fields.len()
+            + g.encoder.metadata().schema.behaviour.max_events) as u32,
+        parameters: g.report.parameters as u64,
+        weight_dtype: g.report.dtype.name().to_string(),
+    }
+}

@@ -1,0 +1,704 @@
+//! [`Engine`]: the request path shared by the gRPC services: model
+//! resolution, edge validation, the hot cache, the batchers, Embed, Explain
+//! and the model status messages.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use moka::future::Cache;
+use profiled_model::{ExplainOptions, Method, Target, UserFeatures};
+use profiled_proto::v1 as pb;
+use profiled_store::{Generation, ModelSnapshot, Store, VersionState};
+
+use crate::batcher::Batcher;
+use crate::config::Config;
+use crate::convert;
+use crate::error::{ApiError, model_error};
+
+/// Full cache key: model, generation id and the canonical feature bytes
+/// (compared in full, never by a bare hash).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    /// Model name.
+    pub model: Arc<str>,
+    /// Generation id.
+    pub generation: u64,
+    /// `UserFeatures::canonical_bytes()`.
+    pub features: Box<[u8]>,
+}
+
+/// How a profile was obtained, with the timings of its computation.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// The unit vector.
+    pub vector: Arc<[f32]>,
+    /// Served from the cache.
+    pub cache_hit: bool,
+    /// Queue wait (0 for cache hits).
+    pub queue_us: u64,
+    /// Compute time of the batch (0 for cache hits).
+    pub compute_us: u64,
+}
+
+/// Cache use of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheUse {
+    /// Read, fill on miss.
+    Use,
+    /// Neither read nor write.
+    Bypass,
+    /// Recompute and overwrite.
+    Refresh,
+}
+
+impl CacheUse {
+    /// From the proto enum (unknown numbers = default).
+    pub fn from_proto(v: i32) -> CacheUse {
+        match pb::CacheMode::try_from(v) {
+            Ok(pb::CacheMode::Bypass) => CacheUse::Bypass,
+            Ok(pb::CacheMode::Refresh) => CacheUse::Refresh,
+            _ => CacheUse::Use,
+        }
+    }
+}
+
+/// The shared state of the services.
+#[derive(Debug)]
+pub struct Engine {
+    /// The model store.
+    pub store: Store,
+    /// The configuration.
+    pub cfg: Config,
+    cache: Option<Cache<CacheKey, Arc<[f32]>>>,
+    batchers: DashMap<String, Arc<Batcher>>,
+    draining: AtomicBool,
+    explain_slots: tokio::sync::Semaphore,
+}
+
+fn remaining(deadline: Option<Instant>) -> Result<(), ApiError> {
+    if deadline.is_some_and(|d| d <= Instant::now()) {
+        return Err(ApiError::DeadlineExceeded(
+            "deadline exceeded before the work started".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// An engine over `store` with `cfg`.
+    pub fn new(store: Store, cfg: Config) -> Engine {
+        let cache = cfg.cache.enabled.then(|| {
+            Cache::builder()
+                .max_capacity(cfg.cache.max_bytes)
+                .weigher(|k: &CacheKey, v: &Arc<[f32]>| {
+                    let bytes = k.features.len() + k.model.len() + v.len() * 4 + 96;
+                    u32::try_from(bytes).unwrap_or(u32::MAX)
+                })
+                .time_to_live(Duration::from_secs(cfg.cache.ttl_secs.max(1)))
+                .eviction_listener(|k: Arc<CacheKey>, _v, cause| {
+                    if cause.was_evicted() {
+                        metrics::counter!("profiled_cache_evictions_total", "model" => k.model.to_string())
+                            .increment(1);
+                    }
+                })
+                .build()
+        });
+        let workers = if cfg.batcher.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            cfg.batcher.workers
+        };
+        Engine {
+            store,
+            cfg,
+            cache,
+            batchers: DashMap::new(),
+            draining: AtomicBool::new(false),
+            explain_slots: tokio::sync::Semaphore::new(workers),
+        }
+    }
+
+    /// Starts the drain: new data-plane calls answer UNAVAILABLE.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// True while draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    fn check_serving(&self, deadline: Option<Instant>) -> Result<(), ApiError> {
+        if self.is_draining() {
+            return Err(ApiError::Unavailable(
+                "the server is draining (shutting down); retry on another replica".into(),
+            ));
+        }
+        remaining(deadline)
+    }
+
+    fn batcher(&self, model: &str) -> Result<Arc<Batcher>, ApiError> {
+        if let Some(b) = self.batchers.get(model) {
+            return Ok(b.clone());
+        }
+        let b = Arc::new(Batcher::new(model, &self.cfg.batcher)?);
+        Ok(self
+            .batchers
+            .entry(model.to_string())
+            .or_insert(b)
+            .value()
+            .clone())
+    }
+
+    /// The profile of one validated user on `generation`, through the cache
+    /// (per `mode`) and the batcher.
+    pub async fn profile(
+        &self,
+        generation: &Arc<Generation>,
+        features: UserFeatures,
+        path: String,
+        mode: CacheUse,
+        deadline: Option<Instant>,
+    ) -> Result<Profile, ApiError> {
+        let batcher = self.batcher(&generation.model)?;
+        let model = generation.model.clone();
+        let cache = match (&self.cache, mode) {
+            (Some(c), CacheUse::Use | CacheUse::Refresh) => c,
+            _ => {
+                let c = batcher
+                    .compute(generation.clone(), features, path, deadline)
+                    .await?;
+                return Ok(Profile {
+                    vector: c.vector,
+                    cache_hit: false,
+                    queue_us: c.queue_us,
+                    compute_us: c.compute_us,
+                });
+            }
+        };
+        let key = CacheKey {
+            model: Arc::from(model.as_str()),
+            generation: generation.id,
+            features: features.canonical_bytes().into_boxed_slice(),
+        };
+        if mode == CacheUse::Refresh {
+            let c = batcher
+                .compute(generation.clone(), features, path, deadline)
+                .await?;
+            cache.insert(key, c.vector.clone()).await;
+            return Ok(Profile {
+                vector: c.vector,
+                cache_hit: false,
+                queue_us: c.queue_us,
+                compute_us: c.compute_us,
+            });
+        }
+        let timings: Arc<Mutex<(u64, u64)>> = Arc::new(Mutex::new((0, 0)));
+        let t2 = timings.clone();
+        let g = generation.clone();
+        let entry = cache
+            .entry(key)
+            .or_try_insert_with(async move {
+                let c = batcher.compute(g, features, path, deadline).await?;
+                if let Ok(mut t) = t2.lock() {
+                    *t = (c.queue_us, c.compute_us);
+                }
+                Ok::<_, ApiError>(c.vector)
+            })
+            .await
+            .map_err(|e| (*e).clone())?;
+        let hit = !entry.is_fresh();
+        metrics::counter!(if hit { "profiled_cache_hits_total" } else { "profiled_cache_misses_total" },
+            "model" => model)
+        .increment(1);
+        let (queue_us, compute_us) = if hit {
+            (0, 0)
+        } else {
+            timings.lock().map(|t| *t).unwrap_or((0, 0))
+        };
+        Ok(Profile {
+            vector: entry.into_value(),
+            cache_hit: hit,
+            queue_us,
+            compute_us,
+        })
+    }
+
+    /// Resolves the generation of a request.
+    pub fn resolve(&self, spec: Option<&pb::ModelSpec>) -> Result<Arc<Generation>, ApiError> {
+        let (name, sel) = convert::selector(spec)?;
+        Ok(self.store.resolve(&name, &sel)?)
+    }
+
+    /// Unary Embed.
+    pub async fn embed(
+        &self,
+        r: pb::EmbedRequest,
+        deadline: Option<Instant>,
+    ) -> Result<pb::EmbedResponse, ApiError> {
+        self.check_serving(deadline)?;
+        let limits = &self.cfg.limits;
+        if r.users.is_empty() {
+            return Err(ApiError::invalid("users", "at least one user is required"));
+        }
+        if r.users.len() > limits.max_users_per_call {
+            return Err(ApiError::Limit {
+                field: "users".into(),
+                got: format!("{} users", r.users.len()),
+                limit: "max_users_per_call",
+                value: limits.max_users_per_call as u64,
+            });
+        }
+        let f16 = matches!(
+            pb::VectorEncoding::try_from(r.encoding),
+            Ok(pb::VectorEncoding::F16)
+        );
+        let mode = CacheUse::from_proto(r.cache);
+        let generation = self.resolve(r.model.as_ref())?;
+
+        // Phase 1: validate every user (cheap) before any work.
+        let mut inputs: Vec<(String, Result<UserFeatures, ApiError>)> =
+            Vec::with_capacity(r.users.len());
+        for (i, u) in r.users.iter().enumerate() {
+            let path = format!("users[{i}]");
+            let item = match &u.source {
+                None => (
+                    String::new(),
+                    Err(ApiError::invalid(
+                        format!("{path}.source"),
+                        "set exactly one of features or user_id",
+                    )),
+                ),
+                Some(pb::user_input::Source::UserId(id)) => (
+                    id.clone(),
+                    Err(ApiError::NotFound(format!(
+                        "{path}.user_id: model {:?} version {} has no users index, so user {id:?} \
+                         cannot be looked up (send features instead)",
+                        generation.model, generation.version
+                    ))),
+                ),
+                Some(pb::user_input::Source::Features(f)) => (
+                    f.user_id.clone(),
+                    convert::features(f, &format!("{path}.features"), &generation, limits),
+                ),
+            };
+            if !r.allow_partial
+                && let Err(e) = &item.1
+            {
+                return Err(e.clone());
+            }
+            inputs.push(item);
+        }
+
+        // Phase 2: compute (cache + batcher), all users concurrently.
+        let futs = inputs.into_iter().enumerate().map(|(i, (uid, f))| {
+            let generation = generation.clone();
+            async move {
+                let res = match f {
+                    Ok(f) => {
+                        self.profile(&generation, f, format!("users[{i}]"), mode, deadline)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                (uid, res)
+            }
+        });
+        let results = futures::future::join_all(futs).await;
+        let mut users = Vec::with_capacity(results.len());
+        let (mut queue_us, mut compute_us) = (0u64, 0u64);
+        for (uid, res) in results {
+            match res {
+                Ok(p) => {
+                    queue_us = queue_us.max(p.queue_us);
+                    compute_us = compute_us.max(p.compute_us);
+                    let vector = if f16 {
+                        pb::Vector::from_f32_as_f16(&p.vector)
+                    } else {
+                        pb::Vector::from_f32(p.vector.to_vec())
+                    };
+                    users.push(pb::EmbeddedUser {
+                        user_id: uid,
+                        vector: Some(vector),
+                        cache_hit: p.cache_hit,
+                        source: if p.cache_hit {
+                            pb::ProfileSource::Cache
+                        } else {
+                            pb::ProfileSource::Computed
+                        } as i32,
+                        error: None,
+                    });
+                }
+                Err(e) if r.allow_partial && !matches!(e, ApiError::Overloaded(_)) => {
+                    users.push(pb::EmbeddedUser {
+                        user_id: uid,
+                        vector: None,
+                        cache_hit: false,
+                        source: pb::ProfileSource::Unspecified as i32,
+                        error: Some(e.to_item()),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(pb::EmbedResponse {
+            model: Some(model_ref(&generation)),
+            users,
+            dim: generation.dim() as u32,
+            encoding: if f16 {
+                pb::VectorEncoding::F16
+            } else {
+                pb::VectorEncoding::F32
+            } as i32,
+            queue_us,
+            compute_us,
+            request_id: r.request_id,
+        })
+    }
+
+    /// Explain.
+    pub async fn explain(
+        &self,
+        r: pb::ExplainRequest,
+        deadline: Option<Instant>,
+    ) -> Result<pb::ExplainResponse, ApiError> {
+        self.check_serving(deadline)?;
+        let limits = &self.cfg.limits;
+        if r.top_n > limits.max_explain_top_n {
+            return Err(ApiError::Limit {
+                field: "top_n".into(),
+                got: format!("{}", r.top_n),
+                limit: "max_explain_top_n",
+                value: u64::from(limits.max_explain_top_n),
+            });
+        }
+        let top_n = if r.top_n == 0 { 10 } else { r.top_n as usize };
+        let method = match pb::ExplainMethod::try_from(r.method) {
+            Ok(pb::ExplainMethod::AttentionRollout) => Method::AttentionRollout,
+            Ok(pb::ExplainMethod::Attention) => Method::Attention,
+            _ => Method::Occlusion,
+        };
+        let generation = self.resolve(r.model.as_ref())?;
+        let Some(pf) = r.features.as_ref() else {
+            return Err(ApiError::invalid("features", "required"));
+        };
+        let features = convert::features(pf, "features", &generation, limits)?;
+        let target = match r.target.as_ref().and_then(|t| t.kind.as_ref()) {
+            None | Some(pb::explain_target::Kind::Profile(_)) => Target::Profile,
+            Some(pb::explain_target::Kind::Item(it)) => {
+                if generation.encoder.item_vector(&it.item_id).is_none() {
+                    return Err(ApiError::NotFound(format!(
+                        "target.item.item_id: unknown item {:?} (not in model {:?} version {})",
+                        it.item_id, generation.model, generation.version
+                    )));
+                }
+                Target::Item(it.item_id.clone())
+            }
+            Some(pb::explain_target::Kind::Users(u)) => {
+                if let Some(id) = u.seed_user_ids.first() {
+                    return Err(ApiError::NotFound(format!(
+                        "target.users.seed_user_ids[0]: model {:?} version {} has no users \
+                         index, so user {id:?} cannot be looked up (send vectors instead)",
+                        generation.model, generation.version
+                    )));
+                }
+                if u.vectors.is_empty() {
+                    return Err(ApiError::invalid(
+                        "target.users",
+                        "at least one seed (vector) is required",
+                    ));
+                }
+                if u.vectors.len() > limits.max_seeds {
+                    return Err(ApiError::Limit {
+                        field: "target.users.vectors".into(),
+                        got: format!("{} seeds", u.vectors.len()),
+                        limit: "max_seeds",
+                        value: limits.max_seeds as u64,
+                    });
+                }
+                let dim = generation.dim();
+                let mut mean = vec![0f32; dim];
+                for (i, v) in u.vectors.iter().enumerate() {
+                    let x = v.to_f32_checked(dim).map_err(|e| {
+                        ApiError::invalid(format!("target.users.vectors[{i}]"), e.to_string())
+                    })?;
+                    let n = x.iter().map(|a| a * a).sum::<f32>().sqrt();
+                    if n == 0.0 {
+                        return Err(ApiError::invalid(
+                            format!("target.users.vectors[{i}]"),
+                            "the vector is zero",
+                        ));
+                    }
+                    for (m, a) in mean.iter_mut().zip(&x) {
+                        *m += a / n;
+                    }
+                }
+                Target::Users(mean)
+            }
+        };
+        let opts = ExplainOptions {
+            tokens: !r.groups_only,
+            max_tokens: 0,
+        };
+        let q0 = Instant::now();
+        let _permit = self
+            .explain_slots
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Unavailable("the server is shutting down".into()))?;
+        remaining(deadline)?;
+        let queue_us = q0.elapsed().as_micros() as u64;
+        let g2 = generation.clone();
+        let f2 = features.clone();
+        let c0 = Instant::now();
+        let ex =
+            tokio::task::spawn_blocking(move || g2.encoder.explain(&f2, &target, method, &opts))
+                .await
+                .map_err(|e| ApiError::Internal(format!("explain task: {e}")))?
+                .map_err(|e| model_error("features", e))?;
+        let compute_us = c0.elapsed().as_micros() as u64;
+        Ok(explain_response(
+            &generation,
+            &features,
+            ex,
+            r.target,
+            r.groups_only,
+            top_n,
+            queue_us,
+            compute_us,
+        ))
+    }
+
+    /// GetModel.
+    pub fn get_model(&self, name: &str) -> Result<pb::ModelInfo, ApiError> {
+        let snap = self.store.snapshot(name)?;
+        Ok(model_info(&snap, true))
+    }
+
+    /// ListModels.
+    pub fn list_models(&self, include_schema: bool) -> pb::ListModelsResponse {
+        pb::ListModelsResponse {
+            models: self
+                .store
+                .snapshots()
+                .iter()
+                .map(|s| model_info(s, include_schema))
+                .collect(),
+            default_model: self.store.default_model().unwrap_or_default(),
+        }
+    }
+}
+
+/// The `ModelRef` of a generation.
+pub fn model_ref(g: &Generation) -> pb::ModelRef {
+    pb::ModelRef {
+        name: g.model.clone(),
+        version: g.version,
+        generation_id: g.id,
+    }
+}
+
+fn timestamp(t: std::time::SystemTime) -> prost_types::Timestamp {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// The proto `ModelInfo` of a snapshot.
+pub fn model_info(s: &ModelSnapshot, include_schema: bool) -> pb::ModelInfo {
+    let versions = s
+        .versions
+        .iter()
+        .map(|v| {
+            let g = v.generation.as_ref();
+            let (metrics, provenance) = g
+                .map(|g| convert::metrics_and_provenance(g.encoder.metadata()))
+                .unwrap_or_default();
+            pb::VersionInfo {
+                version: v.version,
+                state: match v.status.state {
+                    VersionState::Loading => pb::VersionState::Loading,
+                    VersionState::Ready => pb::VersionState::Ready,
+                    VersionState::Failed => pb::VersionState::Failed,
+                    VersionState::Unloaded => pb::VersionState::Unloaded,
+                } as i32,
+                reason: v.status.reason.clone(),
+                generation_id: g.map_or(0, |g| g.id),
+                labels: v.labels.clone(),
+                is_default: v.is_default,
+                state_since: Some(timestamp(v.status.since)),
+                load_duration: v.status.load_duration.map(duration),
+                architecture: g.map(|g| convert::architecture(g)),
+                schema: if include_schema {
+                    g.map(|g| convert::schema(g.encoder.metadata()))
+                } else {
+                    None
+                },
+                metrics: metrics.into_iter().collect(),
+                provenance: provenance.into_iter().collect(),
+                items_index: None,
+                users_index: None,
+                mapped_bytes: g.map_or(0, |g| g.report.bytes_mapped as u64),
+                packed_bytes: g.map_or(0, |g| g.report.bytes_packed as u64),
+            }
+        })
+        .collect();
+    pb::ModelInfo {
+        name: s.name.clone(),
+        default_version: s.default_version,
+        labels: s.labels.clone().into_iter().collect(),
+        version_policy: s.policy.to_string(),
+        versions,
+    }
+}
+
+/// The token table of an explained user: fields in schema order, then the
+/// kept events oldest first.
+fn token_table(
+    g: &Generation,
+    f: &UserFeatures,
+    ex: &profiled_model::Explanation,
+) -> Vec<pb::Token> {
+    let meta = g.encoder.metadata();
+    let p = meta.schema.fields.len();
+    let mut order: Vec<usize> = (0..f.events.len()).collect();
+    order.sort_by_key(|&i| f.events[i].timestamp);
+    let keep = meta.schema.behaviour.max_events;
+    let start = order.len().saturating_sub(keep);
+    let kept: Vec<usize> = order[start..].to_vec();
+    let mut labels: BTreeMap<usize, (&str, profiled_model::Group)> = BTreeMap::new();
+    for t in &ex.tokens {
+        labels.insert(t.position, (t.label.as_str(), t.group));
+    }
+    let n = p + kept.len();
+    (0..n)
+        .map(|pos| {
+            let (label, grp) = labels
+                .get(&pos)
+                .copied()
+                .unwrap_or(("", profiled_model::Group::Behaviour));
+            if pos < p {
+                let field = &meta.schema.fields[pos];
+                let present =
+                    f.fields.contains_key(&field.source) || field.source.starts_with("events.");
+                pb::Token {
+                    position: pos as u32,
+                    group: convert::group(field.group) as i32,
+                    field: field.name.clone(),
+                    label: label.to_string(),
+                    item_id: String::new(),
+                    timestamp: 0,
+                    oov: label.contains("OOV") || label.contains("unknown"),
+                    missing: !present,
+                }
+            } else {
+                let ev = kept.get(pos - p).and_then(|&i| f.events.get(i));
+                pb::Token {
+                    position: pos as u32,
+                    group: convert::group(grp) as i32,
+                    field: "events".into(),
+                    label: label.to_string(),
+                    item_id: ev.map(|e| e.item.clone()).unwrap_or_default(),
+                    timestamp: ev.map_or(0, |e| e.timestamp),
+                    oov: ev.is_some_and(|e| g.encoder.tokenizer().item_index(&e.item).is_none()),
+                    missing: false,
+                }
+            }
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn explain_response(
+    g: &Generation,
+    features: &UserFeatures,
+    ex: profiled_model::Explanation,
+    target: Option<pb::ExplainTarget>,
+    groups_only: bool,
+    top_n: usize,
+    queue_us: u64,
+    compute_us: u64,
+) -> pb::ExplainResponse {
+    let table = token_table(g, features, &ex);
+    let total: f64 = ex.tokens.iter().map(|t| t.value.abs()).sum();
+    let tokens = if groups_only {
+        Vec::new()
+    } else {
+        ex.tokens
+            .iter()
+            .take(top_n)
+            .map(|t| pb::TokenContribution {
+                token: table.get(t.position).cloned(),
+                value: t.value,
+                share: if total > 0.0 {
+                    t.value.abs() / total
+                } else {
+                    0.0
+                },
+            })
+            .collect()
+    };
+    let groups = ex
+        .groups
+        .iter()
+        .map(|gr| pb::GroupContribution {
+            group: convert::group(gr.group) as i32,
+            value: gr.value,
+            share: gr.share,
+            tokens: gr.tokens as u32,
+        })
+        .collect();
+    let layers = ex
+        .layers
+        .iter()
+        .map(|l| pb::LayerAttention {
+            layer: l.layer as u32,
+            heads: l
+                .heads
+                .iter()
+                .enumerate()
+                .map(|(h, m)| pb::HeadAttention {
+                    head: h as u32,
+                    mass: m.clone(),
+                })
+                .collect(),
+            head_mean: l.mean.clone(),
+        })
+        .collect();
+    pb::ExplainResponse {
+        model: Some(model_ref(g)),
+        method: match ex.method {
+            Method::Occlusion => pb::ExplainMethod::Occlusion,
+            Method::AttentionRollout => pb::ExplainMethod::AttentionRollout,
+            Method::Attention => pb::ExplainMethod::Attention,
+        } as i32,
+        target: Some(target.unwrap_or(pb::ExplainTarget {
+            kind: Some(pb::explain_target::Kind::Profile(pb::ProfileTarget {})),
+        })),
+        value_kind: match ex.method {
+            Method::Occlusion => pb::ValueKind::ScoreDrop,
+            _ => pb::ValueKind::AttentionMass,
+        } as i32,
+        base_score: ex.score,
+        groups,
+        tokens,
+        token_table: table,
+        layers,
+        forward_passes: ex.variants as u32,
+        cache_hit: false,
+        queue_us,
+        compute_us,
+    }
+}

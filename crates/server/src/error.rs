@@ -1,0 +1,166 @@
+//! [`ApiError`]: every failure a call can end with, and the one exhaustive
+//! mapping to `tonic::Status`.
+
+use tonic::{Code, Status};
+
+/// A failed call (or a failed element of a batch).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed input; `field` is the request path of the offending field.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Path in request terms, e.g. `users[2].features.fields["age"]`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A request-side limit was exceeded.
+    #[error("{field}: {got} exceeds limits.{limit} = {value}")]
+    Limit {
+        /// Path of the field, e.g. `users`.
+        field: String,
+        /// What was sent, e.g. `300 users`.
+        got: String,
+        /// The limit's config key under `limits.`.
+        limit: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// Unknown model, version, label, user, item or index.
+    #[error("{0}")]
+    NotFound(String),
+    /// Load shedding: a queue or concurrency limit is full.
+    #[error("{0}")]
+    Overloaded(String),
+    /// The call's deadline passed before the work was done.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// No generation is ready, or the server is draining.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Admin call in a state that does not allow it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Missing or wrong bearer token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Not supported by this server build.
+    #[error("{0}")]
+    Unimplemented(String),
+    /// A bug: never caused by input.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// An [`ApiError::Invalid`].
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The gRPC code of this error.
+    pub fn code(&self) -> Code {
+        match self {
+            ApiError::Invalid { .. } | ApiError::Limit { .. } => Code::InvalidArgument,
+            ApiError::NotFound(_) => Code::NotFound,
+            ApiError::Overloaded(_) => Code::ResourceExhausted,
+            ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            ApiError::Unavailable(_) => Code::Unavailable,
+            ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ApiError::Unauthenticated(_) => Code::Unauthenticated,
+            ApiError::Unimplemented(_) => Code::Unimplemented,
+            ApiError::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// As an `ItemError` of a batch or stream.
+    pub fn to_item(&self) -> profiled_proto::v1::ItemError {
+        profiled_proto::v1::ItemError {
+            code: self.code() as i32,
+            message: self.to_string(),
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+impl From<profiled_store::Error> for ApiError {
+    fn from(e: profiled_store::Error) -> ApiError {
+        use profiled_store::Error as S;
+        let msg = e.to_string();
+        match e {
+            S::InvalidName(_) => ApiError::invalid("model.name", msg),
+            S::InvalidLabel(_) => ApiError::invalid("label", msg),
+            S::InvalidPolicy(_) => ApiError::Internal(msg),
+            S::NoDefaultModel { .. } => ApiError::invalid("model.name", msg),
+            S::UnknownModel { .. } | S::VersionNotReady { .. } | S::UnknownLabel { .. } => {
+                ApiError::NotFound(msg)
+            }
+            S::NoReadyVersion { .. } => ApiError::Unavailable(msg),
+            S::Load { .. } => ApiError::FailedPrecondition(msg),
+            S::Precondition(_) => ApiError::FailedPrecondition(msg),
+            S::Publish(_) | S::Io { .. } | S::Labels { .. } | S::Internal(_) => {
+                ApiError::Internal(msg)
+            }
+        }
+    }
+}
+
+/// Maps a model error for the user at request path `path` (e.g. `users[3]`
+/// or `features`).
+pub fn model_error(path: &str, e: profiled_model::Error) -> ApiError {
+    use profiled_model::Error as M;
+    match e {
+        M::Feature { field, message } => {
+            if field == "events" {
+                ApiError::invalid(format!("{path}.events"), message)
+            } else {
+                ApiError::invalid(format!("{path}.fields[{field:?}]"), message)
+            }
+        }
+        M::Batch { source, .. } => model_error(path, *source),
+        M::Argument(m) => ApiError::invalid(path, m),
+        M::Io { .. } | M::Model { .. } | M::Golden { .. } | M::Kernel(_) => {
+            ApiError::Internal(e.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_messages() {
+        let s: Status = ApiError::Limit {
+            field: "users".into(),
+            got: "300 users".into(),
+            limit: "max_users_per_call",
+            value: 256,
+        }
+        .into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(
+            s.message(),
+            "users: 300 users exceeds limits.max_users_per_call = 256"
+        );
+        let s: Status =
+            ApiError::from(profiled_store::Error::NoReadyVersion { model: "m".into() }).into();
+        assert_eq!(s.code(), Code::Unavailable);
+        let e = model_error(
+            "users[1].features",
+            profiled_model::Error::Feature {
+                field: "age".into(),
+                message: "bad".into(),
+            },
+        );
+        assert_eq!(e.to_string(), "users[1].features.fields[\"age\"]: bad");
+    }
+}

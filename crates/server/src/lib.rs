@@ -1,0 +1,28 @@
+//! `profiled-server`: the gRPC service of profiled (binary `profiled`).
+//!
+//! - [`service`]: `ProfileService` (Embed, EmbedStream, Explain, GetModel,
+//!   ListModels; Search answers UNIMPLEMENTED until the index crate is wired
+//!   in) and the token-protected `ModelAdmin`.
+//! - [`convert`]: the edge — proto requests become `profiled_model` types,
+//!   with INVALID_ARGUMENT naming the offending field.
+//! - [`engine`]: model resolution (one `Arc<Generation>` per request), the
+//!   moka hot cache keyed by (model, generation, canonical features), Embed
+//!   and Explain.
+//! - [`batcher`]: per-model bounded queue + worker threads outside the tokio
+//!   runtime, deadline-aware.
+//! - [`error`]: [`ApiError`](error::ApiError) and its one mapping to `Status`.
+//! - [`config`]: defaults → TOML → `PROFILED__A__B` env → flags.
+//! - [`server`]: wiring, health, reflection, metrics, graceful drain.
+
+#![forbid(unsafe_code)]
+
+pub mod batcher;
+pub mod config;
+pub mod convert;
+pub mod engine;
+pub mod error;
+pub mod server;
+pub mod service;
+
+pub use config::{Config, Overrides};
+pub use server::{ServeError, serve, shutdown_signal};

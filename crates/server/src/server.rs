@@ -1,0 +1,275 @@
+//! Wiring: store + engine + tonic server (limits, load shedding), health,
+//! reflection, metrics, and the graceful drain.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use profiled_proto::v1::model_admin_server::ModelAdminServer;
+use profiled_proto::v1::profile_service_server::ProfileServiceServer;
+use profiled_proto::{MODEL_ADMIN_NAME, PROFILE_SERVICE_NAME};
+use profiled_store::{Store, StoreConfig, VersionPolicy};
+use tonic_health::ServingStatus;
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::service::{AdminApi, ProfileApi};
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Bad configuration.
+    #[error("{0}")]
+    Config(String),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics endpoint could not start.
+    #[error("metrics: {0}")]
+    Metrics(String),
+    /// The reflection service could not be built.
+    #[error("reflection: {0}")]
+    Reflection(String),
+    /// The gRPC transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Writing the port file failed.
+    #[error("port file {path}: {source}")]
+    PortFile {
+        /// The file.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The store configuration of a server configuration.
+pub fn store_config(cfg: &Config) -> Result<StoreConfig, ServeError> {
+    let mut s = StoreConfig::new(&cfg.models.repository);
+    s.default_policy = cfg
+        .models
+        .policy
+        .parse::<VersionPolicy>()
+        .map_err(|e| ServeError::Config(format!("models.policy: {e}")))?;
+    for (m, p) in &cfg.models.policies {
+        let p = p
+            .parse::<VersionPolicy>()
+            .map_err(|e| ServeError::Config(format!("models.policies.{m}: {e}")))?;
+        s.policies.insert(m.clone(), p);
+    }
+    s.default_model = cfg.models.default_model.clone();
+    s.poll_interval = Duration::from_millis(cfg.models.poll_interval_ms.max(50));
+    s.debounce = Duration::from_millis(cfg.models.debounce_ms);
+    Ok(s)
+}
+
+/// Installs the Prometheus exporter on `metrics.listen` (no-op when empty).
+pub fn install_metrics(cfg: &Config) -> Result<(), ServeError> {
+    if cfg.metrics.listen.is_empty() {
+        return Ok(());
+    }
+    let addr: SocketAddr = cfg
+        .metrics
+        .listen
+        .parse()
+        .map_err(|e| ServeError::Config(format!("metrics.listen: {e}")))?;
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets(&[
+            0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+        ])
+        .map_err(|e| ServeError::Metrics(e.to_string()))?
+        .install()
+        .map_err(|e| ServeError::Metrics(e.to_string()))
+}
+
+/// Resolves when SIGTERM or ctrl-c arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+async fn set_health(
+    reporter: &tonic_health::server::HealthReporter,
+    admin: bool,
+    s: ServingStatus,
+) {
+    reporter.set_service_status("", s).await;
+    reporter.set_service_status(PROFILE_SERVICE_NAME, s).await;
+    if admin {
+        reporter.set_service_status(MODEL_ADMIN_NAME, s).await;
+    }
+}
+
+/// Runs the server until `shutdown` resolves, then drains: health goes
+/// NOT_SERVING, new calls answer UNAVAILABLE, in-flight calls finish, and the
+/// function returns within `server.grace_period_ms`.
+///
+/// The bound address is printed on stdout as `listening on ADDR` (and written
+/// to `server.port_file` when set).
+pub async fn serve(
+    cfg: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    cfg.validate().map_err(ServeError::Config)?;
+    let admin_token = cfg.admin_token().map_err(ServeError::Config)?;
+    install_metrics(&cfg)?;
+    let store = Store::new(store_config(&cfg)?);
+    let engine = Arc::new(Engine::new(store.clone(), cfg.clone()));
+    let admin_on = admin_token.is_some();
+
+    let (reporter, health_svc) = tonic_health::server::health_reporter();
+    set_health(&reporter, admin_on, ServingStatus::NotServing).await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(profiled_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(profiled_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+
+    let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: cfg.server.listen.clone(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: cfg.server.listen.clone(),
+        source,
+    })?;
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on {local}");
+        let _ = out.flush();
+    }
+    if let Some(pf) = &cfg.server.port_file {
+        let tmp = pf.with_extension("tmp");
+        std::fs::write(&tmp, local.to_string())
+            .and_then(|()| std::fs::rename(&tmp, pf))
+            .map_err(|source| ServeError::PortFile {
+                path: pf.display().to_string(),
+                source,
+            })?;
+    }
+    tracing::info!(addr = %local, repository = %cfg.models.repository.display(), admin = admin_on, "profiled listening");
+
+    // Load models and watch the repository (first scan runs at once).
+    let watcher = store.spawn_watcher();
+
+    // Health follows the store: SERVING once a generation is ready and warm.
+    let health_task = {
+        let reporter = reporter.clone();
+        let engine = engine.clone();
+        let mut rx = store.subscribe();
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                let ready = engine.store.any_ready() && !engine.is_draining();
+                metrics::gauge!("profiled_generations_live")
+                    .set(profiled_store::live_generations() as f64);
+                if last != Some(ready) {
+                    let s = if ready {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    };
+                    set_health(&reporter, admin_on, s).await;
+                    tracing::info!(serving = ready, "health changed");
+                    last = Some(ready);
+                }
+                if engine.is_draining() {
+                    break;
+                }
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+
+    let profile = ProfileServiceServer::new(ProfileApi::new(engine.clone()))
+        .max_decoding_message_size(cfg.server.max_request_bytes)
+        .max_encoding_message_size(cfg.server.max_response_bytes);
+    let admin = admin_token.map(|t| {
+        ModelAdminServer::new(AdminApi::new(engine.clone(), t))
+            .max_decoding_message_size(cfg.server.max_request_bytes)
+            .max_encoding_message_size(cfg.server.max_response_bytes)
+    });
+
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(cfg.server.max_concurrent_streams)
+        .concurrency_limit_per_connection(cfg.server.concurrency_per_connection)
+        .load_shed(true)
+        .tcp_nodelay(true);
+    if cfg.server.max_connection_age_ms > 0 {
+        builder =
+            builder.max_connection_age(Duration::from_millis(cfg.server.max_connection_age_ms));
+    }
+    let router = builder
+        .add_service(health_svc)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(profile)
+        .add_optional_service(admin);
+
+    let drain_started = Arc::new(tokio::sync::Notify::new());
+    let on_shutdown = {
+        let engine = engine.clone();
+        let reporter = reporter.clone();
+        let drain_started = drain_started.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: draining");
+            engine.start_draining();
+            set_health(&reporter, admin_on, ServingStatus::NotServing).await;
+            drain_started.notify_one();
+        }
+    };
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = router.serve_with_incoming_shutdown(incoming, on_shutdown);
+    let grace = Duration::from_millis(cfg.server.grace_period_ms);
+    let result = tokio::select! {
+        r = server => r.map_err(ServeError::from),
+        () = async {
+            drain_started.notified().await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(grace_ms = cfg.server.grace_period_ms, "grace period over: exiting with calls still in flight");
+            Ok(())
+        }
+    };
+    health_task.abort();
+    watcher.stop();
+    tracing::info!("profiled stopped");
+    result
+}
