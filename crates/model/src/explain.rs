@@ -285,63 +285,24 @@ impl Encoder {
                 if options.tokens {
                     variants.extend((0..t).map(Variant::Token));
                 }
-                let d = self.metadata().architecture.d_model;
-                // Unmasked rows, then one missing row per field.
-                let emb_len = (t + p) * d;
-                let emb = grow(&mut ws.emb, emb_len);
-                self.embed_user(&ws.tokens, 0, &mut emb[..t * d])?;
-                for fi in 0..p {
-                    self.missing_row(fi, &mut emb[(t + fi) * d..(t + fi + 1) * d])?;
-                }
-                let emb = &ws.emb[..emb_len];
-                let masked = |v: Variant, i: usize| -> bool {
-                    match v {
-                        Variant::Original => false,
-                        Variant::Group(g) => group_of(i) == g,
-                        Variant::Token(k) => k == i,
-                    }
-                };
-                ws.seqs.clear();
-                let mut present = Vec::with_capacity(variants.len());
-                let mut total = 0usize;
-                for &v in &variants {
-                    let len = (0..t).filter(|&i| i < p || !masked(v, i)).count();
-                    present.push(len > 0);
-                    if len > 0 {
-                        ws.seqs.push(Sequence::new(
-                            len,
-                            Mask::PrefixCausal { prefix: p.min(len) },
-                        ));
-                        total += len;
-                    }
-                }
-                let x = grow(&mut ws.x, total * d);
-                let mut r = 0usize;
-                for &v in &variants {
-                    for i in 0..t {
-                        let src = if !masked(v, i) {
-                            i
-                        } else if i < p {
-                            t + i
-                        } else {
-                            continue;
-                        };
-                        x[r * d..(r + 1) * d].copy_from_slice(&emb[src * d..(src + 1) * d]);
-                        r += 1;
-                    }
-                }
-                self.encode(ws, total, false)?;
+                let masks: Vec<Vec<bool>> = variants
+                    .iter()
+                    .map(|&v| {
+                        (0..t)
+                            .map(|i| match v {
+                                Variant::Original => false,
+                                Variant::Group(g) => group_of(i) == g,
+                                Variant::Token(k) => k == i,
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let rows = self.forward_masked(ws, &masks)?;
                 let dout = self.dim();
-                let mut profiles: Vec<Option<&[f32]>> = Vec::with_capacity(variants.len());
-                let mut k = 0usize;
-                for &ok in &present {
-                    if ok {
-                        profiles.push(ws.out.get(k * dout..(k + 1) * dout));
-                        k += 1;
-                    } else {
-                        profiles.push(None);
-                    }
-                }
+                let profiles: Vec<Option<&[f32]>> = rows
+                    .iter()
+                    .map(|r| r.and_then(|k| ws.out.get(k * dout..(k + 1) * dout)))
+                    .collect();
                 let p0 = profiles
                     .first()
                     .copied()
@@ -499,6 +460,142 @@ impl Encoder {
             out.tokens.truncate(options.max_tokens);
         }
         Ok(out)
+    }
+
+    /// Forward of user 0 of `ws.tokens` once per mask (`masks[v][i]` = token
+    /// `i` masked in variant `v`: a field token becomes its missing token, a
+    /// behaviour token is removed), all variants in one batch. Returns, per
+    /// variant, its row of `ws.out` (`None` when no token is left).
+    pub(crate) fn forward_masked(
+        &self,
+        ws: &mut Workspace,
+        masks: &[Vec<bool>],
+    ) -> Result<Vec<Option<usize>>> {
+        let p = ws.tokens.p;
+        let t = ws.tokens.user_len(0);
+        let d = self.metadata().architecture.d_model;
+        // Unmasked rows, then one missing row per field.
+        let emb_len = (t + p) * d;
+        let emb = grow(&mut ws.emb, emb_len);
+        self.embed_user(&ws.tokens, 0, &mut emb[..t * d])?;
+        for fi in 0..p {
+            self.missing_row(fi, &mut emb[(t + fi) * d..(t + fi + 1) * d])?;
+        }
+        let masked = |m: &[bool], i: usize| m.get(i).copied().unwrap_or(false);
+        ws.seqs.clear();
+        let mut rows = Vec::with_capacity(masks.len());
+        let mut total = 0usize;
+        for m in masks {
+            let len = (0..t).filter(|&i| i < p || !masked(m, i)).count();
+            if len > 0 {
+                rows.push(Some(ws.seqs.len()));
+                ws.seqs.push(Sequence::new(
+                    len,
+                    Mask::PrefixCausal { prefix: p.min(len) },
+                ));
+                total += len;
+            } else {
+                rows.push(None);
+            }
+        }
+        let x = grow(&mut ws.x, total * d);
+        let emb = &ws.emb[..emb_len];
+        let mut r = 0usize;
+        for m in masks {
+            for i in 0..t {
+                let src = if !masked(m, i) {
+                    i
+                } else if i < p {
+                    t + i
+                } else {
+                    continue;
+                };
+                x[r * d..(r + 1) * d].copy_from_slice(&emb[src * d..(src + 1) * d]);
+                r += 1;
+            }
+        }
+        self.encode(ws, total, false)?;
+        Ok(rows)
+    }
+
+    /// Faithfulness check of the explanation methods: for each user with more
+    /// than `k` tokens, mask the top-`k` tokens of each method together (the
+    /// occlusion masking) and measure how far the profile moves
+    /// (`1 − cosine` to the unmasked profile), against `k` random tokens.
+    /// Returns the mean drop per method (`occlusion`, `attention_rollout`,
+    /// `attention`, `random`) and the number of users measured.
+    pub fn faithfulness(
+        &self,
+        users: &[UserFeatures],
+        k: usize,
+        seed: u64,
+    ) -> Result<(Vec<(String, f64)>, usize)> {
+        let names = ["occlusion", "attention_rollout", "attention", "random"];
+        let mut sums = [0f64; 4];
+        let mut n = 0usize;
+        let mut ws = Workspace::new();
+        let mut rng = seed ^ 0x9e37_79b9_7f4a_7c15;
+        let opts = ExplainOptions::default();
+        for (ui, u) in users.iter().enumerate() {
+            let mut sets: Vec<Vec<usize>> = Vec::with_capacity(4);
+            let mut t = 0usize;
+            for m in [
+                Method::Occlusion,
+                Method::AttentionRollout,
+                Method::Attention,
+            ] {
+                let ex = self
+                    .explain_in(u, &Target::Profile, m, &opts, &mut ws)
+                    .map_err(|e| Error::Batch {
+                        index: ui,
+                        source: Box::new(e),
+                    })?;
+                t = ex.tokens.len();
+                sets.push(ex.tokens.iter().take(k).map(|x| x.position).collect());
+            }
+            if t <= k {
+                continue;
+            }
+            // k distinct random positions (partial Fisher–Yates, SplitMix64).
+            let mut pos: Vec<usize> = (0..t).collect();
+            for i in 0..k {
+                rng = rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = rng;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                z ^= z >> 31;
+                let j = i + (z % (t - i) as u64) as usize;
+                pos.swap(i, j);
+            }
+            sets.push(pos[..k].to_vec());
+            let mut masks = vec![vec![false; t]];
+            for set in &sets {
+                let mut m = vec![false; t];
+                for &i in set {
+                    if let Some(x) = m.get_mut(i) {
+                        *x = true;
+                    }
+                }
+                masks.push(m);
+            }
+            // Re-tokenize (explain_in left this user in ws.tokens) and forward.
+            ws.tokens.clear();
+            self.tokenizer().push(u, &mut ws.tokens)?;
+            let rows = self.forward_masked(&mut ws, &masks)?;
+            let dout = self.dim();
+            let row = |r: Option<usize>| r.and_then(|k| ws.out.get(k * dout..(k + 1) * dout));
+            let p0 = row(rows[0]).ok_or_else(|| Error::Argument("internal: no profile".into()))?;
+            for (s, r) in sums.iter_mut().zip(&rows[1..]) {
+                *s += row(*r).map_or(1.0, |v| 1.0 - cosine(v, p0));
+            }
+            n += 1;
+        }
+        let out = names
+            .iter()
+            .zip(sums)
+            .map(|(name, s)| (name.to_string(), if n > 0 { s / n as f64 } else { 0.0 }))
+            .collect();
+        Ok((out, n))
     }
 
     fn token_label(

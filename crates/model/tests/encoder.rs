@@ -422,6 +422,19 @@ fn occlusion_variants_equal_explicit_forwards_and_attention_masses_sum_to_one() 
         )
         .expect("no events");
     assert!(ex.groups.iter().all(|g| g.group != Group::Behaviour));
+    // Faithfulness check: one mean drop per method, finite, in [0, 2].
+    let mut rng = Rng::new(5);
+    let users: Vec<UserFeatures> = (0..12)
+        .map(|_| random_user(&mut rng, spec.items, spec.max_events))
+        .collect();
+    let (rows, n) = enc.faithfulness(&users, 3, 1).expect("faithfulness");
+    assert_eq!(rows.len(), 4);
+    assert!(n > 0);
+    assert!(
+        rows.iter()
+            .all(|(_, v)| v.is_finite() && (0.0..=2.0).contains(v)),
+        "{rows:?}"
+    );
 }
 
 #[test]
