@@ -398,3 +398,32 @@ fn baselines_never_fit_on_targets() {
         );
     }
 }
+
+proptest! {
+    #[test]
+    fn rank_matches_a_sort_with_pessimistic_ties(
+        scores in prop::collection::vec(0u8..6, 1..40),
+        target_pick in 0usize..1000,
+        mask in prop::collection::vec(any::<bool>(), 40),
+    ) {
+        let scores: Vec<f32> = scores.iter().map(|&s| s as f32).collect();
+        let n = scores.len();
+        let target = (target_pick % n) as u32;
+        let cands: Vec<u32> = (0..n as u32).collect();
+        // Sort candidates (minus masked, never the target) by score descending,
+        // placing the target after every equal-scoring item.
+        let mut order: Vec<u32> = cands
+            .iter()
+            .copied()
+            .filter(|&c| c == target || !mask[c as usize])
+            .collect();
+        order.sort_by(|&a, &b| {
+            scores[b as usize]
+                .partial_cmp(&scores[a as usize])
+                .unwrap()
+                .then((a == target).cmp(&(b == target)))
+        });
+        let expected = order.iter().position(|&c| c == target).unwrap() + 1;
+        prop_assert_eq!(rank_of(target, &cands, &scores, |c| mask[c as usize]), expected);
+    }
+}
