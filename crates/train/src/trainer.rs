@@ -141,6 +141,9 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Train on every event (train + valid + test); no validation, runs `epochs`.
     pub all_events: bool,
+    /// Exclude the user's earlier items (never the target) from the softmax,
+    /// matching the history-masked evaluation and serving.
+    pub mask_seen_in_loss: bool,
     /// Show a progress bar on stderr.
     pub progress: bool,
     /// Set to true (e.g. by ctrl-c) to stop after the current batch.
@@ -160,6 +163,7 @@ impl Default for TrainOptions {
             patience: 3,
             seed: 42,
             all_events: false,
+            mask_seen_in_loss: true,
             progress: false,
             stop: None,
         }
@@ -215,8 +219,10 @@ pub struct Trained {
 
 struct Example {
     tokens: UserTokens,
-    /// (token position, target item)
-    targets: Vec<(usize, u32)>,
+    /// (token position, target item, number of the user's events before the target)
+    targets: Vec<(usize, u32, usize)>,
+    /// The user's items in time order (for masking seen items in the loss).
+    items: Arc<Vec<Option<u32>>>,
 }
 
 /// Tokenized user features per dataset user (restricted to the schema's columns).
@@ -434,12 +440,14 @@ pub fn train(
         for (u, ev) in &seqs {
             let f = fields.get(*u as usize).cloned().unwrap_or_default();
             let n = ev.len();
+            let items: Arc<Vec<Option<u32>>> = Arc::new(ev.iter().map(|e| e.item).collect());
             if p > 0
                 && let Some(item) = ev[0].item
             {
                 cold.push(Example {
                     tokens: tk.tokenize_resolved(&f, &[])?,
-                    targets: vec![(p - 1, item)],
+                    targets: vec![(p - 1, item, 0)],
+                    items: items.clone(),
                 });
             }
             let mut ends = Vec::new();
@@ -456,11 +464,15 @@ pub fn train(
                 let tokens = tk.tokenize_resolved(&f, &ev[..e])?;
                 let l = tokens.events.len();
                 let first = e - l;
-                let targets: Vec<(usize, u32)> = (0..l)
-                    .filter_map(|t| ev[first + t + 1].item.map(|it| (p + t, it)))
+                let targets: Vec<(usize, u32, usize)> = (0..l)
+                    .filter_map(|t| ev[first + t + 1].item.map(|it| (p + t, it, first + t + 1)))
                     .collect();
                 if !targets.is_empty() {
-                    windows.push(Example { tokens, targets });
+                    windows.push(Example {
+                        tokens,
+                        targets,
+                        items: items.clone(),
+                    });
                 }
             }
         }
@@ -506,9 +518,20 @@ pub fn train(
                 break 'epochs;
             }
             step += 1;
-            let lr = opts.lr * (step as f64 / warmup_steps as f64).min(1.0);
+            // Linear warm-up over the first epoch, then cosine decay to
+            // 10 % of the peak at the last allowed epoch.
+            let total = (warmup_steps * opts.epochs).max(1) as f64;
+            let progress = (step as f64 / total).min(1.0);
+            let lr = opts.lr
+                * (step as f64 / warmup_steps as f64).min(1.0)
+                * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()));
             opt.set_learning_rate(lr);
-            let loss = batch_loss(&model, batch, Some(&mut dropout_rng))?;
+            let loss = batch_loss(
+                &model,
+                batch,
+                opts.mask_seen_in_loss,
+                Some(&mut dropout_rng),
+            )?;
             opt.backward_step(&loss)?;
             let lv = f64::from(loss.to_scalar::<f32>()?);
             if !lv.is_finite() {
@@ -548,13 +571,18 @@ pub fn train(
             } else {
                 since_best += 1;
             }
-            pb.finish_with_message(format!(
-                "loss {:.4} · valid NDCG@10 {:.4} HR@10 {:.4}{}",
+            let msg = format!(
+                "loss {:.4} · {:.0} ex/s · valid NDCG@10 {:.4} HR@10 {:.4}{}",
                 stats.loss,
+                stats.targets_per_second,
                 m.ndcg10,
                 m.hr10,
                 if improved { " *" } else { "" }
-            ));
+            );
+            if opts.progress && pb.is_hidden() {
+                eprintln!("epoch {epoch}/{}: {msg}", opts.epochs);
+            }
+            pb.finish_with_message(msg);
         } else {
             report.best_epoch = epoch;
             pb.finish_with_message(format!("loss {:.4}", stats.loss));
@@ -594,16 +622,28 @@ fn restore(model: &ProfileModel, weights: &BTreeMap<String, Tensor>) -> Result<(
 fn batch_loss(
     model: &ProfileModel,
     batch: &[Example],
+    mask_seen: bool,
     rng: Option<&mut ChaCha8Rng>,
 ) -> Result<Tensor> {
     let refs: Vec<&UserTokens> = batch.iter().map(|e| &e.tokens).collect();
     let (hidden, t) = model.encode(&refs, rng)?;
     let mut rows = Vec::new();
     let mut targets = Vec::new();
+    let n_items = model.schema.items.ids.len();
+    let mut mask: Vec<f32> = Vec::new();
     for (b, e) in batch.iter().enumerate() {
-        for &(pos, item) in &e.targets {
+        for &(pos, item, seen) in &e.targets {
             rows.push((b * t + pos) as u32);
             targets.push(item);
+            if mask_seen {
+                let base = mask.len();
+                mask.resize(base + n_items, 0.0);
+                for it in e.items[..seen].iter().flatten() {
+                    if *it != item {
+                        mask[base + *it as usize] = crate::model::MASK_VALUE;
+                    }
+                }
+            }
         }
     }
     let k = rows.len();
@@ -612,7 +652,10 @@ fn batch_loss(
     let targets = Tensor::from_vec(targets, k, dev)?;
     let prof = model.head(&hidden.index_select(&rows, 0)?)?;
     let items = model.item_vectors()?;
-    let logits = (prof.matmul(&items.t()?)? / model.config.temperature)?;
+    let mut logits = (prof.matmul(&items.t()?)? / model.config.temperature)?;
+    if mask_seen {
+        logits = (logits + Tensor::from_vec(mask, (k, n_items), dev)?)?;
+    }
     Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
 }
 
