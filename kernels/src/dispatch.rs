@@ -96,7 +96,10 @@ impl Isa {
 
     /// Every path this CPU supports, from slowest to fastest.
     pub fn supported() -> Vec<Isa> {
-        Isa::ALL.into_iter().filter(|isa| isa.is_supported()).collect()
+        Isa::ALL
+            .into_iter()
+            .filter(|isa| isa.is_supported())
+            .collect()
     }
 
     /// The fastest path this CPU supports.
@@ -152,7 +155,10 @@ mod tests {
         for isa in Isa::ALL {
             assert_eq!(Isa::from_name(isa.name()), Ok(isa));
         }
-        assert!(matches!(Isa::from_name("neon"), Err(KernelError::UnknownIsa(_))));
+        assert!(matches!(
+            Isa::from_name("neon"),
+            Err(KernelError::UnknownIsa(_))
+        ));
     }
 
     #[test]

@@ -35,10 +35,18 @@ pub enum KernelError {
 
 /// Checks that `got == expected`, naming `what` otherwise.
 #[inline]
-pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), KernelError> {
+pub(crate) fn check_len(
+    what: &'static str,
+    expected: usize,
+    got: usize,
+) -> Result<(), KernelError> {
     if expected == got {
         Ok(())
     } else {
-        Err(KernelError::Shape { what, expected, got })
+        Err(KernelError::Shape {
+            what,
+            expected,
+            got,
+        })
     }
 }
