@@ -107,7 +107,7 @@ pub enum OutputRows {
 /// Number of output rows for `seqs` under `rows`.
 pub fn output_rows(seqs: &[Sequence], rows: OutputRows) -> usize {
     match rows {
-        OutputRows::All => seqs.iter().map(|s| s.len).sum(),
+        OutputRows::All => seqs.iter().fold(0usize, |a, s| a.saturating_add(s.len)),
         OutputRows::LastOnly => seqs.len(),
     }
 }
@@ -121,8 +121,12 @@ pub fn output_rows(seqs: &[Sequence], rows: OutputRows) -> usize {
 /// `(head h, row r, key j)` is at `+ (h·R + r)·T + j`.
 pub fn probs_len(seqs: &[Sequence], heads: usize, rows: OutputRows) -> usize {
     seqs.iter()
-        .map(|s| heads * query_rows(s, rows) * s.len)
-        .sum()
+        .map(|s| {
+            heads
+                .saturating_mul(query_rows(s, rows))
+                .saturating_mul(s.len)
+        })
+        .fold(0usize, usize::saturating_add)
 }
 
 fn query_rows(s: &Sequence, rows: OutputRows) -> usize {
@@ -359,8 +363,12 @@ pub fn mha_forward(
     probs: Option<&mut [f32]>,
 ) -> Result<(), KernelError> {
     let total = validate_seqs(seqs)?;
-    check_len("mha x", total * w.d, x.len())?;
-    check_len("mha out", output_rows(seqs, rows) * w.d, out.len())?;
+    check_len("mha x", total.saturating_mul(w.d), x.len())?;
+    check_len(
+        "mha out",
+        output_rows(seqs, rows).saturating_mul(w.d),
+        out.len(),
+    )?;
     mha_core(isa, w, x, seqs, total, rows, None, out, ws, probs)
 }
 
@@ -928,9 +936,13 @@ mod x86 {
         for q in qs {
             assert!(q.len() >= hd);
         }
-        pv_checks(s, tp, lens, v, ldv, hd, out, ldo, col0, orows);
-        for &l in lens {
-            assert!((1..=jn).contains(&l));
+        // Scalar per-row checks (what `pv_checks` asserts, without reading
+        // the freshly written `lens` with vector loads).
+        for b in 0..nb {
+            let l = lens[b];
+            assert!(l >= 1 && l <= jn && l <= tp);
+            assert!((l - 1) * ldv + hd <= v.len());
+            assert!(orows[b] * ldo + col0 + hd <= out.len());
         }
         let a = Args {
             qs,

@@ -180,9 +180,9 @@ pub fn block_forward(
     let isa = isa.checked()?;
     let d = layer.d();
     let total = validate_seqs(seqs)?;
-    check_len("block x", total * d, x.len())?;
+    check_len("block x", total.saturating_mul(d), x.len())?;
     let nout = output_rows(seqs, rows);
-    check_len("block out", nout * d, out.len())?;
+    check_len("block out", nout.saturating_mul(d), out.len())?;
     if total == 0 {
         return Ok(());
     }

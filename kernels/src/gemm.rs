@@ -316,10 +316,10 @@ pub fn gemm_ex(
     epilogue: Epilogue<'_>,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    check_len("gemm x", m * w.k, x.len())?;
-    check_len("gemm out", m * w.n, out.len())?;
+    check_len("gemm x", m.saturating_mul(w.k), x.len())?;
+    check_len("gemm out", m.saturating_mul(w.n), out.len())?;
     if let Residual::Add(r) = epilogue.residual {
-        check_len("gemm residual", m * w.n, r.len())?;
+        check_len("gemm residual", m.saturating_mul(w.n), r.len())?;
     }
     let residual = match epilogue.residual {
         Residual::None => Res::None,
@@ -398,7 +398,7 @@ pub(crate) fn gemm_strided(
             got: ldc,
         });
     }
-    let need_a = (m - 1) * a.ld + k;
+    let need_a = (m - 1).saturating_mul(a.ld).saturating_add(k);
     if a.data.len() < need_a {
         return Err(KernelError::Shape {
             what: "gemm x",
@@ -406,7 +406,7 @@ pub(crate) fn gemm_strided(
             got: a.data.len(),
         });
     }
-    let need_c = (m - 1) * ldc + ncols;
+    let need_c = (m - 1).saturating_mul(ldc).saturating_add(ncols);
     if out.len() < need_c {
         return Err(KernelError::Shape {
             what: "gemm out",
@@ -425,10 +425,10 @@ pub(crate) fn gemm_strided(
     }
     let (res_ptr, ldr) = match residual {
         Res::Add(r, ldr) => {
-            if ldr < ncols || r.len() < (m - 1) * ldr + ncols {
+            if ldr < ncols || r.len() < (m - 1).saturating_mul(ldr).saturating_add(ncols) {
                 return Err(KernelError::Shape {
                     what: "gemm residual",
-                    expected: (m - 1) * ldr.max(ncols) + ncols,
+                    expected: (m - 1).saturating_mul(ldr.max(ncols)).saturating_add(ncols),
                     got: r.len(),
                 });
             }

@@ -224,6 +224,32 @@ fn mha_validates_inputs() {
             Some(&mut probs),
         );
         assert!(matches!(e, Err(KernelError::Shape { .. })));
+        // Absurd lengths are errors, not overflows or panics.
+        let huge = [
+            Sequence::new(usize::MAX / 2 + 1, Mask::None),
+            Sequence::new(usize::MAX / 2 + 1, Mask::None),
+        ];
+        assert!(bad(&huge, &x, &mut out, &mut ws).is_err());
+        let e = bad(
+            &[Sequence::new(usize::MAX / 8, Mask::None)],
+            &x,
+            &mut out,
+            &mut ws,
+        );
+        assert!(matches!(e, Err(KernelError::Shape { .. })));
+        assert!(
+            mha_forward(
+                isa,
+                &w,
+                &x,
+                &[Sequence::new(usize::MAX / 8, Mask::None)],
+                OutputRows::LastOnly,
+                &mut out[..24],
+                &mut ws,
+                Some(&mut [])
+            )
+            .is_err()
+        );
         // Empty batch is fine.
         assert!(mha_forward(isa, &w, &[], &[], OutputRows::All, &mut [], &mut ws, None).is_ok());
     }

@@ -173,6 +173,7 @@ fn gemm_rejects_bad_shapes() {
             Err(KernelError::Shape { .. })
         ));
         assert!(gemm(isa, &[], 0, &w, None, &mut []).is_ok());
+        assert!(gemm(isa, &[0.0; 6], usize::MAX / 2, &w, None, &mut out).is_err());
         let e = gemm_ex(
             isa,
             &[0.0; 6],
