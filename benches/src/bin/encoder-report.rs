@@ -1,0 +1,327 @@
+//! Encoder report: the serving encoder (`profiled-model` on the kernels)
+//! against the trainer's candle forward on the same model, plus occlusion
+//! explanations, with this machine's FMA peak measured in the same run.
+//!
+//! Model: by default a model trained here for one epoch on a synthetic
+//! dataset (d = 64, 4 heads, 2 layers, FFN 256, 6 field tokens); users have
+//! ≥ 50 events, so every profile reads 6 + 50 = 56 tokens. `--model DIR`
+//! uses an existing version instead (its users are then synthetic too).
+//! Prints a human table; the last line is one JSON object.
+//!
+//! `cargo run --release -p profiled-benches --bin encoder-report [-- --model DIR]`
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use profiled_benches::{load_average, median_time, us};
+use profiled_kernels::{Isa, probe};
+use profiled_model::{
+    Encoder, ExplainOptions, LoadOptions, Method, Target, UserFeatures, Workspace,
+};
+use profiled_train::eval::{ProtocolConfig, Split};
+use profiled_train::export;
+use profiled_train::model::ModelConfig;
+use profiled_train::pipeline::{self, RunInfo};
+use profiled_train::schema::{
+    EventInput, FeatureConfig, FeatureValue, ProfileInput, UserTokens, user_fields,
+};
+use profiled_train::synthetic::{SyntheticConfig, generate};
+use profiled_train::trainer::TrainOptions;
+
+const BEHAVIOUR_TOKENS: usize = 50;
+
+/// FLOPs (multiply-adds × 2 of every matrix product) of the pruned forward of
+/// one user with `t` tokens of which `p` are field tokens: `layers − 1` full
+/// layers, then K/V for all tokens and everything else only at the last
+/// position, then the head. LayerNorm, softmax, GELU and embedding sums are
+/// not counted (they are O(t·d), not O(t·d²)).
+fn pruned_flops(t: usize, p: usize, d: usize, ffn: usize, layers: usize, d_out: usize) -> f64 {
+    let (t, p, d, f) = (t as f64, p as f64, d as f64, ffn as f64);
+    // Σ_i visible(i) for the prefix-visible + causal mask.
+    let vis = p * p + (t * (t + 1.0) - p * (p + 1.0)) / 2.0;
+    let full = 2.0 * t * d * 3.0 * d + 4.0 * d * vis + 2.0 * t * d * d + 4.0 * t * d * f;
+    let last = 2.0 * t * d * 2.0 * d + 2.0 * d * d + 4.0 * d * t + 2.0 * d * d + 4.0 * d * f;
+    (layers.saturating_sub(1) as f64) * full + last + 2.0 * d * d_out as f64
+}
+
+fn to_features(input: &ProfileInput) -> UserFeatures {
+    UserFeatures {
+        user_id: input.user_id.clone(),
+        fields: input
+            .fields
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    FeatureValue::Number(x) => profiled_model::FieldValue::Number(*x),
+                    FeatureValue::Text(s) => profiled_model::FieldValue::Categorical(s.clone()),
+                };
+                (k.clone(), v)
+            })
+            .collect(),
+        events: input
+            .events
+            .iter()
+            .map(|e| profiled_model::Event {
+                item: e.item.clone(),
+                timestamp: e.timestamp,
+                rating: e.rating,
+            })
+            .collect(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let model_arg = args
+        .iter()
+        .position(|a| a == "--model")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from);
+    let load = load_average();
+    let isa = Isa::active();
+
+    // The dataset (users with ≥ 50 events) and, unless given, a model.
+    let ds = generate(&SyntheticConfig {
+        users: 160,
+        items: 400,
+        min_events: 60,
+        mean_events: 70,
+        latent_dim: 6,
+        sequence_weight: 2.0,
+        seed: 11,
+    });
+    let tmp = tempfile_dir()?;
+    let dir = match model_arg {
+        Some(d) => export::resolve_version_dir(&d)?,
+        None => {
+            eprintln!("training a one-epoch model on a synthetic dataset …");
+            let split = Split::new(&ds, ProtocolConfig::default())?;
+            let mut features = FeatureConfig::movielens();
+            features.fields.retain(|f| f.name != "age");
+            let opts = TrainOptions {
+                model: ModelConfig::default(),
+                features,
+                epochs: 1,
+                batch_size: 64,
+                ..TrainOptions::default()
+            };
+            let info = RunInfo {
+                name: "bench".into(),
+                source: "synthetic".into(),
+                threads: pipeline::tensor_threads(),
+            };
+            let (trained, meta) = pipeline::train_and_describe(&ds, &split, &opts, &info)?;
+            pipeline::write(&tmp, &trained, meta, false)?.1
+        }
+    };
+    let (cmodel, meta) = export::load_version(&dir)?;
+    let enc = Encoder::load_with(
+        &dir,
+        &LoadOptions {
+            isa: Some(isa),
+            verify_golden: true,
+        },
+    )
+    .context("loading the serving encoder")?;
+    let cfg = &meta.architecture;
+    let p = meta.schema.fields.len();
+
+    // 64 users with their last ≥ 50 events (the model keeps the 50 most recent).
+    let mut per_user: Vec<Vec<EventInput>> = vec![Vec::new(); ds.users.len()];
+    for e in &ds.interactions {
+        if let (Some(v), Some(item)) = (
+            per_user.get_mut(e.user as usize),
+            ds.items.get(e.item as usize),
+        ) {
+            v.push(EventInput {
+                item: item.id.clone(),
+                timestamp: e.timestamp,
+                rating: e.rating,
+            });
+        }
+    }
+    let inputs: Vec<ProfileInput> = ds
+        .users
+        .iter()
+        .zip(per_user)
+        .filter(|(_, ev)| ev.len() >= BEHAVIOUR_TOKENS)
+        .take(64)
+        .map(|(u, events)| ProfileInput {
+            user_id: Some(u.id.clone()),
+            fields: user_fields(&meta.schema, u),
+            events,
+        })
+        .collect();
+    anyhow::ensure!(
+        inputs.len() == 64,
+        "only {} users with ≥ 50 events",
+        inputs.len()
+    );
+    let users: Vec<UserFeatures> = inputs.iter().map(to_features).collect();
+    let tk = cmodel.schema.tokenizer();
+    let tokens: Vec<UserTokens> = inputs
+        .iter()
+        .map(|i| tk.tokenize(i))
+        .collect::<Result<_, _>>()?;
+    let t = tokens[0].len();
+    anyhow::ensure!(
+        tokens
+            .iter()
+            .all(|x| x.len() == p + BEHAVIOUR_TOKENS.min(meta.schema.behaviour.max_events)),
+        "users do not all have {p} + 50 tokens"
+    );
+
+    let peak = probe::fma_peak_gflops(isa, Duration::from_millis(600));
+    let flops = pruned_flops(t, p, cfg.d_model, cfg.ffn, cfg.layers, cfg.d_out);
+    let min_total = Duration::from_millis(400);
+
+    // Serving encoder on every path.
+    let mut rows = Vec::new();
+    let mut enc = enc;
+    for path in Isa::supported() {
+        enc.set_isa(path)?;
+        let mut ws = Workspace::new();
+        let b1 = median_time(20, 200, min_total, || {
+            let _ = enc.forward_batch(&users[..1], &mut ws).map(|p| p.len());
+        });
+        let b64 = median_time(3, 20, min_total, || {
+            let _ = enc.forward_batch(&users, &mut ws).map(|p| p.len());
+        });
+        rows.push((path, us(b1), us(b64) / 64.0));
+    }
+    enc.set_isa(isa)?;
+
+    // Candle (the trainer's forward; tokens precomputed, so it is not charged
+    // for tokenization while the serving figures are).
+    let refs: Vec<&UserTokens> = tokens.iter().collect();
+    let candle_b1 = median_time(3, 20, min_total, || {
+        let _ = cmodel.profiles(&refs[..1]);
+    });
+    let candle_b64 = median_time(1, 5, min_total, || {
+        let _ = cmodel.profiles(&refs);
+    });
+
+    // Occlusion explanations of one user.
+    let mut ws = Workspace::new();
+    let groups_opts = ExplainOptions {
+        tokens: false,
+        max_tokens: 0,
+    };
+    let groups = median_time(5, 50, min_total, || {
+        let _ = enc.explain_in(
+            &users[0],
+            &Target::Profile,
+            Method::Occlusion,
+            &groups_opts,
+            &mut ws,
+        );
+    });
+    let all = ExplainOptions::default();
+    let tok = median_time(3, 20, min_total, || {
+        let _ = enc.explain_in(
+            &users[0],
+            &Target::Profile,
+            Method::Occlusion,
+            &all,
+            &mut ws,
+        );
+    });
+    let variants = enc
+        .explain_in(
+            &users[0],
+            &Target::Profile,
+            Method::Occlusion,
+            &all,
+            &mut ws,
+        )?
+        .variants;
+
+    let (_, b1_us, b64_per_user) = rows
+        .iter()
+        .copied()
+        .find(|r| r.0 == isa)
+        .context("active path not measured")?;
+    let efficiency = flops / (peak * 1e3) / b64_per_user;
+    let candle_b1_us = us(candle_b1);
+    let candle_b64_per_user = us(candle_b64) / 64.0;
+
+    println!(
+        "encoder-report: d={} heads={} layers={} ffn={} d_out={}, {} tokens/user ({} fields + {} events), {} weights",
+        cfg.d_model,
+        cfg.heads,
+        cfg.layers,
+        cfg.ffn,
+        cfg.d_out,
+        t,
+        p,
+        t - p,
+        meta.dtype
+    );
+    println!(
+        "machine: isa {isa}, FMA peak {peak:.1} GFLOP/s (in-run), load average {}",
+        load.map(|l| format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2]))
+            .unwrap_or_else(|| "n/a".into())
+    );
+    println!(
+        "pruned forward floor: {:.2} MFLOP/user = {:.1} µs/user at peak",
+        flops / 1e6,
+        flops / (peak * 1e3)
+    );
+    println!(
+        "{:<10} {:>10} {:>16} {:>12}",
+        "kernels", "B=1 µs", "B=64 µs/user", "efficiency"
+    );
+    for (path, b1, b64) in &rows {
+        println!(
+            "{:<10} {:>10.1} {:>16.1} {:>12.2}",
+            path.name(),
+            b1,
+            b64,
+            flops / (peak * 1e3) / b64
+        );
+    }
+    println!(
+        "{:<10} {:>10.1} {:>16.1}   (×{:.1} / ×{:.1} slower than {isa})",
+        "candle",
+        candle_b1_us,
+        candle_b64_per_user,
+        candle_b1_us / b1_us,
+        candle_b64_per_user / b64_per_user
+    );
+    println!(
+        "occlusion: groups {:.1} µs, every token ({variants} variants in one batch) {:.1} µs",
+        us(groups),
+        us(tok)
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "isa": isa.name(),
+            "fma_peak_gflops": peak,
+            "load_average": load,
+            "tokens": t,
+            "mflop_per_user": flops / 1e6,
+            "b1_us": b1_us,
+            "b64_us_per_user": b64_per_user,
+            "b64_efficiency": efficiency,
+            "candle_b1_us": candle_b1_us,
+            "candle_b64_us_per_user": candle_b64_per_user,
+            "speedup_b1": candle_b1_us / b1_us,
+            "speedup_b64": candle_b64_per_user / b64_per_user,
+            "explain_occlusion_groups_us": us(groups),
+            "explain_occlusion_tokens_us": us(tok),
+            "explain_occlusion_variants": variants,
+            "paths": rows.iter().map(|(p, b1, b64)| (p.name().to_string(), serde_json::json!({"b1_us": b1, "b64_us_per_user": b64}))).collect::<serde_json::Map<_, _>>(),
+        })
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// A fresh temporary folder under the system temp dir (kept small; removed at exit).
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("encoder-report-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
