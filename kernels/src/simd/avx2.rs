@@ -166,17 +166,18 @@ pub(crate) fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
 
 // ---------------------------------------------------------------- dot / axpy
 
-/// `Σ a·b` over the common prefix, four 8-lane accumulators.
+/// `Σ a·b` over the common prefix, eight 8-lane accumulators (two FMAs per
+/// cycle need 8 chains of latency-4 FMAs).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut acc = [_mm256_setzero_ps(); 8];
     let mut i = 0;
-    while i + 32 <= n {
-        // SAFETY: `i + 32 <= n`, both slices hold `n` elements.
+    while i + 64 <= n {
+        // SAFETY: `i + 64 <= n`, both slices hold `n` elements.
         unsafe {
-            for k in 0..4 {
+            for k in 0..8 {
                 acc[k] = _mm256_fmadd_ps(
                     _mm256_loadu_ps(pa.add(i + 8 * k)),
                     _mm256_loadu_ps(pb.add(i + 8 * k)),
@@ -184,7 +185,7 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
                 );
             }
         }
-        i += 32;
+        i += 64;
     }
     while i + 8 <= n {
         // SAFETY: `i + 8 <= n`.
@@ -207,10 +208,9 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
             );
         }
     }
-    hsum(_mm256_add_ps(
-        _mm256_add_ps(acc[0], acc[1]),
-        _mm256_add_ps(acc[2], acc[3]),
-    ))
+    let s0 = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let s1 = _mm256_add_ps(_mm256_add_ps(acc[4], acc[5]), _mm256_add_ps(acc[6], acc[7]));
+    hsum(_mm256_add_ps(s0, s1))
 }
 
 /// `Σ a·b` with `a` in f16 over the common prefix.
@@ -218,12 +218,12 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 fn dot_h(a: &[u16], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut acc = [_mm256_setzero_ps(); 8];
     let mut i = 0;
-    while i + 32 <= n {
-        // SAFETY: `i + 32 <= n`, both slices hold `n` elements.
+    while i + 64 <= n {
+        // SAFETY: `i + 64 <= n`, both slices hold `n` elements.
         unsafe {
-            for k in 0..4 {
+            for k in 0..8 {
                 acc[k] = _mm256_fmadd_ps(
                     load_h8(pa.add(i + 8 * k)),
                     _mm256_loadu_ps(pb.add(i + 8 * k)),
@@ -231,7 +231,7 @@ fn dot_h(a: &[u16], b: &[f32]) -> f32 {
                 );
             }
         }
-        i += 32;
+        i += 64;
     }
     while i + 8 <= n {
         // SAFETY: `i + 8 <= n`.
@@ -246,10 +246,9 @@ fn dot_h(a: &[u16], b: &[f32]) -> f32 {
         let y = unsafe { load_tail(pb.add(i), n - i) };
         acc[1] = _mm256_fmadd_ps(x, y, acc[1]);
     }
-    hsum(_mm256_add_ps(
-        _mm256_add_ps(acc[0], acc[1]),
-        _mm256_add_ps(acc[2], acc[3]),
-    ))
+    let s0 = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let s1 = _mm256_add_ps(_mm256_add_ps(acc[4], acc[5]), _mm256_add_ps(acc[6], acc[7]));
+    hsum(_mm256_add_ps(s0, s1))
 }
 
 /// `Σ a·b` with `a` in f16.

@@ -193,3 +193,27 @@ pub(crate) mod geluc {
     /// The cubic coefficient of the tanh approximation.
     pub const A: f32 = 0.044_715;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effective_never_exceeds_the_request_or_the_cpu() {
+        for isa in Isa::ALL {
+            let e = effective(isa);
+            assert!(e.is_supported(), "{isa} -> {e}");
+            assert!(e <= isa, "{isa} -> {e}");
+            if isa.is_supported() {
+                assert_eq!(e, isa);
+            }
+        }
+    }
+
+    #[test]
+    fn prefetch_distance_covers_the_target() {
+        assert_eq!(prefetch_rows(64, 8), 32);
+        assert_eq!(prefetch_rows(1024, 8), 8);
+        assert_eq!(prefetch_rows(1, 2), 2048);
+    }
+}
