@@ -152,12 +152,15 @@ fn main() -> Result<()> {
     }
     let filtered_recall = recall_ok as f64 / (8 * K) as f64;
     let reps = 400;
-    let t = Instant::now();
-    for i in 0..reps {
-        let q = &qs[(i % 64) * dims..(i % 64 + 1) * dims];
-        std::hint::black_box(backend.search(q, &fp)?);
+    let mut filtered_qps = 0.0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        for i in 0..reps {
+            let q = &qs[(i % 64) * dims..(i % 64 + 1) * dims];
+            std::hint::black_box(backend.search(q, &fp)?);
+        }
+        filtered_qps = filtered_qps.max(reps as f64 / t.elapsed().as_secs_f64());
     }
-    let filtered_qps = reps as f64 / t.elapsed().as_secs_f64();
     drop(backend);
     drop(scalar);
     drop(f);
@@ -207,8 +210,7 @@ fn main() -> Result<()> {
         if let Some(a) = ab.ann() {
             a.set_expansion_search(ef);
         }
-        // Raw library calls.
-        let t = Instant::now();
+        // Recall from the raw library calls.
         let mut found = 0usize;
         for (q, tr) in aqs.chunks_exact(adims).zip(&truth) {
             let a = hnsw.search(q, K, None)?;
@@ -218,21 +220,30 @@ fn main() -> Result<()> {
                 .filter(|(r, _)| tr.hits.iter().any(|h| h.row == *r))
                 .count();
         }
-        let raw_qps = nq as f64 / t.elapsed().as_secs_f64();
         let recall = found as f64 / (nq * K) as f64;
-        // Through the backend (planner, id lookup, result building).
-        let t = Instant::now();
-        for q in aqs.chunks_exact(adims) {
-            std::hint::black_box(ab.search(
-                q,
-                &SearchParams {
-                    k: K,
-                    exact: false,
-                    filter: Filter::none(),
-                },
-            )?);
+        // Throughput: raw library calls and the backend (planner, id
+        // lookup, result building), alternated, best of 3 (the machine is
+        // shared; the best pass is the least disturbed one).
+        let (mut raw_qps, mut qps) = (0.0f64, 0.0f64);
+        for _ in 0..3 {
+            let t = Instant::now();
+            for q in aqs.chunks_exact(adims) {
+                std::hint::black_box(hnsw.search(q, K, None)?);
+            }
+            raw_qps = raw_qps.max(nq as f64 / t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            for q in aqs.chunks_exact(adims) {
+                std::hint::black_box(ab.search(
+                    q,
+                    &SearchParams {
+                        k: K,
+                        exact: false,
+                        filter: Filter::none(),
+                    },
+                )?);
+            }
+            qps = qps.max(nq as f64 / t.elapsed().as_secs_f64());
         }
-        let qps = nq as f64 / t.elapsed().as_secs_f64();
         println!("{ef:>6} {recall:>8.4} {raw_qps:>12.0} {qps:>12.0}");
         curve.push((ef, recall, raw_qps, qps));
         if recall >= 0.999 {
