@@ -4,6 +4,7 @@
 //! B ∈ {1, 16, 64, 256} requests × T ∈ {16, 56} tokens, on the avx512, avx2
 //! and portable paths (those this CPU supports).
 //!
+//! Throughput is in FLOP/s ([`mha_flops`] / [`block_flops`]).
 //! Run a subset with e.g. `cargo bench -p profiled-kernels --bench block -- mha/avx512`.
 
 use std::hint::black_box;
@@ -11,8 +12,8 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use profiled_kernels::Isa;
-use profiled_kernels::attention::{Mask, OutputRows, Sequence, Workspace, mha_forward};
-use profiled_kernels::block::{LayerTensors, LayerWeights, block_forward};
+use profiled_kernels::attention::{Mask, OutputRows, Sequence, Workspace, mha_flops, mha_forward};
+use profiled_kernels::block::{LayerTensors, LayerWeights, block_flops, block_forward};
 use profiled_kernels::gemm::{PackedMatrix, WeightPrecision, gemm};
 
 const D: usize = 64;
@@ -95,14 +96,6 @@ fn isas() -> Vec<Isa> {
         .collect()
 }
 
-/// FLOPs of mha: QKV (2·M·d·3d) + scores and P·V (4·T²·d per sequence)
-/// + output projection (2·M·d²).
-fn mha_flops(b: usize, t: usize) -> u64 {
-    let m = (b * t) as u64;
-    let d = D as u64;
-    2 * m * d * 3 * d + 4 * (b as u64) * (t * t) as u64 * d + 2 * m * d * d
-}
-
 fn benches(c: &mut Criterion) {
     let layer = Layer::new();
     let lw = layer.weights(WeightPrecision::F32);
@@ -133,13 +126,16 @@ fn benches(c: &mut Criterion) {
             .measurement_time(Duration::from_secs(1));
         for t in [16usize, 56] {
             for b in [1usize, 16, 64, 256] {
-                let seqs: Vec<Sequence> = (0..b)
-                    .map(|_| Sequence::new(t, Mask::None))
-                    .collect();
+                let seqs: Vec<Sequence> = (0..b).map(|_| Sequence::new(t, Mask::None)).collect();
                 let x = data(b * t * D, 5, 1.0);
                 let mut out = vec![0.0; b * t * D];
                 let mut ws = Workspace::new();
-                g.throughput(Throughput::Elements(mha_flops(b, t)));
+                let flops = if is_block {
+                    block_flops(D, FFN, &seqs, OutputRows::All)
+                } else {
+                    mha_flops(D, &seqs, OutputRows::All)
+                };
+                g.throughput(Throughput::Elements(flops));
                 for isa in isas() {
                     g.bench_function(
                         BenchmarkId::new(format!("{isa}/b{b}_t{t}"), "flop"),

@@ -129,6 +129,38 @@ pub fn probs_len(seqs: &[Sequence], heads: usize, rows: OutputRows) -> usize {
         .fold(0usize, usize::saturating_add)
 }
 
+/// Floating-point operations [`mha_forward`] needs for `seqs` at model width
+/// `d` (a multiply-add counts 2), for FLOP-floor efficiency figures:
+///
+/// * QKV projection: `2·N·d·3d` for `All`; `2·N·d·2d + 2·S·d·d` for
+///   `LastOnly` (K and V for all `N` tokens, Q for the `S` last tokens);
+/// * attention: `4·d·visible(i)` per computed query row `i` (`q·Kᵀ` and
+///   `P·V` over the visible keys, all heads);
+/// * output projection: `2·R·d·d` for `R` output rows.
+///
+/// Softmax, bias and mask work is not counted.
+pub fn mha_flops(d: usize, seqs: &[Sequence], rows: OutputRows) -> u64 {
+    let d = d as u64;
+    let n: u64 = seqs.iter().map(|s| s.len as u64).sum();
+    let r = output_rows(seqs, rows) as u64;
+    let qkv = match rows {
+        OutputRows::All => 2 * n * d * 3 * d,
+        OutputRows::LastOnly => 2 * n * d * 2 * d + 2 * r * d * d,
+    };
+    let mut att = 0u64;
+    for s in seqs {
+        match rows {
+            OutputRows::All => {
+                for i in 0..s.len {
+                    att += 4 * d * s.visible(i) as u64;
+                }
+            }
+            OutputRows::LastOnly => att += 4 * d * s.visible(s.len.saturating_sub(1)) as u64,
+        }
+    }
+    qkv + att + 2 * r * d * d
+}
+
 fn query_rows(s: &Sequence, rows: OutputRows) -> usize {
     match rows {
         OutputRows::All => s.len,

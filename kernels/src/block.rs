@@ -162,6 +162,15 @@ impl LayerWeights {
     }
 }
 
+/// Floating-point operations [`block_forward`] needs (multiply-add = 2):
+/// [`mha_flops`](crate::attention::mha_flops) plus the feed-forward,
+/// `4·R·d·ffn` for `R` output rows. LayerNorm, GELU, softmax and bias work
+/// is not counted.
+pub fn block_flops(d: usize, ffn: usize, seqs: &[Sequence], rows: OutputRows) -> u64 {
+    let r = output_rows(seqs, rows) as u64;
+    crate::attention::mha_flops(d, seqs, rows) + 4 * r * d as u64 * ffn as u64
+}
+
 /// One encoder layer over a ragged batch (see the module docs).
 ///
 /// `x` is `Σ len × d`; `out` is [`output_rows`]`(seqs, rows) × d`. `probs`
