@@ -618,8 +618,10 @@ pub fn load_atomic_dir(dir: &Path) -> Result<(Dataset, LoadReport)> {
 /// Datasets that `profilectl data fetch` knows by name.
 pub const FETCHABLE: &[&str] = &["ml-100k"];
 
-/// Resolves `--dataset`: a path to a folder of atomic files, or the name of
-/// a fetched dataset under `data_dir` (`ml-100k` → `data_dir/ml-100k`).
+/// Resolves `--dataset`: a path to a folder of atomic files, the built-in
+/// generator (`synthetic[:SEED]`: ML-100K-sized, `synthetic-small[:SEED]`:
+/// test-sized; seed 7 by default), or the name of a fetched dataset under
+/// `data_dir` (`ml-100k` → `data_dir/ml-100k`).
 pub fn resolve_dataset(name_or_path: &str, data_dir: &Path) -> Result<Dataset> {
     resolve_dataset_with_report(name_or_path, data_dir).map(|(d, _)| d)
 }
@@ -632,6 +634,9 @@ pub fn resolve_dataset_with_report(
     let as_path = Path::new(name_or_path);
     if as_path.is_dir() {
         return load_atomic_dir(as_path);
+    }
+    if let Some(ds) = synthetic_by_name(name_or_path)? {
+        return Ok((ds, LoadReport::default()));
     }
     let under = data_dir.join(name_or_path);
     if !name_or_path.is_empty() && !name_or_path.contains(['/', '\\']) && under.is_dir() {
@@ -654,4 +659,34 @@ pub fn resolve_dataset_with_report(
         name: name_or_path.to_string(),
         hint,
     })
+}
+
+/// `synthetic[:SEED]` / `synthetic-small[:SEED]` → the generated dataset;
+/// `None` for any other name.
+pub fn synthetic_by_name(name: &str) -> Result<Option<Dataset>> {
+    use crate::synthetic::{SyntheticConfig, generate};
+    let (rest, small) = if let Some(r) = name.strip_prefix("synthetic-small") {
+        (r, true)
+    } else if let Some(r) = name.strip_prefix("synthetic") {
+        (r, false)
+    } else {
+        return Ok(None);
+    };
+    let seed = match rest.strip_prefix(':') {
+        Some(s) => s.parse::<u64>().map_err(|_| Error::UnknownDataset {
+            name: name.to_string(),
+            hint: format!("bad synthetic seed `{s}` (use `synthetic[:SEED]`)"),
+        })?,
+        None if rest.is_empty() => 7,
+        None => return Ok(None),
+    };
+    let config = if small {
+        SyntheticConfig::small(seed)
+    } else {
+        SyntheticConfig {
+            seed,
+            ..SyntheticConfig::default()
+        }
+    };
+    Ok(Some(generate(&config)))
 }

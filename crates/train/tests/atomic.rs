@@ -281,3 +281,21 @@ fn ratings_out_of_range_and_duplicates() {
         "{err}"
     );
 }
+
+#[test]
+fn synthetic_names_resolve() {
+    let nowhere = Path::new("/nonexistent");
+    let a = resolve_dataset("synthetic-small:3", nowhere).unwrap();
+    let b = resolve_dataset("synthetic-small:3", nowhere).unwrap();
+    assert_eq!(a, b);
+    assert!(!a.interactions.is_empty());
+    assert_ne!(a, resolve_dataset("synthetic-small:4", nowhere).unwrap());
+    assert!(matches!(
+        resolve_dataset("synthetic:x", nowhere).unwrap_err(),
+        Error::UnknownDataset { .. }
+    ));
+    assert!(matches!(
+        resolve_dataset("synthetically", nowhere).unwrap_err(),
+        Error::UnknownDataset { .. }
+    ));
+}
