@@ -61,10 +61,10 @@ pub struct TrainArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Maximum epochs (early stopping on validation NDCG@10 usually ends sooner).
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 12)]
     pub epochs: usize,
     /// Epochs without improvement before stopping.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 3)]
     pub patience: usize,
     /// Windows per batch.
     #[arg(long, default_value_t = 32)]
@@ -82,7 +82,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 2)]
     pub layers: usize,
     /// Dropout while training.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.2)]
     pub dropout: f64,
     /// Softmax temperature (score = cosine / temperature).
     #[arg(long, default_value_t = 0.07)]
@@ -94,6 +94,10 @@ pub struct TrainArgs {
     /// like the history-masked evaluation).
     #[arg(long)]
     pub no_mask_seen: bool,
+    /// Stop training after this many seconds, keeping the best validated
+    /// weights (0 = no budget). Keeps `train` under 5 minutes on a busy machine.
+    #[arg(long, default_value_t = 240.0)]
+    pub time_budget: f64,
     /// Ablation.
     #[arg(long, value_enum, default_value = "full")]
     pub ablation: AblationArg,
@@ -235,6 +239,7 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         mask_seen_in_loss: !args.no_mask_seen,
         progress: !args.quiet,
         stop: Some(stop.clone()),
+        time_budget: (args.time_budget > 0.0).then_some(args.time_budget),
     };
     let name = args
         .out
@@ -255,7 +260,13 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     eprintln!(
         "wrote {} (version {version}){}: {} parameters, best epoch {}/{}, {:.1} s total",
         dir.display(),
-        if r.interrupted { ", interrupted" } else { "" },
+        if r.interrupted {
+            ", interrupted"
+        } else if r.time_budget_hit {
+            ", time budget reached"
+        } else {
+            ""
+        },
         r.parameters,
         r.best_epoch,
         r.epochs.len(),

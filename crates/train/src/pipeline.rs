@@ -223,6 +223,7 @@ pub fn describe(
         "lr": opts.lr,
         "weight_decay": opts.weight_decay,
         "patience": opts.patience,
+        "time_budget_seconds": opts.time_budget,
         "mask_seen_in_loss": opts.mask_seen_in_loss,
         "dropout": opts.model.dropout,
         "optimizer": "adamw",

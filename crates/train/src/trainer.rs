@@ -148,6 +148,9 @@ pub struct TrainOptions {
     pub progress: bool,
     /// Set to true (e.g. by ctrl-c) to stop after the current batch.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Stop training (keeping the best validated weights) once this many
+    /// seconds have passed since the start of [`train`].
+    pub time_budget: Option<f64>,
 }
 
 impl Default for TrainOptions {
@@ -166,6 +169,7 @@ impl Default for TrainOptions {
             mask_seen_in_loss: true,
             progress: false,
             stop: None,
+            time_budget: None,
         }
     }
 }
@@ -198,6 +202,9 @@ pub struct TrainReport {
     pub best_valid_ndcg10: Option<f64>,
     /// True when stopped by the stop flag (ctrl-c).
     pub interrupted: bool,
+    /// True when training stopped because the time budget ran out.
+    #[serde(default)]
+    pub time_budget_hit: bool,
     /// Wall-clock seconds of the whole run.
     pub seconds: f64,
     /// Training sequences (users with ≥ 1 training event).
@@ -422,6 +429,7 @@ pub fn train(
         best_epoch: 0,
         best_valid_ndcg10: None,
         interrupted: false,
+        time_budget_hit: false,
         seconds: 0.0,
         users: seqs.len(),
         targets_per_epoch: seqs.iter().map(|(_, e)| e.len()).sum(),
@@ -433,7 +441,7 @@ pub fn train(
     let mut warmup_steps = 1usize;
     let stopped = |o: &TrainOptions| o.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
 
-    'epochs: for epoch in 1..=opts.epochs {
+    for epoch in 1..=opts.epochs {
         // Build this epoch's examples.
         let mut windows: Vec<Example> = Vec::new();
         let mut cold: Vec<Example> = Vec::new();
@@ -514,8 +522,16 @@ pub fn train(
         for batch in &batches {
             if stopped(opts) {
                 report.interrupted = true;
-                pb.abandon_with_message("interrupted");
-                break 'epochs;
+            }
+            if opts
+                .time_budget
+                .is_some_and(|b| start.elapsed().as_secs_f64() > b)
+            {
+                report.time_budget_hit = true;
+            }
+            if report.interrupted || report.time_budget_hit {
+                // Validate what this partial epoch learned, then stop.
+                break;
             }
             step += 1;
             // Linear warm-up over the first epoch, then cosine decay to
@@ -588,7 +604,10 @@ pub fn train(
             pb.finish_with_message(format!("loss {:.4}", stats.loss));
         }
         report.epochs.push(stats);
-        if !valid.is_empty() && since_best >= opts.patience {
+        if (!valid.is_empty() && since_best >= opts.patience)
+            || report.interrupted
+            || report.time_budget_hit
+        {
             break;
         }
     }
