@@ -38,6 +38,14 @@
 //!
 //! Attention probabilities are written only when a buffer is passed (layout in
 //! [`probs_len`]); otherwise no extra work is done.
+//!
+//! The AVX-512 and AVX2 paths fuse scores, softmax (in registers for rows of
+//! at most 16 visible keys) and `P·V` per block of 8 (AVX2: 4) query rows
+//! with register-resident accumulators; the portable path uses `wide`
+//! kernels and [`activation::softmax_row`]; the scalar path is the plain
+//! reference. Kernels assert the slice bounds they rely on at entry (cheap
+//! scalar checks); tails use masked loads and stores, which neither read nor
+//! fault on masked-off elements.
 
 use crate::error::check_len;
 use crate::gemm::{Operand, PANEL, PackedMatrix, Res, WeightPrecision, gemm_strided};
@@ -548,15 +556,21 @@ pub(crate) fn mha_core(
                 let sc_blk = &mut sc[..nb * tp];
                 let v_h = &qkv[r0 * ldq + voff..];
                 #[cfg(target_arch = "x86_64")]
-                let fused = isa == Isa::Avx512;
+                let fused = isa == Isa::Avx512 || isa == Isa::Avx2;
                 #[cfg(not(target_arch = "x86_64"))]
                 let fused = false;
                 if fused {
                     #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `isa` was checked to be supported (AVX-512);
-                    // the kernel asserts every slice bound it relies on.
+                    // SAFETY: `isa` was checked to be supported (AVX-512 or
+                    // AVX2+FMA); the kernels assert every slice bound they
+                    // rely on.
                     unsafe {
-                        x86::attend_avx512(
+                        let kernel: x86::AttendFn = if isa == Isa::Avx512 {
+                            x86::attend_avx512
+                        } else {
+                            x86::attend_avx2
+                        };
+                        kernel(
                             &qs[..nb],
                             &lens[..nb],
                             kt_h,
@@ -850,6 +864,24 @@ mod x86 {
     use super::QB;
     use crate::simd::expc;
     use std::arch::x86_64::*;
+
+    /// Signature shared by `attend_avx512` and `attend_avx2`.
+    pub(super) type AttendFn = unsafe fn(
+        &[&[f32]],
+        &[usize],
+        &[f32],
+        usize,
+        usize,
+        f32,
+        &mut [f32],
+        &[f32],
+        usize,
+        usize,
+        &mut [f32],
+        usize,
+        usize,
+        &[usize],
+    );
 
     /// The first `n ≤ 16` lanes.
     #[inline(always)]
@@ -1174,6 +1206,191 @@ mod x86 {
             }
             j0 += 16;
         }
+    }
+
+    /// `exp` in 8 lanes for softmax arguments: inputs are clamped to
+    /// `[-87, 88]` so that `2^n` can be built in the exponent bits (values
+    /// below `e^-87` come out as about `1.6e-38`); NaN propagates.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn exp8(x: __m256) -> __m256 {
+        let xc = _mm256_min_ps(
+            _mm256_set1_ps(88.0),
+            _mm256_max_ps(_mm256_set1_ps(-87.0), x),
+        );
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(xc, _mm256_set1_ps(expc::LOG2E)),
+        );
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(expc::LN2_HI), xc);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(expc::LN2_LO), r);
+        let mut p = _mm256_fmadd_ps(_mm256_set1_ps(expc::C7), r, _mm256_set1_ps(expc::C6));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(expc::C5));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(expc::C4));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(expc::C3));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(expc::C2));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
+        let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        ));
+        _mm256_mul_ps(p, _mm256_castsi256_ps(e))
+    }
+
+    /// Maximum of the 8 lanes, in every lane.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hmax8(v: __m256) -> __m256 {
+        let h = _mm256_max_ps(v, _mm256_permute2f128_ps::<1>(v, v));
+        let h = _mm256_max_ps(h, _mm256_shuffle_ps::<0b0100_1110>(h, h));
+        _mm256_max_ps(h, _mm256_shuffle_ps::<0b1011_0001>(h, h))
+    }
+
+    /// Sum of the 8 lanes, in every lane.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum8(v: __m256) -> __m256 {
+        let h = _mm256_add_ps(v, _mm256_permute2f128_ps::<1>(v, v));
+        let h = _mm256_add_ps(h, _mm256_shuffle_ps::<0b0100_1110>(h, h));
+        _mm256_add_ps(h, _mm256_shuffle_ps::<0b1011_0001>(h, h))
+    }
+
+    /// AVX2 version of `attend_avx512` (up to 4 rows; rows of at most 16
+    /// keys get their softmax in registers).
+    ///
+    /// # Safety
+    /// AVX2 and FMA are available.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn attend_avx2(
+        qs: &[&[f32]],
+        lens: &[usize],
+        kt: &[f32],
+        tp: usize,
+        jn: usize,
+        scale: f32,
+        s: &mut [f32],
+        v: &[f32],
+        ldv: usize,
+        hd: usize,
+        out: &mut [f32],
+        ldo: usize,
+        col0: usize,
+        orows: &[usize],
+    ) {
+        let nb = qs.len();
+        assert!((1..=QB / 2).contains(&nb) && lens.len() == nb && orows.len() == nb);
+        assert!(jn <= tp && jn.is_multiple_of(16) && s.len() >= nb * tp && kt.len() >= hd * tp);
+        for q in qs {
+            assert!(q.len() >= hd);
+        }
+        for b in 0..nb {
+            let l = lens[b];
+            assert!(l >= 1 && l <= jn && l <= tp);
+            assert!((l - 1) * ldv + hd <= v.len());
+            assert!(orows[b] * ldo + col0 + hd <= out.len());
+        }
+        let a = Args {
+            qs,
+            lens,
+            kt,
+            tp,
+            jn,
+            scale,
+            v,
+            ldv,
+            hd,
+            ldo,
+            col0,
+            orows,
+        };
+        // SAFETY: the bounds the kernels rely on were asserted above.
+        unsafe {
+            match nb {
+                1 => attend2_r::<1>(&a, s, out),
+                2 => attend2_r::<2>(&a, s, out),
+                3 => attend2_r::<3>(&a, s, out),
+                _ => attend2_r::<4>(&a, s, out),
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX2+FMA available, `R == a.qs.len()`, the asserts of `attend_avx2` hold.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn attend2_r<const R: usize>(a: &Args<'_>, s: &mut [f32], out: &mut [f32]) {
+        let sc = _mm256_set1_ps(a.scale);
+        let sp = s.as_mut_ptr();
+        let ktp = a.kt.as_ptr();
+        let mut qp = [std::ptr::null::<f32>(); R];
+        let mut lens = [0usize; R];
+        for b in 0..R {
+            qp[b] = a.qs[b].as_ptr();
+            lens[b] = a.lens[b];
+        }
+        let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+        let iota0 = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let iota1 = _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15);
+        let mut j0 = 0;
+        while j0 < a.jn {
+            let mut acc0 = [_mm256_setzero_ps(); R];
+            let mut acc1 = [_mm256_setzero_ps(); R];
+            for c in 0..a.hd {
+                // SAFETY: c < hd, j0 + 16 ≤ jn ≤ tp: inside kt (asserted).
+                let (k0, k1) = unsafe {
+                    let p = ktp.add(c * a.tp + j0);
+                    (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+                };
+                for b in 0..R {
+                    // SAFETY: c < hd ≤ qs[b].len() (asserted).
+                    let qv = _mm256_set1_ps(unsafe { *qp[b].add(c) });
+                    acc0[b] = _mm256_fmadd_ps(qv, k0, acc0[b]);
+                    acc1[b] = _mm256_fmadd_ps(qv, k1, acc1[b]);
+                }
+            }
+            if a.jn == 16 {
+                for b in 0..R {
+                    let lv = _mm256_set1_epi32(lens[b] as i32);
+                    let m0 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(lv, iota0));
+                    let m1 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(lv, iota1));
+                    let x0 = _mm256_blendv_ps(ninf, _mm256_mul_ps(acc0[b], sc), m0);
+                    let x1 = _mm256_blendv_ps(ninf, _mm256_mul_ps(acc1[b], sc), m1);
+                    let mx = hmax8(_mm256_max_ps(x0, x1));
+                    let e0 = _mm256_and_ps(exp8(_mm256_sub_ps(x0, mx)), m0);
+                    let e1 = _mm256_and_ps(exp8(_mm256_sub_ps(x1, mx)), m1);
+                    let inv = _mm256_div_ps(_mm256_set1_ps(1.0), hsum8(_mm256_add_ps(e0, e1)));
+                    // SAFETY: b·tp + 16 ≤ R·tp ≤ s.len() (asserted).
+                    unsafe {
+                        _mm256_storeu_ps(sp.add(b * a.tp), _mm256_mul_ps(e0, inv));
+                        _mm256_storeu_ps(sp.add(b * a.tp + 8), _mm256_mul_ps(e1, inv));
+                    }
+                }
+            } else {
+                for b in 0..R {
+                    // SAFETY: b·tp + j0 + 16 ≤ s.len() (asserted).
+                    unsafe {
+                        let p = sp.add(b * a.tp + j0);
+                        _mm256_storeu_ps(p, _mm256_mul_ps(acc0[b], sc));
+                        _mm256_storeu_ps(p.add(8), _mm256_mul_ps(acc1[b], sc));
+                    }
+                }
+            }
+            j0 += 16;
+        }
+        if a.jn > 16 {
+            for b in 0..R {
+                crate::activation::softmax_row(
+                    crate::Isa::Avx2,
+                    &mut s[b * a.tp..b * a.tp + lens[b]],
+                );
+            }
+        }
+        // SAFETY: `attend_avx2` asserted what `pv_checks` would.
+        unsafe {
+            pv_avx2_r::<R>(
+                s, a.tp, &lens, a.v, a.ldv, a.hd, out, a.ldo, a.col0, a.orows,
+            )
+        };
     }
 
     /// AVX2 scores; see `scores_block`.

@@ -26,6 +26,16 @@
 //! column tails compute the zero-padded panel but store only the valid
 //! columns, so no read or write ever leaves the caller's slices.
 //!
+//! # Bounds
+//!
+//! The intrinsic paths cannot run under Miri, so bounds are guaranteed by
+//! construction and checked by the tests on every path: the safe entry points
+//! validate every length (with saturating arithmetic) before any pointer is
+//! formed; the micro-kernels only see tiles produced by one loop nest
+//! (`drive`) inside the validated `m × ncols`; packed panels are always whole
+//! (zero-padded), and partial tiles are stored column by column through
+//! slices, so nothing past `ncols` is read from the caller or written.
+//!
 //! # Epilogue
 //!
 //! The store fuses the bias and, optionally, a residual (`out = residual +
