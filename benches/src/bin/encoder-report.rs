@@ -192,6 +192,15 @@ fn main() -> anyhow::Result<()> {
     }
     enc.set_isa(isa)?;
 
+    // Tokenization alone (part of the serving figures above).
+    let mut tb = profiled_model::TokenBatch::new();
+    let tok64 = median_time(3, 50, min_total, || {
+        tb.clear();
+        for u in &users {
+            let _ = enc.tokenizer().push(u, &mut tb);
+        }
+    });
+
     // Candle (the trainer's forward; tokens precomputed, so it is not charged
     // for tokenization while the serving figures are).
     let refs: Vec<&UserTokens> = tokens.iter().collect();
@@ -290,6 +299,10 @@ fn main() -> anyhow::Result<()> {
         candle_b64_per_user / b64_per_user
     );
     println!(
+        "tokenization alone: {:.2} µs/user (included in the figures above)",
+        us(tok64) / 64.0
+    );
+    println!(
         "occlusion: groups {:.1} µs, every token ({variants} variants in one batch) {:.1} µs",
         us(groups),
         us(tok)
@@ -309,6 +322,7 @@ fn main() -> anyhow::Result<()> {
             "candle_b64_us_per_user": candle_b64_per_user,
             "speedup_b1": candle_b1_us / b1_us,
             "speedup_b64": candle_b64_per_user / b64_per_user,
+            "tokenize_us_per_user": us(tok64) / 64.0,
             "explain_occlusion_groups_us": us(groups),
             "explain_occlusion_tokens_us": us(tok),
             "explain_occlusion_variants": variants,

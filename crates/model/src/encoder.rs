@@ -183,6 +183,16 @@ fn axpy(isa: Isa, alpha: f32, x: View<'_>, y: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
+/// `y = x` (f16 widened).
+fn copy_row(isa: Isa, x: View<'_>, y: &mut [f32]) -> Result<()> {
+    match x {
+        View::F32(x) if x.len() == y.len() => y.copy_from_slice(x),
+        View::F32(_) => return Err(internal("row width")),
+        View::F16(x) => profiled_kernels::convert::f16_to_f32(isa, x, y)?,
+    }
+    Ok(())
+}
+
 fn internal(what: &str) -> Error {
     Error::Argument(format!("internal: {what}"))
 }
@@ -660,13 +670,7 @@ impl Encoder {
         let bad = || internal("behaviour row");
         for (t, e) in batch.user_events(u).iter().enumerate() {
             let row = rows.next().ok_or_else(|| internal("embedding rows"))?;
-            row.fill(0.0);
-            axpy(
-                isa,
-                1.0,
-                item.row(e.item_row as usize, d).ok_or_else(bad)?,
-                row,
-            )?;
+            copy_row(isa, item.row(e.item_row as usize, d).ok_or_else(bad)?, row)?;
             if e.item_row >= VOCAB_OFFSET {
                 let k = (e.item_row - VOCAB_OFFSET) as usize;
                 for &gg in self.meta.schema.items.genres.get(k).map_or(&[][..], |v| v) {
