@@ -36,9 +36,13 @@ fn paths() -> Vec<Isa> {
     Isa::supported()
 }
 
+/// `cases` per property, unless `PROPTEST_CASES` asks for more (soak runs).
 fn cfg(cases: u32) -> ProptestConfig {
+    let env = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok());
     ProptestConfig {
-        cases,
+        cases: env.unwrap_or(cases),
         ..ProptestConfig::default()
     }
 }
