@@ -1,0 +1,532 @@
+//! Every RPC over real sockets against the real `profiled` binary: happy
+//! paths, bad input (status code + a message naming the problem), health,
+//! reflection, admin auth.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use profiled_e2e::{Server, publish_model};
+use profiled_proto::v1 as pb;
+use tonic::Code;
+
+fn features(occupation: &str, age: f64) -> pb::UserFeatures {
+    let mut fields = std::collections::HashMap::new();
+    fields.insert(
+        "occupation".to_string(),
+        pb::FieldValue {
+            kind: Some(pb::field_value::Kind::Categorical(occupation.into())),
+        },
+    );
+    fields.insert(
+        "age".to_string(),
+        pb::FieldValue {
+            kind: Some(pb::field_value::Kind::Number(age)),
+        },
+    );
+    pb::UserFeatures {
+        user_id: "u1".into(),
+        fields,
+        events: vec![
+            pb::BehaviourEvent {
+                item_id: "3".into(),
+                timestamp: 880_000_000,
+                rating: Some(4.0),
+            },
+            pb::BehaviourEvent {
+                item_id: "7".into(),
+                timestamp: 880_000_100,
+                rating: None,
+            },
+        ],
+    }
+}
+
+fn embed_req(users: Vec<pb::UserFeatures>) -> pb::EmbedRequest {
+    pb::EmbedRequest {
+        users: users
+            .into_iter()
+            .map(|f| pb::UserInput {
+                source: Some(pb::user_input::Source::Features(f)),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn assert_status<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, needle: &str) {
+    let s = r.expect_err("expected an error");
+    assert_eq!(s.code(), code, "message: {}", s.message());
+    assert!(
+        s.message().contains(needle),
+        "message {:?} does not contain {needle:?}",
+        s.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_happy_and_bad_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("models");
+    publish_model(&repo, "synth", 1, false).unwrap();
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, "s3cret\n").unwrap();
+    let server = Server::start(
+        &repo,
+        &[
+            ("PROFILED__ADMIN__TOKEN_FILE", token_file.to_str().unwrap()),
+            ("PROFILED__LIMITS__MAX_USERS_PER_CALL", "8"),
+            ("PROFILED__SERVER__MAX_REQUEST_BYTES", "65536"),
+        ],
+    )
+    .unwrap();
+    server.wait_serving(Duration::from_secs(30)).await.unwrap();
+    let mut c = server.client().await.unwrap();
+
+    // --- Embed: computed, then cached, f16, bypass.
+    let r = c
+        .embed(embed_req(vec![features("engineer", 34.0)]))
+        .await
+        .unwrap()
+        .into_inner();
+    let m = r.model.clone().unwrap();
+    assert_eq!((m.name.as_str(), m.version), ("synth", 1));
+    assert!(m.generation_id > 0);
+    assert_eq!(r.users.len(), 1);
+    let v = &r.users[0].vector.as_ref().unwrap().values;
+    assert_eq!(v.len(), r.dim as usize);
+    let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-3, "norm {norm}");
+    assert_eq!(r.users[0].source, pb::ProfileSource::Computed as i32);
+    assert_eq!(r.users[0].user_id, "u1");
+    assert_eq!(r.encoding, pb::VectorEncoding::F32 as i32);
+
+    let r2 = c
+        .embed(embed_req(vec![features("engineer", 34.0)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r2.users[0].cache_hit);
+    assert_eq!(r2.users[0].source, pb::ProfileSource::Cache as i32);
+    assert_eq!(r2.users[0].vector.as_ref().unwrap().values, *v);
+
+    let mut req = embed_req(vec![features("engineer", 34.0)]);
+    req.encoding = pb::VectorEncoding::F16 as i32;
+    req.cache = pb::CacheMode::Bypass as i32;
+    req.request_id = "abc".into();
+    let r3 = c.embed(req).await.unwrap().into_inner();
+    assert!(!r3.users[0].cache_hit);
+    assert_eq!(r3.request_id, "abc");
+    let f16 = &r3.users[0].vector.as_ref().unwrap().f16;
+    assert_eq!(f16.len(), 2 * r.dim as usize);
+
+    // Batch of several users keeps order.
+    let r4 = c
+        .embed(embed_req(vec![
+            features("writer", 20.0),
+            features("doctor", 60.0),
+            features("engineer", 34.0),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r4.users.len(), 3);
+    assert_eq!(r4.users[2].vector.as_ref().unwrap().values, *v);
+
+    // --- Embed: bad input.
+    let mut bad = features("engineer", 34.0);
+    bad.fields.insert(
+        "colour".into(),
+        pb::FieldValue {
+            kind: Some(pb::field_value::Kind::Categorical("red".into())),
+        },
+    );
+    assert_status(
+        c.embed(embed_req(vec![features("writer", 1.0), bad])).await,
+        Code::InvalidArgument,
+        "users[1].features.fields[\"colour\"]: unknown field",
+    );
+    let mut bad = features("engineer", 34.0);
+    bad.fields.insert(
+        "age".into(),
+        pb::FieldValue {
+            kind: Some(pb::field_value::Kind::Categorical("old".into())),
+        },
+    );
+    assert_status(
+        c.embed(embed_req(vec![bad])).await,
+        Code::InvalidArgument,
+        "users[0].features.fields[\"age\"]: expected a number, got categorical",
+    );
+    assert_status(
+        c.embed(embed_req(vec![features("engineer", f64::NAN)]))
+            .await,
+        Code::InvalidArgument,
+        "users[0].features.fields[\"age\"]: NaN is not a finite number",
+    );
+    let mut bad = features("engineer", 34.0);
+    bad.events[0].rating = Some(f32::INFINITY);
+    assert_status(
+        c.embed(embed_req(vec![bad])).await,
+        Code::InvalidArgument,
+        "users[0].features.events[0].rating",
+    );
+    assert_status(
+        c.embed(embed_req(vec![features("a", 1.0); 9])).await,
+        Code::InvalidArgument,
+        "users: 9 users exceeds limits.max_users_per_call = 8",
+    );
+    assert_status(
+        c.embed(embed_req(vec![])).await,
+        Code::InvalidArgument,
+        "users",
+    );
+    let mut big = features("engineer", 34.0);
+    big.events = (0..1001)
+        .map(|i| pb::BehaviourEvent {
+            item_id: "1".into(),
+            timestamp: i,
+            rating: None,
+        })
+        .collect();
+    assert_status(
+        c.embed(embed_req(vec![big])).await,
+        Code::InvalidArgument,
+        "users[0].features.events: 1001 events exceeds limits.max_events_per_user = 1000",
+    );
+    // A whole message over server.max_request_bytes.
+    let mut huge = features("engineer", 34.0);
+    huge.user_id = "x".repeat(100_000);
+    let e = c.embed(embed_req(vec![huge])).await.expect_err("oversize");
+    assert!(
+        matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{e:?}"
+    );
+    assert!(e.message().contains("65536"), "{}", e.message());
+    let unset = pb::EmbedRequest {
+        users: vec![pb::UserInput { source: None }],
+        ..Default::default()
+    };
+    assert_status(
+        c.embed(unset).await,
+        Code::InvalidArgument,
+        "users[0].source",
+    );
+    let by_id = pb::EmbedRequest {
+        users: vec![pb::UserInput {
+            source: Some(pb::user_input::Source::UserId("196".into())),
+        }],
+        ..Default::default()
+    };
+    assert_status(c.embed(by_id).await, Code::NotFound, "users[0].user_id");
+
+    // allow_partial: the bad user gets an ItemError, the good one its vector.
+    let mut req = embed_req(vec![
+        features("engineer", 34.0),
+        features("engineer", f64::INFINITY),
+    ]);
+    req.allow_partial = true;
+    let r = c.embed(req).await.unwrap().into_inner();
+    assert!(r.users[0].vector.is_some());
+    let err = r.users[1].error.as_ref().unwrap();
+    assert_eq!(err.code, Code::InvalidArgument as i32);
+    assert!(err.message.starts_with("users[1].features.fields[\"age\"]"));
+
+    // Unknown model / version / label.
+    let mut req = embed_req(vec![features("engineer", 34.0)]);
+    req.model = Some(pb::ModelSpec::default_version("nope"));
+    assert_status(c.embed(req).await, Code::NotFound, "unknown model \"nope\"");
+    let mut req = embed_req(vec![features("engineer", 34.0)]);
+    req.model = Some(pb::ModelSpec::pinned("synth", 9));
+    assert_status(c.embed(req).await, Code::NotFound, "version 9");
+    let mut req = embed_req(vec![features("engineer", 34.0)]);
+    req.model = Some(pb::ModelSpec::labelled("synth", "canary"));
+    assert_status(c.embed(req).await, Code::NotFound, "no label \"canary\"");
+
+    // Expired deadline: DEADLINE_EXCEEDED, nothing computed.
+    let mut req = tonic::Request::new(embed_req(vec![features("student", 22.0)]));
+    req.metadata_mut()
+        .insert("grpc-timeout", "1n".parse().unwrap());
+    let e = c.embed(req).await.expect_err("deadline");
+    assert!(
+        matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{e:?}"
+    );
+
+    // --- EmbedStream: in order, a failing batch does not end the stream.
+    let reqs = vec![
+        {
+            let mut r = embed_req(vec![features("engineer", 34.0)]);
+            r.request_id = "a".into();
+            r
+        },
+        {
+            let mut r = embed_req(vec![features("engineer", f64::NAN)]);
+            r.request_id = "b".into();
+            r
+        },
+        {
+            let mut r = embed_req(vec![features("writer", 50.0), features("artist", 30.0)]);
+            r.request_id = "c".into();
+            r
+        },
+    ];
+    let mut stream = c
+        .embed_stream(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        got.push(m);
+    }
+    assert_eq!(
+        got.iter()
+            .map(|m| m.request_id.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b", "c"]
+    );
+    assert!(matches!(
+        got[1].outcome,
+        Some(pb::embed_stream_response::Outcome::Error(ref e)) if e.code == Code::InvalidArgument as i32
+    ));
+    assert!(matches!(
+        got[2].outcome,
+        Some(pb::embed_stream_response::Outcome::Response(ref r)) if r.users.len() == 2
+    ));
+
+    // --- GetModel / ListModels.
+    let m = c
+        .get_model(pb::GetModelRequest {
+            name: "synth".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .model
+        .unwrap();
+    assert_eq!(m.default_version, 1);
+    assert_eq!(m.version_policy, "latest");
+    let v1 = &m.versions[0];
+    assert_eq!(v1.state, pb::VersionState::Ready as i32);
+    assert!(v1.is_default);
+    let schema = v1.schema.as_ref().unwrap();
+    assert!(
+        schema
+            .fields
+            .iter()
+            .any(|f| f.source == "age" && f.kind == pb::FieldKind::Number as i32)
+    );
+    assert!(v1.architecture.as_ref().unwrap().dim > 0);
+    let dm = c
+        .get_model(pb::GetModelRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dm.model.unwrap().name, "synth");
+    assert_status(
+        c.get_model(pb::GetModelRequest {
+            name: "nope".into(),
+        })
+        .await,
+        Code::NotFound,
+        "nope",
+    );
+    let l = c
+        .list_models(pb::ListModelsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(l.default_model, "synth");
+    assert_eq!(l.models.len(), 1);
+    assert!(l.models[0].versions[0].schema.is_none());
+
+    // --- Explain.
+    for method in [
+        pb::ExplainMethod::Occlusion,
+        pb::ExplainMethod::AttentionRollout,
+        pb::ExplainMethod::Attention,
+    ] {
+        let r = c
+            .explain(pb::ExplainRequest {
+                features: Some(features("engineer", 34.0)),
+                method: method as i32,
+                top_n: 3,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.method, method as i32);
+        assert!(!r.groups.is_empty());
+        assert!(r.tokens.len() <= 3 && !r.tokens.is_empty());
+        assert!(!r.token_table.is_empty());
+        assert!(r.model.is_some());
+        if method == pb::ExplainMethod::Attention {
+            assert!(!r.layers.is_empty());
+        }
+    }
+    let r = c
+        .explain(pb::ExplainRequest {
+            features: Some(features("engineer", 34.0)),
+            target: Some(pb::ExplainTarget {
+                kind: Some(pb::explain_target::Kind::Item(pb::ItemTarget {
+                    item_id: "5".into(),
+                })),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.value_kind, pb::ValueKind::ScoreDrop as i32);
+    assert_status(
+        c.explain(pb::ExplainRequest {
+            features: Some(features("engineer", 34.0)),
+            target: Some(pb::ExplainTarget {
+                kind: Some(pb::explain_target::Kind::Item(pb::ItemTarget {
+                    item_id: "no-such-item".into(),
+                })),
+            }),
+            ..Default::default()
+        })
+        .await,
+        Code::NotFound,
+        "target.item.item_id",
+    );
+    assert_status(
+        c.explain(pb::ExplainRequest {
+            features: Some(features("engineer", 34.0)),
+            top_n: 100_000,
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "limits.max_explain_top_n = 256",
+    );
+
+    // --- Search: not in this build yet.
+    assert_status(
+        c.search(pb::SearchRequest::default()).await,
+        Code::Unimplemented,
+        "profiled-index",
+    );
+
+    // --- Admin: token required; labels work.
+    let ch = server.channel().await.unwrap();
+    let mut admin = pb::model_admin_client::ModelAdminClient::new(ch.clone());
+    let req = pb::SetLabelRequest {
+        model: "synth".into(),
+        label: "stable".into(),
+        version: 1,
+        remove: false,
+    };
+    assert_status(
+        admin.set_label(req.clone()).await,
+        Code::Unauthenticated,
+        "authorization",
+    );
+    let mut wrong = tonic::Request::new(req.clone());
+    wrong
+        .metadata_mut()
+        .insert("authorization", "Bearer nope".parse().unwrap());
+    assert_status(admin.set_label(wrong).await, Code::Unauthenticated, "wrong");
+    let mut ok = tonic::Request::new(req);
+    ok.metadata_mut()
+        .insert("authorization", "Bearer s3cret".parse().unwrap());
+    let m = admin
+        .set_label(ok)
+        .await
+        .unwrap()
+        .into_inner()
+        .model
+        .unwrap();
+    assert_eq!(m.labels.get("stable"), Some(&1));
+    let mut req = embed_req(vec![features("engineer", 34.0)]);
+    req.model = Some(pb::ModelSpec::labelled("synth", "stable"));
+    assert_eq!(
+        c.embed(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .model
+            .unwrap()
+            .version,
+        1
+    );
+
+    // --- Health and reflection.
+    let mut h = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    for svc in ["", "profiled.v1.ProfileService", "profiled.v1.ModelAdmin"] {
+        let s = h
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: svc.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(s.status, 1, "{svc}");
+    }
+    let services = list_services(ch).await;
+    for s in [
+        "profiled.v1.ProfileService",
+        "profiled.v1.ModelAdmin",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(services.iter().any(|x| x == s), "{s} not in {services:?}");
+    }
+}
+
+async fn list_services(ch: tonic::transport::Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut rc = ServerReflectionClient::new(ch);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = rc
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    if let Some(m) = resp.message().await.unwrap()
+        && let Some(MessageResponse::ListServicesResponse(l)) = m.message_response
+    {
+        out = l.service.into_iter().map(|s| s.name).collect();
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_not_serving_until_a_generation_is_ready() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("models");
+    std::fs::create_dir_all(repo.join("synth")).unwrap();
+    let server = Server::start(&repo, &[]).unwrap();
+    let ch = server.channel().await.unwrap();
+    let mut h = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    let s = h
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "profiled.v1.ProfileService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.status, 2, "NOT_SERVING before any model");
+    let mut c = pb::profile_service_client::ProfileServiceClient::new(ch);
+    assert_status(
+        c.embed(embed_req(vec![features("engineer", 34.0)])).await,
+        Code::Unavailable,
+        "no ready version",
+    );
+    // Publish: the watcher loads it and health flips.
+    publish_model(&repo, "synth", 3, false).unwrap();
+    server.wait_serving(Duration::from_secs(30)).await.unwrap();
+    c.embed(embed_req(vec![features("engineer", 34.0)]))
+        .await
+        .unwrap();
+}

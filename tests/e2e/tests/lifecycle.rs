@@ -1,0 +1,270 @@
+//! Live swaps under load, graceful drain on SIGTERM, load shedding — against
+//! the real `profiled` binary over real sockets.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use profiled_e2e::{Server, publish_model};
+use profiled_proto::v1 as pb;
+use tonic::Code;
+
+fn user(occupation: &str, age: f64) -> pb::UserInput {
+    let mut fields = std::collections::HashMap::new();
+    fields.insert(
+        "occupation".to_string(),
+        pb::FieldValue {
+            kind: Some(pb::field_value::Kind::Categorical(occupation.into())),
+        },
+    );
+    fields.insert(
+        "age".to_string(),
+        pb::FieldValue {
+            kind: Some(pb::field_value::Kind::Number(age)),
+        },
+    );
+    pb::UserInput {
+        source: Some(pb::user_input::Source::Features(pb::UserFeatures {
+            user_id: String::new(),
+            fields,
+            events: vec![pb::BehaviourEvent {
+                item_id: "2".into(),
+                timestamp: 880_000_000,
+                rating: Some(5.0),
+            }],
+        })),
+    }
+}
+
+async fn default_version(
+    c: &mut pb::profile_service_client::ProfileServiceClient<tonic::transport::Channel>,
+) -> pb::ModelInfo {
+    c.get_model(pb::GetModelRequest {
+        name: "synth".into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .model
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swap_under_load_has_no_failed_requests_and_never_serves_a_broken_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("models");
+    publish_model(&repo, "synth", 1, false).unwrap();
+    let server = Server::start(&repo, &[]).unwrap();
+    server.wait_serving(Duration::from_secs(30)).await.unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for t in 0..4u32 {
+        let mut c = server.client().await.unwrap();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            // (generation id → version, fixed-user vector), errors, calls
+            let mut seen: Vec<(u64, u64, Vec<f32>)> = Vec::new();
+            let mut errors = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                // User 0 is fixed (cache hits); user 1 varies (misses).
+                let req = pb::EmbedRequest {
+                    users: vec![
+                        user("engineer", 30.0),
+                        user("writer", f64::from(t) * 1000.0 + i as f64),
+                    ],
+                    ..Default::default()
+                };
+                match c.embed(req).await {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        let m = r.model.unwrap();
+                        let v = r.users[0].vector.clone().unwrap().values;
+                        seen.push((m.generation_id, m.version, v));
+                    }
+                    Err(e) => errors.push(format!("{:?}: {}", e.code(), e.message())),
+                }
+            }
+            (seen, errors)
+        }));
+    }
+    let mut c = server.client().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A new good version: the default switches to it.
+    assert_eq!(publish_model(&repo, "synth", 2, false).unwrap(), 2);
+    let t0 = Instant::now();
+    while default_version(&mut c).await.default_version != 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A broken version: refused, recorded, never serves.
+    assert_eq!(publish_model(&repo, "synth", 3, true).unwrap(), 3);
+    let t0 = Instant::now();
+    loop {
+        let m = default_version(&mut c).await;
+        let v3 = m.versions.iter().find(|v| v.version == 3);
+        if let Some(v3) = v3
+            && v3.state == pb::VersionState::Failed as i32
+        {
+            assert!(v3.reason.contains("golden"), "{}", v3.reason);
+            assert_eq!(m.default_version, 2);
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut all = Vec::new();
+    for t in tasks {
+        let (seen, errors) = t.await.unwrap();
+        assert!(
+            errors.is_empty(),
+            "failed requests during the swap: {errors:?}"
+        );
+        assert!(!seen.is_empty());
+        assert_eq!(seen.last().unwrap().1, 2, "clients ended on version 2");
+        all.extend(seen);
+    }
+    // Every generation id belongs to exactly one version, never 3, and the
+    // fixed user's vector is the same in every response of a generation.
+    let mut by_gen: BTreeMap<u64, (u64, Vec<f32>)> = BTreeMap::new();
+    let mut versions = BTreeSet::new();
+    for (gid, version, v) in all {
+        versions.insert(version);
+        let e = by_gen.entry(gid).or_insert((version, v.clone()));
+        assert_eq!(e.0, version, "generation {gid} answered as two versions");
+        assert_eq!(
+            e.1, v,
+            "generation {gid} gave two different vectors for one user"
+        );
+    }
+    assert!(!versions.contains(&3));
+    assert!(
+        versions.contains(&1) && versions.contains(&2),
+        "{versions:?}"
+    );
+    let v1 = default_version(&mut c)
+        .await
+        .versions
+        .into_iter()
+        .find(|v| v.version == 1)
+        .unwrap();
+    assert_eq!(v1.state, pb::VersionState::Unloaded as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_calls_then_exits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("models");
+    publish_model(&repo, "synth", 1, false).unwrap();
+    // Slow batches: each call waits ~400 ms in the batcher.
+    let mut server = Server::start(
+        &repo,
+        &[
+            ("PROFILED__BATCHER__MAX_DELAY_US", "400000"),
+            ("PROFILED__BATCHER__MAX_BATCH", "1000"),
+            ("PROFILED__SERVER__GRACE_PERIOD_MS", "5000"),
+        ],
+    )
+    .unwrap();
+    server.wait_serving(Duration::from_secs(30)).await.unwrap();
+    let c = server.client().await.unwrap();
+    let mut calls = Vec::new();
+    for i in 0..6 {
+        let mut c = c.clone();
+        calls.push(tokio::spawn(async move {
+            c.embed(pb::EmbedRequest {
+                users: vec![user("doctor", 40.0 + f64::from(i))],
+                ..Default::default()
+            })
+            .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.sigterm().unwrap();
+    for call in calls {
+        let r = call.await.unwrap();
+        assert!(r.is_ok(), "in-flight call failed during the drain: {r:?}");
+    }
+    assert!(
+        server.wait_exit(Duration::from_secs(10)).unwrap(),
+        "exit status"
+    );
+    assert!(server.log_text().contains("draining"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_answers_resource_exhausted_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("models");
+    publish_model(&repo, "synth", 1, false).unwrap();
+    let server = Server::start(
+        &repo,
+        &[
+            ("PROFILED__BATCHER__MAX_DELAY_US", "200000"),
+            ("PROFILED__BATCHER__MAX_BATCH", "1000"),
+            ("PROFILED__BATCHER__QUEUE_CAPACITY", "8"),
+            ("PROFILED__SERVER__CONCURRENCY_PER_CONNECTION", "16"),
+        ],
+    )
+    .unwrap();
+    server.wait_serving(Duration::from_secs(30)).await.unwrap();
+    let c = server.client().await.unwrap();
+    let mut calls = Vec::new();
+    for i in 0..120 {
+        let mut c = c.clone();
+        calls.push(tokio::spawn(async move {
+            c.embed(pb::EmbedRequest {
+                users: vec![user("artist", f64::from(i))],
+                cache: pb::CacheMode::Bypass as i32,
+                ..Default::default()
+            })
+            .await
+        }));
+    }
+    let (mut ok, mut shed, mut other) = (0, 0, Vec::new());
+    let mut messages = BTreeSet::new();
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) if e.code() == Code::ResourceExhausted => {
+                shed += 1;
+                messages.insert(e.message().to_string());
+            }
+            Err(e) => other.push(format!("{:?}: {}", e.code(), e.message())),
+        }
+    }
+    assert!(
+        other.is_empty(),
+        "errors other than RESOURCE_EXHAUSTED: {other:?}"
+    );
+    assert!(ok > 0, "nothing succeeded");
+    assert!(shed > 0, "nothing was shed");
+    // The server is still healthy afterwards.
+    let mut c2 = server.client().await.unwrap();
+    c2.embed(pb::EmbedRequest {
+        users: vec![user("artist", 1.0)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    eprintln!("ok {ok}, shed {shed}: {messages:?}");
+}
