@@ -155,34 +155,30 @@ impl PackedMatrix {
         };
         let bytes = panels * k * PANEL * elem;
         let mut lines = vec![Line([0; 64]); bytes.div_ceil(64)];
-        let mut m = PackedMatrix {
-            k,
-            n,
-            panels,
-            precision,
-            lines: Vec::new(),
-        };
-        {
-            let raw: &mut [u8] = lines_bytes_mut(&mut lines);
-            for p in 0..panels {
-                for kk in 0..k {
-                    for jj in 0..PANEL {
-                        let j = p * PANEL + jj;
-                        let v = if j < n { get(kk, j) } else { 0.0 };
-                        let idx = (p * k + kk) * PANEL + jj;
-                        match precision {
-                            WeightPrecision::F32 => {
-                                raw[idx * 4..idx * 4 + 4].copy_from_slice(&v.to_le_bytes())
-                            }
-                            WeightPrecision::F16 => raw[idx * 2..idx * 2 + 2]
-                                .copy_from_slice(&f16::from_f32(v).to_bits().to_le_bytes()),
+        let raw: &mut [u8] = lines_bytes_mut(&mut lines);
+        for p in 0..panels {
+            for kk in 0..k {
+                for jj in 0..PANEL {
+                    let j = p * PANEL + jj;
+                    let v = if j < n { get(kk, j) } else { 0.0 };
+                    let idx = (p * k + kk) * PANEL + jj;
+                    match precision {
+                        WeightPrecision::F32 => {
+                            raw[idx * 4..idx * 4 + 4].copy_from_slice(&v.to_le_bytes())
                         }
+                        WeightPrecision::F16 => raw[idx * 2..idx * 2 + 2]
+                            .copy_from_slice(&f16::from_f32(v).to_bits().to_le_bytes()),
                     }
                 }
             }
         }
-        m.lines = lines;
-        m
+        PackedMatrix {
+            k,
+            n,
+            panels,
+            precision,
+            lines,
+        }
     }
 
     /// Number of rows `K` (the input dimension).

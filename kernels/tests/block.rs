@@ -258,3 +258,68 @@ fn flop_counts() {
     let last = profiled_kernels::attention::mha_flops(8, &s, OutputRows::LastOnly);
     assert_eq!(last, 2 * 10 * 8 * 16 + 2 * 8 * 8 + 4 * 8 * 10 + 2 * 8 * 8);
 }
+
+#[test]
+fn workspace_stops_growing() {
+    let mut rng = Rng::new(8);
+    let l = LayerRef::random(&mut rng, 36, 4, 50);
+    let lw = LayerWeights::new(&l.tensors(), WeightPrecision::F32).expect("layer");
+    let big: Vec<Sequence> = (0..20)
+        .map(|i| Sequence::new(1 + i % 9, Mask::PrefixCausal { prefix: 1 }))
+        .collect();
+    let small = &big[..5];
+    let total: usize = big.iter().map(|s| s.len).sum();
+    let x = rng.vec(total * 36, 1.0);
+    let ts: usize = small.iter().map(|s| s.len).sum();
+    for isa in Isa::supported() {
+        let mut ws = Workspace::new();
+        let mut out = vec![0.0; total * 36];
+        block_forward(isa, &lw, &x, &big, OutputRows::All, &mut out, &mut ws, None).expect("block");
+        let mut last = vec![0.0; big.len() * 36];
+        block_forward(
+            isa,
+            &lw,
+            &x,
+            &big,
+            OutputRows::LastOnly,
+            &mut last,
+            &mut ws,
+            None,
+        )
+        .expect("block");
+        let grown = ws.bytes();
+        assert!(grown > 0);
+        for _ in 0..3 {
+            block_forward(isa, &lw, &x, &big, OutputRows::All, &mut out, &mut ws, None)
+                .expect("block");
+            block_forward(
+                isa,
+                &lw,
+                &x[..ts * 36],
+                small,
+                OutputRows::All,
+                &mut out[..ts * 36],
+                &mut ws,
+                None,
+            )
+            .expect("block");
+            let mut last = vec![0.0; big.len() * 36];
+            block_forward(
+                isa,
+                &lw,
+                &x,
+                &big,
+                OutputRows::LastOnly,
+                &mut last,
+                &mut ws,
+                None,
+            )
+            .expect("block");
+            assert_eq!(
+                ws.bytes(),
+                grown,
+                "{isa}: the workspace must not grow again"
+            );
+        }
+    }
+}
