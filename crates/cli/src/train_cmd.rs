@@ -58,8 +58,11 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Tensor threads (re-runs itself with RAYON_NUM_THREADS set when needed).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    /// Default 1: candle's CPU pool spin-waits at every op, and with these
+    /// small matrices one thread is several times faster than two on a busy
+    /// 2-core machine. Results are bit-identical across thread counts.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
     /// Maximum epochs (early stopping on validation NDCG@10 usually ends sooner).
     #[arg(long, default_value_t = 12)]
     pub epochs: usize,
@@ -179,9 +182,7 @@ fn load_dataset(args: &TrainArgs) -> anyhow::Result<profiled_train::data::Datase
 
 /// Runs `profilectl train`.
 pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
-    if let Some(n) = args.threads
-        && let Some(code) = reexec_with_threads(n)?
-    {
+    if let Some(code) = reexec_with_threads(args.threads)? {
         std::process::exit(code);
     }
     let stop = Arc::new(AtomicBool::new(false));
