@@ -882,7 +882,7 @@ mod x86 {
     }
 
     /// How many rows ahead the gather prefetches.
-    const PREFETCH_ROWS: usize = 12;
+    const PREFETCH_ROWS: usize = 24;
 
     #[inline(always)]
     unsafe fn prefetch_row(base: *const u16, dims: usize, cand: &[u32], i: usize) {

@@ -48,7 +48,7 @@ impl Default for AnnParams {
         AnnParams {
             connectivity: 16,
             expansion_add: 128,
-            expansion_search: 64,
+            expansion_search: 128,
         }
     }
 }

@@ -243,6 +243,9 @@ impl Filter {
         for p in &positive {
             acc = intersect(&acc, p);
         }
+        if negative.is_empty() {
+            return Ok(Candidates::Only(acc));
+        }
         Ok(Candidates::Only(difference(&acc, &negative)))
     }
 

@@ -274,7 +274,11 @@ impl LocalBackend {
             Candidates::AllExcept(x) if x.len() <= self.planner.max_overfetch => {
                 Ok((self.exact_all(queries, k, x)?, SearchPath::ExactScan))
             }
-            _ => Ok((
+            Candidates::Only(rows) => Ok((
+                self.exact_rows(queries, k, rows)?,
+                SearchPath::ExactCandidates,
+            )),
+            Candidates::AllExcept(_) => Ok((
                 self.exact_rows(queries, k, &c.to_rows(self.index.len()))?,
                 SearchPath::ExactCandidates,
             )),
