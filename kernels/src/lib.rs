@@ -13,14 +13,14 @@ mod dispatch;
 mod error;
 mod simd;
 
-pub mod convert;
-pub mod vector;
 pub mod activation;
-pub mod gemm;
 pub mod attention;
 pub mod block;
+pub mod convert;
+pub mod gemm;
 pub mod probe;
 pub mod scan;
+pub mod vector;
 
 pub use dispatch::{ISA_ENV, Isa, Selection};
 pub use error::KernelError;
