@@ -1,5 +1,13 @@
 //! `profilectl data …`: fetching datasets.
 
+/// `println!` that ignores a closed stdout (e.g. `| head`) instead of panicking.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -50,10 +58,10 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("fetching dataset `{}`", a.name))?;
             match outcome {
                 FetchOutcome::AlreadyPresent(dir) => {
-                    println!("{} is already complete in {}", a.name, dir.display());
+                    say!("{} is already complete in {}", a.name, dir.display());
                 }
                 FetchOutcome::Fetched { dir, files, bytes } => {
-                    println!(
+                    say!(
                         "fetched {}: {files} files, {bytes} bytes in {}",
                         a.name,
                         dir.display()

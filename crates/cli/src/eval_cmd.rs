@@ -1,5 +1,13 @@
 //! `profilectl eval`: the leave-one-out evaluation protocol.
 
+/// `println!` that ignores a closed stdout (e.g. `| head`) instead of panicking.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -44,7 +52,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     } else {
         Stage::Test
     };
-    println!(
+    say!(
         "dataset {}: {} users, {} items, {} interactions ({} bare users, {} bare items)",
         ds.name,
         ds.users.len(),
@@ -53,7 +61,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         report.bare_users,
         report.bare_items
     );
-    println!(
+    say!(
         "protocol: rating ≥ {} drops {} ({} kept without rating), {}-core ({} rounds) keeps \
          {} interactions, {} users, {} items; {} users too short (< 3 events, not evaluated); \
          {} users evaluated on the {} target; baselines fitted on the events before it",
@@ -135,7 +143,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     print_table(&results);
     let summary = summarise(&results, &groups);
     for (name, g) in &summary {
-        println!(
+        say!(
             "{name} over {} models: masked NDCG@{k} {:.4} ± {:.4}, HR@{k} {:.4} ± {:.4}, \
              MRR@{k} {:.4} ± {:.4}; unmasked NDCG@{k} {:.4} ± {:.4}",
             g.n,
@@ -151,7 +159,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         );
     }
     if args.json {
-        println!(
+        say!(
             "{}",
             json_line(&results, &split, &ds.name, stage, model_info, &summary)
         );
@@ -161,11 +169,17 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
 
 fn print_table(results: &[EvalResult]) {
     let k = results.first().map(|r| r.k).unwrap_or(10);
-    println!(
+    say!(
         "{:<28} {:>9} {:>9} {:>9}   {:>9} {:>9} {:>9}",
-        "", "masked", "", "", "unmasked", "", ""
+        "",
+        "masked",
+        "",
+        "",
+        "unmasked",
+        "",
+        ""
     );
-    println!(
+    say!(
         "{:<28} {:>9} {:>9} {:>9}   {:>9} {:>9} {:>9}",
         "scorer",
         format!("HR@{k}"),
@@ -176,7 +190,7 @@ fn print_table(results: &[EvalResult]) {
         format!("MRR@{k}")
     );
     for r in results {
-        println!(
+        say!(
             "{:<28} {:>9.4} {:>9.4} {:>9.4}   {:>9.4} {:>9.4} {:>9.4}",
             r.name,
             r.masked.hr,
