@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod client_cmd;
 mod data_cmd;
 mod eval_cmd;
 mod parity_cmd;
@@ -32,6 +33,18 @@ enum Command {
     Inspect(train_cmd::InspectArgs),
     /// Compare the serving encoder with the trainer's forward on every user and kernel path.
     Parity(parity_cmd::ParityArgs),
+    /// Profile vectors from a running profiled (gRPC client).
+    Embed(client_cmd::EmbedArgs),
+    /// Nearest items or lookalike users from a running profiled (gRPC client).
+    Search(client_cmd::SearchArgs),
+    /// Which dimensions and tokens drove a profile (gRPC client).
+    Explain(client_cmd::ExplainArgs),
+    /// Models, versions and their states on a running profiled (gRPC client).
+    Models(client_cmd::ModelsArgs),
+    /// Copy a model version into a repository atomically (next version number).
+    Publish(client_cmd::PublishArgs),
+    /// Fetch ML-100K, train, publish into models/, start profiled, print calls.
+    Quickstart(client_cmd::QuickstartArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,5 +55,11 @@ fn main() -> anyhow::Result<()> {
         Command::Export(args) => train_cmd::run_export(args),
         Command::Inspect(args) => train_cmd::run_inspect(args),
         Command::Parity(args) => parity_cmd::run(args),
+        Command::Embed(args) => client_cmd::run_embed(args),
+        Command::Search(args) => client_cmd::run_search(args),
+        Command::Explain(args) => client_cmd::run_explain(args),
+        Command::Models(args) => client_cmd::run_models(args),
+        Command::Publish(args) => client_cmd::run_publish(args),
+        Command::Quickstart(args) => client_cmd::run_quickstart(args),
     }
 }
