@@ -135,7 +135,7 @@ const DIMS: [(usize, usize); 10] = [
 ];
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: common::cases(32), ..ProptestConfig::default() })]
 
     #[test]
     fn mha_small_ragged_batches(

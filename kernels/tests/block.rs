@@ -115,7 +115,7 @@ const DIMS: [(usize, usize, usize); 8] = [
 ];
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: common::cases(24), ..ProptestConfig::default() })]
 
     #[test]
     fn block_small_ragged_batches(

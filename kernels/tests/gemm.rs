@@ -126,7 +126,7 @@ fn run_case(m: usize, k: usize, n: usize, seed: u64, prec: WeightPrecision) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: common::cases(24), ..ProptestConfig::default() })]
 
     #[test]
     fn gemm_small_odd_shapes(m in 1usize..40, k in 1usize..80, n in 1usize..80, seed: u64, f16 in any::<bool>()) {

@@ -331,3 +331,12 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], abs: f64, rel: f64) {
         );
     }
 }
+
+/// Proptest case count: `default`, or `PROPTEST_CASES` when set (for longer
+/// soak runs: `PROPTEST_CASES=500 cargo test -p profiled-kernels --profile ci`).
+pub fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
