@@ -227,10 +227,12 @@ pub fn write_version(
         let text = serde_json::to_string_pretty(&meta)?;
         fs::write(&jpath, text + "\n").map_err(|e| Error::io(&jpath, e))?;
         for f in [&wpath, &jpath] {
+            make_readable(f, false)?;
             fs::File::open(f)
                 .and_then(|h| h.sync_all())
                 .map_err(|e| Error::io(f, e))?;
         }
+        make_readable(tmp.path(), true)?;
         let dest = root.join(version.to_string());
         if dest.exists() {
             continue;
@@ -252,6 +254,21 @@ pub fn write_version(
         "{}: could not claim a version number",
         root.display()
     )))
+}
+
+/// Published files are world-readable (0644, folders 0755) whatever the
+/// temporary file's mode was, so a server under another user can map them.
+fn make_readable(path: &Path, dir: bool) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = if dir { 0o755 } else { 0o644 };
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io(path, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, dir);
+    Ok(())
 }
 
 /// Reads `model.json` of a version folder.

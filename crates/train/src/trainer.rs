@@ -701,48 +701,18 @@ mod tests {
         }
     }
 
-    /// MostPop with the same masking and tie rule as [`rank_metrics`].
-    fn most_pop_ndcg(ds: &Dataset, seqs: &[UserSequence]) -> f64 {
-        let mut pop = vec![0f64; ds.items.len()];
-        for s in seqs {
-            for e in &s.train {
-                if let Some(i) = e.item {
-                    pop[i as usize] += 1.0;
-                }
-            }
-        }
-        let (mut sum, mut n) = (0.0, 0usize);
-        for s in seqs {
-            let Some(target) = s.valid.and_then(|v| v.item) else {
-                continue;
-            };
-            let seen: std::collections::HashSet<u32> =
-                s.train.iter().filter_map(|e| e.item).collect();
-            let ts = pop[target as usize];
-            let rank = (0..pop.len() as u32)
-                .filter(|&i| i != target && !seen.contains(&i) && pop[i as usize] >= ts)
-                .count();
-            if rank < 10 {
-                sum += 1.0 / ((rank + 2) as f64).log2();
-            }
-            n += 1;
-        }
-        sum / n as f64
-    }
-
     #[test]
-    fn tiny_run_learns_and_is_reproducible() {
+    fn same_seed_gives_bit_identical_weights() {
+        // (That training beats MostPop is tested in tests/learning.rs on the protocol split.)
         let ds = generate(&SyntheticConfig::small(11));
         let seqs = leave_one_out(&ds);
-        let a = train(&ds, &seqs, &tiny_opts(1)).expect("train a");
-        let b = train(&ds, &seqs, &tiny_opts(1)).expect("train b");
-        let best = a.report.best_valid_ndcg10.expect("validated");
-        let pop = most_pop_ndcg(&ds, &seqs);
-        eprintln!(
-            "model valid NDCG@10 {best:.4} vs MostPop {pop:.4}: {:?}",
-            a.report.epochs
-        );
-        assert!(best > pop, "model {best} ≤ MostPop {pop}");
+        let opts = TrainOptions {
+            epochs: 2,
+            ..tiny_opts(1)
+        };
+        let a = train(&ds, &seqs, &opts).expect("train a");
+        let b = train(&ds, &seqs, &opts).expect("train b");
+        assert!(a.report.best_valid_ndcg10.is_some());
         // Same seed and thread count: bit-identical weights.
         let (ta, tb) = (a.model.tensors(), b.model.tensors());
         assert_eq!(ta.len(), tb.len());

@@ -101,6 +101,14 @@ fn export_writes_new_versions_and_never_overwrites() {
         .collect();
     assert!(names.iter().all(|n| !n.starts_with(".tmp")), "{names:?}");
     assert_eq!(export::read_metadata(&d2).expect("meta").version, 2);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&d2.join(export::WEIGHTS_FILE)), 0o644);
+        assert_eq!(mode(&d2.join(export::METADATA_FILE)), 0o644);
+        assert_eq!(mode(&d2), 0o755);
+    }
     let m8 = export::read_metadata(&d8).expect("meta 8");
     assert_eq!((m8.version, m8.dtype.as_str()), (8, "f16"));
     // Reloading reproduces the golden vectors: exactly (f32), closely (f16).
