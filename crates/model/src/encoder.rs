@@ -24,6 +24,9 @@ use crate::format::{Dtype, FieldKind, METADATA_FILE, ModelJson, VOCAB_OFFSET, WE
 use crate::tokenizer::{FlatField, TokenBatch, Tokenizer};
 use crate::weights::{TensorId, View, Weights};
 
+/// Default of [`Encoder::max_tokens_per_call`].
+pub const DEFAULT_MAX_TOKENS_PER_CALL: usize = 512;
+
 /// How to load a model version.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -166,6 +169,7 @@ pub struct Encoder {
     head_b: Vec<f32>,
     items: Vec<f32>,
     report: LoadReport,
+    max_tokens_per_call: usize,
 }
 
 pub(crate) fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
@@ -411,6 +415,7 @@ impl Encoder {
             head_b,
             items,
             report,
+            max_tokens_per_call: DEFAULT_MAX_TOKENS_PER_CALL,
         };
         if opts.verify_golden {
             let (n, min) = enc.verify_golden()?;
@@ -499,6 +504,18 @@ impl Encoder {
     pub fn set_isa(&mut self, isa: Isa) -> Result<()> {
         self.isa = isa.checked()?;
         Ok(())
+    }
+
+    /// Largest number of tokens sent through the layers in one kernel call
+    /// (a batch is split into chunks of whole users; default
+    /// [`DEFAULT_MAX_TOKENS_PER_CALL`]).
+    pub fn max_tokens_per_call(&self) -> usize {
+        self.max_tokens_per_call
+    }
+
+    /// Sets [`Encoder::max_tokens_per_call`] (a tuning knob; results do not change).
+    pub fn set_max_tokens_per_call(&mut self, tokens: usize) {
+        self.max_tokens_per_call = tokens.max(1);
     }
 
     /// Width of profile and item vectors.
@@ -618,25 +635,43 @@ impl Encoder {
     pub(crate) fn forward_tokens(&self, ws: &mut Workspace, with_probs: bool) -> Result<()> {
         let d = self.meta.architecture.d_model;
         let n = ws.tokens.len();
-        ws.seqs.clear();
         let p = ws.tokens.p;
-        let mut total = 0usize;
-        for u in 0..n {
-            let len = ws.tokens.user_len(u);
-            ws.seqs.push(Sequence::new(
-                len,
-                Mask::PrefixCausal { prefix: p.min(len) },
-            ));
-            total += len;
+        let budget = if with_probs {
+            usize::MAX
+        } else {
+            self.max_tokens_per_call.max(1)
+        };
+        // Users go through the layers in chunks of at most `budget` tokens
+        // (at least one user per chunk), so the activations of a chunk stay
+        // in cache; profiles land in `ws.out` in batch order.
+        let mut u0 = 0usize;
+        while u0 < n {
+            ws.seqs.clear();
+            let mut total = 0usize;
+            let mut u1 = u0;
+            while u1 < n {
+                let len = ws.tokens.user_len(u1);
+                if u1 > u0 && total + len > budget {
+                    break;
+                }
+                ws.seqs.push(Sequence::new(
+                    len,
+                    Mask::PrefixCausal { prefix: p.min(len) },
+                ));
+                total += len;
+                u1 += 1;
+            }
+            let x = grow(&mut ws.x, total * d);
+            let mut r0 = 0usize;
+            for u in u0..u1 {
+                let len = ws.tokens.user_len(u);
+                self.embed_user(&ws.tokens, u, &mut x[r0 * d..(r0 + len) * d])?;
+                r0 += len;
+            }
+            self.encode_at(ws, total, with_probs, u0)?;
+            u0 = u1;
         }
-        let x = grow(&mut ws.x, total * d);
-        let mut r0 = 0usize;
-        for u in 0..n {
-            let len = ws.tokens.user_len(u);
-            self.embed_user(&ws.tokens, u, &mut x[r0 * d..(r0 + len) * d])?;
-            r0 += len;
-        }
-        self.encode(ws, total, with_probs)
+        Ok(())
     }
 
     /// Writes the embedding rows of user `u` of `batch` (`len × d`) into `out`.
@@ -758,7 +793,14 @@ impl Encoder {
     /// Runs the layers, final norm, head and normalisation over `ws.x`
     /// (`total` rows, sequences `ws.seqs`) into `ws.out`. With `with_probs`,
     /// `ws.probs[l]` receives layer `l`'s attention probabilities.
-    pub(crate) fn encode(&self, ws: &mut Workspace, total: usize, with_probs: bool) -> Result<()> {
+    /// Profiles written from row `row0` of `ws.out` on.
+    pub(crate) fn encode_at(
+        &self,
+        ws: &mut Workspace,
+        total: usize,
+        with_probs: bool,
+        row0: usize,
+    ) -> Result<()> {
         let cfg = &self.meta.architecture;
         let (d, dout) = (cfg.d_model, cfg.d_out);
         let isa = self.isa;
@@ -814,7 +856,7 @@ impl Encoder {
                 dst,
             )?;
         }
-        let o = grow(out, n * dout);
+        let o = &mut grow(out, (row0 + n) * dout)[row0 * dout..];
         gemm(isa, nrm, n, &self.head, Some(&self.head_b), o)?;
         for row in o.chunks_exact_mut(dout) {
             vector::l2_normalize(isa, row);

@@ -482,39 +482,57 @@ impl Encoder {
             self.missing_row(fi, &mut emb[(t + fi) * d..(t + fi + 1) * d])?;
         }
         let masked = |m: &[bool], i: usize| m.get(i).copied().unwrap_or(false);
-        ws.seqs.clear();
+        let len_of = |m: &[bool]| (0..t).filter(|&i| i < p || !masked(m, i)).count();
         let mut rows = Vec::with_capacity(masks.len());
-        let mut total = 0usize;
+        let mut present = 0usize;
         for m in masks {
-            let len = (0..t).filter(|&i| i < p || !masked(m, i)).count();
-            if len > 0 {
-                rows.push(Some(ws.seqs.len()));
+            if len_of(m) > 0 {
+                rows.push(Some(present));
+                present += 1;
+            } else {
+                rows.push(None);
+            }
+        }
+        // Variants go through the layers in chunks of at most
+        // `max_tokens_per_call` tokens (see `forward_batch`).
+        let budget = self.max_tokens_per_call();
+        let live: Vec<&Vec<bool>> = masks.iter().filter(|m| len_of(m) > 0).collect();
+        let mut v0 = 0usize;
+        while v0 < live.len() {
+            ws.seqs.clear();
+            let mut total = 0usize;
+            let mut v1 = v0;
+            while v1 < live.len() {
+                let len = len_of(live[v1]);
+                if v1 > v0 && total + len > budget {
+                    break;
+                }
                 ws.seqs.push(Sequence::new(
                     len,
                     Mask::PrefixCausal { prefix: p.min(len) },
                 ));
                 total += len;
-            } else {
-                rows.push(None);
+                v1 += 1;
             }
-        }
-        let x = grow(&mut ws.x, total * d);
-        let emb = &ws.emb[..emb_len];
-        let mut r = 0usize;
-        for m in masks {
-            for i in 0..t {
-                let src = if !masked(m, i) {
-                    i
-                } else if i < p {
-                    t + i
-                } else {
-                    continue;
-                };
-                x[r * d..(r + 1) * d].copy_from_slice(&emb[src * d..(src + 1) * d]);
-                r += 1;
+            let x = grow(&mut ws.x, total * d);
+            let emb = &ws.emb[..emb_len];
+            let mut r = 0usize;
+            for m in &live[v0..v1] {
+                for i in 0..t {
+                    let src = if !masked(m, i) {
+                        i
+                    } else if i < p {
+                        t + i
+                    } else {
+                        continue;
+                    };
+                    x[r * d..(r + 1) * d].copy_from_slice(&emb[src * d..(src + 1) * d]);
+                    r += 1;
+                }
             }
+            self.encode_at(ws, total, false, v0)?;
+            v0 = v1;
         }
-        self.encode(ws, total, false)?;
         Ok(rows)
     }
 

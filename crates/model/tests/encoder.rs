@@ -103,6 +103,22 @@ fn encoder_matches_the_f64_reference_on_every_isa() {
                 .expect("one");
             assert!(cosine(one.row(0).expect("row"), &batch[i]) > 0.999999);
         }
+        // Chunked kernel calls (down to one user per call) change nothing.
+        let mut chunked = Workspace::new();
+        enc.set_max_tokens_per_call(1);
+        let c = enc
+            .forward_batch(&users, &mut chunked)
+            .expect("chunked")
+            .to_vecs();
+        enc.set_max_tokens_per_call(usize::MAX);
+        let w = enc
+            .forward_batch(&users, &mut chunked)
+            .expect("whole")
+            .to_vecs();
+        enc.set_max_tokens_per_call(profiled_model::encoder::DEFAULT_MAX_TOKENS_PER_CALL);
+        for ((a, b), r) in c.iter().zip(&w).zip(&batch) {
+            assert!(cosine(a, b) > 0.999999 && cosine(a, r) > 0.999999);
+        }
         // Parallel variant == sequential.
         let mut wss = vec![Workspace::new(), Workspace::new()];
         let par = enc
@@ -313,7 +329,7 @@ fn inconsistent_files_are_typed_errors() {
 fn occlusion_variants_equal_explicit_forwards_and_attention_masses_sum_to_one() {
     let dir = tempfile::tempdir().expect("tmp");
     let spec = SyntheticSpec::default();
-    let enc = model(dir.path(), &spec);
+    let mut enc = model(dir.path(), &spec);
     let u = feat(
         &[
             ("gender", FieldValue::Categorical("F".into())),
@@ -335,6 +351,21 @@ fn occlusion_variants_equal_explicit_forwards_and_attention_masses_sum_to_one() 
         )
         .expect("occlusion");
     assert_eq!(ex.quantity, "score drop");
+    // Variants split over several kernel calls give the same values.
+    enc.set_max_tokens_per_call(12);
+    let chunked = enc
+        .explain(
+            &u,
+            &Target::Profile,
+            Method::Occlusion,
+            &ExplainOptions::default(),
+        )
+        .expect("chunked occlusion");
+    enc.set_max_tokens_per_call(profiled_model::encoder::DEFAULT_MAX_TOKENS_PER_CALL);
+    for (a, b) in ex.tokens.iter().zip(&chunked.tokens) {
+        assert_eq!(a.position, b.position);
+        assert!((a.value - b.value).abs() < 1e-6);
+    }
     assert_eq!(ex.tokens.len(), 7 + 3);
     assert_eq!(ex.variants, 1 + 4 + 10);
     let share: f64 = ex.groups.iter().map(|g| g.share).sum();
