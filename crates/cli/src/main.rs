@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod client_cmd;
 mod data_cmd;
 mod eval_cmd;
+mod index_cmd;
 mod parity_cmd;
 mod train_cmd;
 
@@ -31,6 +32,9 @@ enum Command {
     Export(train_cmd::ExportArgs),
     /// Summarise a model version.
     Inspect(train_cmd::InspectArgs),
+    /// Embedding indexes of a model version (items.index, users.index, ANN sidecars).
+    #[command(subcommand)]
+    Index(index_cmd::IndexCommand),
     /// Compare the serving encoder with the trainer's forward on every user and kernel path.
     Parity(parity_cmd::ParityArgs),
     /// Profile vectors from a running profiled (gRPC client).
@@ -55,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         Command::Export(args) => train_cmd::run_export(args),
         Command::Inspect(args) => train_cmd::run_inspect(args),
         Command::Parity(args) => parity_cmd::run(args),
+        Command::Index(cmd) => index_cmd::run(cmd),
         Command::Embed(args) => client_cmd::run_embed(args),
         Command::Search(args) => client_cmd::run_search(args),
         Command::Explain(args) => client_cmd::run_explain(args),
