@@ -683,9 +683,19 @@ pub fn run_quickstart(a: QuickstartArgs) -> Result<()> {
             ])?;
         }
         let src = latest_version_dir(&build).context("training wrote no version")?;
-        eprintln!(
-            "note: embedding indexes are skipped (the index builder is not wired into quickstart yet)"
-        );
+        if !src.join("items.index").exists() {
+            let model = src.display().to_string();
+            run_self(&[
+                "index",
+                "build",
+                "--model",
+                &model,
+                "--dataset",
+                "ml-100k",
+                "--data-dir",
+                &data,
+            ])?;
+        }
         let (v, dir) = profiled_store::publish(&src, &a.models, &a.name)?;
         eprintln!(
             "published {} as {} version {v} ({})",
