@@ -65,6 +65,15 @@ impl CacheUse {
     }
 }
 
+/// One validated Embed input.
+#[derive(Debug)]
+enum Input {
+    /// Compute from features.
+    Features(UserFeatures),
+    /// Stored profile from the users index.
+    Stored(Vec<f32>),
+}
+
 /// The shared state of the services.
 #[derive(Debug)]
 pub struct Engine {
@@ -260,8 +269,7 @@ impl Engine {
         let generation = self.resolve(r.model.as_ref())?;
 
         // Phase 1: validate every user (cheap) before any work.
-        let mut inputs: Vec<(String, Result<UserFeatures, ApiError>)> =
-            Vec::with_capacity(r.users.len());
+        let mut inputs: Vec<(String, Result<Input, ApiError>)> = Vec::with_capacity(r.users.len());
         for (i, u) in r.users.iter().enumerate() {
             let path = format!("users[{i}]");
             let item = match &u.source {
@@ -274,15 +282,25 @@ impl Engine {
                 ),
                 Some(pb::user_input::Source::UserId(id)) => (
                     id.clone(),
-                    Err(ApiError::NotFound(format!(
-                        "{path}.user_id: model {:?} version {} has no users index, so user {id:?} \
-                         cannot be looked up (send features instead)",
-                        generation.model, generation.version
-                    ))),
+                    match &generation.users {
+                        None => Err(ApiError::NotFound(format!(
+                            "{path}.user_id: model {:?} version {} has no users index, so user \
+                             {id:?} cannot be looked up (send features instead)",
+                            generation.model, generation.version
+                        ))),
+                        Some(users) => match users.vector_of(id) {
+                            Ok(Some((_, v))) => Ok(Input::Stored(v)),
+                            Ok(None) => Err(ApiError::NotFound(format!(
+                                "{path}.user_id: unknown user {id:?} (not in the users index)"
+                            ))),
+                            Err(e) => Err(ApiError::Internal(e.to_string())),
+                        },
+                    },
                 ),
                 Some(pb::user_input::Source::Features(f)) => (
                     f.user_id.clone(),
-                    convert::features(f, &format!("{path}.features"), &generation, limits),
+                    convert::features(f, &format!("{path}.features"), &generation, limits)
+                        .map(Input::Features),
                 ),
             };
             if !r.allow_partial
@@ -298,10 +316,19 @@ impl Engine {
             let generation = generation.clone();
             async move {
                 let res = match f {
-                    Ok(f) => {
-                        self.profile(&generation, f, format!("users[{i}]"), mode, deadline)
-                            .await
-                    }
+                    Ok(Input::Features(f)) => self
+                        .profile(&generation, f, format!("users[{i}]"), mode, deadline)
+                        .await
+                        .map(|p| (p, false)),
+                    Ok(Input::Stored(v)) => Ok((
+                        Profile {
+                            vector: v.into(),
+                            cache_hit: false,
+                            queue_us: 0,
+                            compute_us: 0,
+                        },
+                        true,
+                    )),
                     Err(e) => Err(e),
                 };
                 (uid, res)
@@ -312,7 +339,7 @@ impl Engine {
         let (mut queue_us, mut compute_us) = (0u64, 0u64);
         for (uid, res) in results {
             match res {
-                Ok(p) => {
+                Ok((p, stored)) => {
                     queue_us = queue_us.max(p.queue_us);
                     compute_us = compute_us.max(p.compute_us);
                     let vector = if f16 {
@@ -324,7 +351,9 @@ impl Engine {
                         user_id: uid,
                         vector: Some(vector),
                         cache_hit: p.cache_hit,
-                        source: if p.cache_hit {
+                        source: if stored {
+                            pb::ProfileSource::UsersIndex
+                        } else if p.cache_hit {
                             pb::ProfileSource::Cache
                         } else {
                             pb::ProfileSource::Computed
@@ -472,6 +501,246 @@ impl Engine {
         ))
     }
 
+    /// Search: nearest items or lookalike users, on the request's generation.
+    pub async fn search(
+        &self,
+        r: pb::SearchRequest,
+        deadline: Option<Instant>,
+    ) -> Result<pb::SearchResponse, ApiError> {
+        use profiled_index::{Condition, Filter, SearchParams, SearchPath};
+        self.check_serving(deadline)?;
+        let limits = &self.cfg.limits;
+        let k = if r.k == 0 { 10 } else { r.k };
+        if k > limits.max_k {
+            return Err(ApiError::Limit {
+                field: "k".into(),
+                got: k.to_string(),
+                limit: "max_k",
+                value: u64::from(limits.max_k),
+            });
+        }
+        let generation = self.resolve(r.model.as_ref())?;
+        let to_users = matches!(
+            pb::TargetIndex::try_from(r.target),
+            Ok(pb::TargetIndex::Users)
+        );
+        let (tname, index) = if to_users {
+            ("users", generation.users.clone())
+        } else {
+            ("items", generation.items.clone())
+        };
+        let no_index = |what: &str| {
+            ApiError::NotFound(format!(
+                "{what}: model {:?} version {} has no {tname} index",
+                generation.model, generation.version
+            ))
+        };
+        let index = index.ok_or_else(|| no_index("target"))?;
+        let dim = generation.dim();
+        let q0 = Instant::now();
+        let filter_in = r.filter.clone().unwrap_or_default();
+        let mut deny: Vec<String> = filter_in.deny_ids.clone();
+        let mut query_users: Vec<String> = Vec::new();
+        let mut cache_hit = false;
+        let normalise = |path: String, v: Vec<f32>| -> Result<Vec<f32>, ApiError> {
+            let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+            if n == 0.0 || !n.is_finite() {
+                return Err(ApiError::invalid(path, "the vector is zero or not finite"));
+            }
+            Ok(v.into_iter().map(|a| a / n).collect())
+        };
+        let users_vector = |path: String, id: &str| -> Result<Vec<f32>, ApiError> {
+            let users = generation.users.as_ref().ok_or_else(|| no_index(&path))?;
+            match users.vector_of(id) {
+                Ok(Some((_, v))) => Ok(v),
+                Ok(None) => Err(ApiError::NotFound(format!("{path}: unknown user {id:?}"))),
+                Err(e) => Err(ApiError::Internal(e.to_string())),
+            }
+        };
+        let query: Vec<f32> = match r.query {
+            None => {
+                return Err(ApiError::invalid(
+                    "query",
+                    "set exactly one of features, user_id, vector, seeds",
+                ));
+            }
+            Some(pb::search_request::Query::Features(f)) => {
+                let feats = convert::features(&f, "features", &generation, limits)?;
+                if !f.user_id.is_empty() {
+                    query_users.push(f.user_id.clone());
+                }
+                if filter_in.exclude_seen_items && !to_users {
+                    deny.extend(f.events.iter().map(|e| e.item_id.clone()));
+                }
+                let p = self
+                    .profile(
+                        &generation,
+                        feats,
+                        "features".into(),
+                        CacheUse::from_proto(r.cache),
+                        deadline,
+                    )
+                    .await?;
+                cache_hit = p.cache_hit;
+                p.vector.to_vec()
+            }
+            Some(pb::search_request::Query::UserId(id)) => {
+                query_users.push(id.clone());
+                users_vector("user_id".into(), &id)?
+            }
+            Some(pb::search_request::Query::Vector(v)) => {
+                let x = v
+                    .to_f32_checked(dim)
+                    .map_err(|e| ApiError::invalid("vector", e.to_string()))?;
+                normalise("vector".into(), x)?
+            }
+            Some(pb::search_request::Query::Seeds(s)) => {
+                let n = s.user_ids.len() + s.vectors.len();
+                if n == 0 {
+                    return Err(ApiError::invalid("seeds", "at least one seed is required"));
+                }
+                if n > limits.max_seeds {
+                    return Err(ApiError::Limit {
+                        field: "seeds".into(),
+                        got: format!("{n} seeds"),
+                        limit: "max_seeds",
+                        value: limits.max_seeds as u64,
+                    });
+                }
+                let mut mean = vec![0f32; dim];
+                for (i, id) in s.user_ids.iter().enumerate() {
+                    let v = normalise(
+                        format!("seeds.user_ids[{i}]"),
+                        users_vector(format!("seeds.user_ids[{i}]"), id)?,
+                    )?;
+                    mean.iter_mut().zip(&v).for_each(|(m, a)| *m += a);
+                    query_users.push(id.clone());
+                }
+                for (i, v) in s.vectors.iter().enumerate() {
+                    let x = v.to_f32_checked(dim).map_err(|e| {
+                        ApiError::invalid(format!("seeds.vectors[{i}]"), e.to_string())
+                    })?;
+                    let x = normalise(format!("seeds.vectors[{i}]"), x)?;
+                    mean.iter_mut().zip(&x).for_each(|(m, a)| *m += a);
+                }
+                normalise("seeds".into(), mean)?
+            }
+        };
+        let query_us = q0.elapsed().as_micros() as u64;
+        if to_users && filter_in.exclude_query_user.unwrap_or(true) {
+            deny.extend(query_users);
+        }
+        let mut conditions = Vec::with_capacity(filter_in.conditions.len());
+        for (i, c) in filter_in.conditions.iter().enumerate() {
+            let path = format!("filter.conditions[{i}]");
+            let cond = match pb::AttributeOp::try_from(c.op) {
+                Ok(pb::AttributeOp::Equals) => {
+                    if c.values.len() != 1 {
+                        return Err(ApiError::invalid(
+                            format!("{path}.values"),
+                            format!("EQUALS needs exactly one value, got {}", c.values.len()),
+                        ));
+                    }
+                    Condition::Equals {
+                        attribute: c.attribute.clone(),
+                        value: c.values[0].clone(),
+                    }
+                }
+                Ok(pb::AttributeOp::In) => Condition::In {
+                    attribute: c.attribute.clone(),
+                    values: c.values.clone(),
+                },
+                Ok(pb::AttributeOp::NotIn) => Condition::NotIn {
+                    attribute: c.attribute.clone(),
+                    values: c.values.clone(),
+                },
+                _ => {
+                    return Err(ApiError::invalid(
+                        format!("{path}.op"),
+                        "set ATTRIBUTE_OP_EQUALS, ATTRIBUTE_OP_IN or ATTRIBUTE_OP_NOT_IN",
+                    ));
+                }
+            };
+            conditions.push(cond);
+        }
+        let params = SearchParams {
+            k: k as usize,
+            exact: r.exact,
+            filter: Filter {
+                conditions,
+                allow_ids: (!filter_in.allow_ids.is_empty()).then(|| filter_in.allow_ids.clone()),
+                deny_ids: deny,
+                exclude_rows: Vec::new(),
+            },
+        };
+        remaining(deadline)?;
+        let s0 = Instant::now();
+        let idx = index.clone();
+        let result = tokio::task::spawn_blocking(move || idx.search(&query, &params))
+            .await
+            .map_err(|e| ApiError::Internal(format!("search task: {e}")))?
+            .map_err(|e| match e {
+                profiled_index::Error::UnknownAttribute(a) => ApiError::invalid(
+                    "filter.conditions",
+                    format!("unknown attribute {a:?} in the {tname} index"),
+                ),
+                profiled_index::Error::InvalidArgument(m) => ApiError::invalid("filter", m),
+                other => ApiError::Internal(other.to_string()),
+            })?
+            .into_iter()
+            .next()
+            .ok_or_else(|| ApiError::Internal("search returned no result".into()))?;
+        let search_us = s0.elapsed().as_micros() as u64;
+        let f16 = matches!(
+            pb::VectorEncoding::try_from(r.encoding),
+            Ok(pb::VectorEncoding::F16)
+        );
+        let hits = result
+            .hits
+            .iter()
+            .map(|h| pb::Hit {
+                id: h.id.clone(),
+                score: h.score,
+                attributes: Default::default(),
+                title: String::new(),
+                vector: if r.include_vectors {
+                    index.vector_of(&h.id).ok().flatten().map(|(_, v)| {
+                        if f16 {
+                            pb::Vector::from_f32_as_f16(&v)
+                        } else {
+                            pb::Vector::from_f32(v)
+                        }
+                    })
+                } else {
+                    None
+                },
+            })
+            .collect();
+        Ok(pb::SearchResponse {
+            model: Some(model_ref(&generation)),
+            target: if to_users {
+                pb::TargetIndex::Users
+            } else {
+                pb::TargetIndex::Items
+            } as i32,
+            path: match result.path {
+                SearchPath::ExactScan => pb::SearchPath::Exact,
+                SearchPath::ExactCandidates | SearchPath::AnnFallbackExact => {
+                    pb::SearchPath::ExactCandidates
+                }
+                SearchPath::Ann => pb::SearchPath::Ann,
+            } as i32,
+            hits,
+            index_rows: index.len() as u64,
+            candidates: result.candidates as u64,
+            ann_fallback: result.path == SearchPath::AnnFallbackExact,
+            plan: result.path.name().to_string(),
+            cache_hit,
+            query_us,
+            search_us,
+        })
+    }
+
     /// GetModel.
     pub fn get_model(&self, name: &str) -> Result<pb::ModelInfo, ApiError> {
         let snap = self.store.snapshot(name)?;
@@ -516,6 +785,16 @@ fn duration(d: Duration) -> prost_types::Duration {
     }
 }
 
+fn index_info(b: &dyn profiled_index::SearchBackend) -> pb::IndexInfo {
+    pb::IndexInfo {
+        rows: b.len() as u64,
+        dim: b.dims() as u32,
+        attributes: Vec::new(),
+        has_ann: b.has_ann(),
+        has_histories: false,
+    }
+}
+
 /// The proto `ModelInfo` of a snapshot.
 pub fn model_info(s: &ModelSnapshot, include_schema: bool) -> pb::ModelInfo {
     let versions = s
@@ -548,9 +827,13 @@ pub fn model_info(s: &ModelSnapshot, include_schema: bool) -> pb::ModelInfo {
                 },
                 metrics: metrics.into_iter().collect(),
                 provenance: provenance.into_iter().collect(),
-                items_index: None,
-                users_index: None,
-                mapped_bytes: g.map_or(0, |g| g.report.bytes_mapped as u64),
+                items_index: g
+                    .and_then(|g| g.items.as_ref())
+                    .map(|b| index_info(b.as_ref())),
+                users_index: g
+                    .and_then(|g| g.users.as_ref())
+                    .map(|b| index_info(b.as_ref())),
+                mapped_bytes: g.map_or(0, |g| g.report.bytes_mapped as u64 + g.index_bytes),
                 packed_bytes: g.map_or(0, |g| g.report.bytes_packed as u64),
             }
         })

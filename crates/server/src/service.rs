@@ -120,18 +120,13 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
 
     async fn search(
         &self,
-        _request: Request<pb::SearchRequest>,
+        request: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
-        let r: Result<(), ApiError> = Err(ApiError::Unimplemented(
-            "Search is not available in this server build: it needs the embedding indexes of \
-             profiled-index, which are not wired in yet"
-                .into(),
-        ));
-        observe("Search", Instant::now(), &r);
-        Err(r
-            .err()
-            .map(Status::from)
-            .unwrap_or_else(|| Status::internal("search")))
+        let start = Instant::now();
+        let deadline = deadline_of(request.metadata(), start);
+        let r = self.engine.search(request.into_inner(), deadline).await;
+        observe("Search", start, &r);
+        r.map(Response::new).map_err(Status::from)
     }
 
     async fn explain(

@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use std::sync::Arc;
+
+use profiled_index::{LocalBackend, SearchBackend};
 use profiled_model::{Encoder, LoadOptions, LoadReport, UserFeatures, Workspace};
 
 use crate::error::{Error, Result};
@@ -24,11 +27,15 @@ pub fn live_generations() -> usize {
     LIVE.load(Ordering::Relaxed)
 }
 
+/// File name of the items index in a version directory.
+pub const ITEMS_INDEX: &str = "items.index";
+/// File name of the users index in a version directory.
+pub const USERS_INDEX: &str = "users.index";
+
 /// One loaded, verified and warmed model version. Requests hold an
 /// `Arc<Generation>` for their whole duration, so a swap never changes the
 /// model under a running request; the memory (mapped files, packed weights)
 /// is released when the last reference drops.
-#[derive(Debug)]
 pub struct Generation {
     /// Process-unique id (changes when the same version is reloaded).
     pub id: u64,
@@ -46,6 +53,25 @@ pub struct Generation {
     pub load_duration: Duration,
     /// What the model crate loaded.
     pub report: LoadReport,
+    /// The items index (`items.index`), when the version has one.
+    pub items: Option<Arc<dyn SearchBackend>>,
+    /// The users index (`users.index`), when the version has one.
+    pub users: Option<Arc<dyn SearchBackend>>,
+    /// Bytes of index files mapped.
+    pub index_bytes: u64,
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation")
+            .field("id", &self.id)
+            .field("model", &self.model)
+            .field("version", &self.version)
+            .field("dir", &self.dir)
+            .field("items_rows", &self.items.as_ref().map(|b| b.len()))
+            .field("users_rows", &self.users.as_ref().map(|b| b.len()))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Generation {
@@ -81,6 +107,21 @@ impl Generation {
         {
             return Err(load_err(format!("warm-up forward failed: {e}")));
         }
+        // Indexes built from this version: validated (dims, checksums) or the
+        // whole version is refused.
+        let mut index_bytes = 0u64;
+        let mut open_index = |file: &str| -> Result<Option<Arc<dyn SearchBackend>>> {
+            let path = dir.join(file);
+            if !path.exists() {
+                return Ok(None);
+            }
+            index_bytes += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let b = LocalBackend::open(&path, encoder.dim())
+                .map_err(|e| load_err(format!("{file}: {e}")))?;
+            Ok(Some(Arc::new(b)))
+        };
+        let items = open_index(ITEMS_INDEX)?;
+        let users = open_index(USERS_INDEX)?;
         let report = encoder.report().clone();
         LIVE.fetch_add(1, Ordering::Relaxed);
         Ok(Generation {
@@ -92,6 +133,9 @@ impl Generation {
             loaded_at: SystemTime::now(),
             load_duration: t0.elapsed(),
             report,
+            items,
+            users,
+            index_bytes,
         })
     }
 

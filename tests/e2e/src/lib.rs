@@ -21,6 +21,42 @@ pub fn make_model(dir: &Path, seed: u64) -> Result<()> {
         ..SyntheticSpec::default()
     };
     write_synthetic_model(dir, &spec)?;
+    write_indexes(dir, seed)?;
+    Ok(())
+}
+
+/// Builds `items.index` (item vectors, attribute `parity` = even/odd) and
+/// `users.index` (users `u0`..`u19` with random features, attribute
+/// `segment` = a/b) for the model version in `dir`.
+pub fn write_indexes(dir: &Path, seed: u64) -> Result<()> {
+    use profiled_model::{Encoder, LoadOptions, Workspace};
+    let enc = Encoder::load_with(
+        dir,
+        &LoadOptions {
+            verify_golden: false,
+            ..LoadOptions::default()
+        },
+    )?;
+    let dim = enc.dim();
+    let mut items = profiled_index::IndexBuilder::new(dim)?;
+    for (k, id) in enc.item_ids().iter().enumerate() {
+        let v = &enc.item_vectors()[k * dim..(k + 1) * dim];
+        let row = items.push(id, v)?;
+        items.add_attribute(row, "parity", if k % 2 == 0 { "even" } else { "odd" })?;
+    }
+    items.write(dir.join("items.index"))?;
+    let mut rng = profiled_model::testing::Rng::new(seed ^ 0x5eed);
+    let users: Vec<_> = (0..20)
+        .map(|_| profiled_model::testing::random_user(&mut rng, enc.item_ids().len(), 8))
+        .collect();
+    let mut ws = Workspace::new();
+    let p = enc.forward_batch(&users, &mut ws)?;
+    let mut ub = profiled_index::IndexBuilder::new(dim)?;
+    for i in 0..users.len() {
+        let row = ub.push(&format!("u{i}"), p.row(i).context("row")?)?;
+        ub.add_attribute(row, "segment", if i % 2 == 0 { "a" } else { "b" })?;
+    }
+    ub.write(dir.join("users.index"))?;
     Ok(())
 }
 

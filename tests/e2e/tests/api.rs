@@ -405,11 +405,129 @@ async fn every_rpc_happy_and_bad_paths() {
         "limits.max_explain_top_n = 256",
     );
 
-    // --- Search: not in this build yet.
+    // --- Search: items by features, users by id (lookalikes), seeds, filters.
+    let r = c
+        .search(pb::SearchRequest {
+            query: Some(pb::search_request::Query::Features(features(
+                "engineer", 34.0,
+            ))),
+            k: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.hits.len(), 5);
+    assert_eq!(r.model.as_ref().unwrap().version, 1);
+    assert!(r.hits.windows(2).all(|w| w[0].score >= w[1].score));
+    let r = c
+        .search(pb::SearchRequest {
+            query: Some(pb::search_request::Query::UserId("u3".into())),
+            target: pb::TargetIndex::Users as i32,
+            k: 4,
+            exact: true,
+            filter: Some(pb::Filter {
+                conditions: vec![pb::AttributeCondition {
+                    attribute: "segment".into(),
+                    op: pb::AttributeOp::Equals as i32,
+                    values: vec!["b".into()],
+                }],
+                ..Default::default()
+            }),
+            include_vectors: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.hits.len(), 4);
+    for h in &r.hits {
+        assert_ne!(h.id, "u3", "the query user is excluded");
+        let n: usize = h.id[1..].parse().unwrap();
+        assert_eq!(n % 2, 1, "{} is not in segment b", h.id);
+        assert!(h.vector.is_some());
+    }
+    let r = c
+        .search(pb::SearchRequest {
+            query: Some(pb::search_request::Query::Seeds(pb::SeedSet {
+                user_ids: vec!["u1".into(), "u2".into()],
+                vectors: vec![],
+            })),
+            target: pb::TargetIndex::Users as i32,
+            k: 30,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.hits.len(), 18);
+    assert!(r.hits.iter().all(|h| h.id != "u1" && h.id != "u2"));
+    let emb = c
+        .embed(pb::EmbedRequest {
+            users: vec![pb::UserInput {
+                source: Some(pb::user_input::Source::UserId("u5".into())),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(emb.users[0].source, pb::ProfileSource::UsersIndex as i32);
+    assert_status(
+        c.search(pb::SearchRequest {
+            query: Some(pb::search_request::Query::UserId("nobody".into())),
+            ..Default::default()
+        })
+        .await,
+        Code::NotFound,
+        "user_id: unknown user \"nobody\"",
+    );
+    assert_status(
+        c.search(pb::SearchRequest {
+            query: Some(pb::search_request::Query::Features(features(
+                "engineer", 34.0,
+            ))),
+            filter: Some(pb::Filter {
+                conditions: vec![pb::AttributeCondition {
+                    attribute: "colour".into(),
+                    op: pb::AttributeOp::In as i32,
+                    values: vec!["red".into()],
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "unknown attribute \"colour\"",
+    );
+    assert_status(
+        c.search(pb::SearchRequest {
+            query: Some(pb::search_request::Query::Vector(pb::Vector::from_f32(
+                vec![1.0; 3],
+            ))),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "vector",
+    );
+    assert_status(
+        c.search(pb::SearchRequest {
+            query: Some(pb::search_request::Query::Features(features(
+                "engineer", 34.0,
+            ))),
+            k: 5000,
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "k: 5000 exceeds limits.max_k = 1000",
+    );
     assert_status(
         c.search(pb::SearchRequest::default()).await,
-        Code::Unimplemented,
-        "profiled-index",
+        Code::InvalidArgument,
+        "query",
     );
 
     // --- Admin: token required; labels work.
