@@ -717,6 +717,8 @@ Ready. Try (in another terminal):
   profilectl explain --model {name} --field age=24 --field occupation=technician \
       --event 50:874965758:5 --method occlusion --top-n 5
   profilectl search --model {name} --field occupation=technician --event 50:874965758:5 --k 10
+  profilectl search --model {name} --user-id 196 --target users --k 10
+  profilectl embed --model {name} --user-id 196 --json
 
   grpcurl -plaintext {addr} list
   grpcurl -plaintext -d '{{"service": "profiled.v1.ProfileService"}}' {addr} grpc.health.v1.Health/Check
