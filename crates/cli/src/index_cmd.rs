@@ -31,6 +31,48 @@ use crate::parity_cmd::{load_dataset, to_features};
 pub enum IndexCommand {
     /// Build `items.index` and `users.index` (+ ANN sidecars) in a model version directory.
     Build(IndexBuildArgs),
+    /// Lookalike sanity check: seeds from a genre's fans retrieve other fans
+    /// (precision@k against the base rate), on a version's `users.index`.
+    LookalikeCheck(LookalikeCheckArgs),
+}
+
+/// Arguments of `profilectl index lookalike-check`.
+#[derive(Debug, Args)]
+pub struct LookalikeCheckArgs {
+    /// A version folder with `users.index`, or a model folder (its latest version).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Dataset the index was built from (ratings and item genres define the groups).
+    #[arg(long)]
+    pub dataset: String,
+    /// Folder of fetched datasets.
+    #[arg(long, default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Genres to check (default: every genre of the dataset).
+    #[arg(long, value_delimiter = ',')]
+    pub genres: Vec<String>,
+    /// A rating at or above this is a "like".
+    #[arg(long, default_value_t = 4.0)]
+    pub like: f32,
+    /// Users need this many likes to be ranked into a genre group.
+    #[arg(long, default_value_t = 10)]
+    pub min_likes: usize,
+    /// The genre group: this fraction of all users, those with the highest
+    /// share of their likes in the genre.
+    #[arg(long, default_value_t = 0.1)]
+    pub group_frac: f64,
+    /// Seed users per query (drawn at random from the group).
+    #[arg(long, default_value_t = 10)]
+    pub seeds: usize,
+    /// Lookalikes retrieved per query (seeds excluded).
+    #[arg(long, default_value_t = 20)]
+    pub k: usize,
+    /// Random seed draws per genre.
+    #[arg(long, default_value_t = 20)]
+    pub trials: usize,
+    /// RNG seed.
+    #[arg(long, default_value_t = 7)]
+    pub rng: u64,
 }
 
 /// Arguments of `profilectl index build`.
@@ -58,6 +100,7 @@ pub struct IndexBuildArgs {
 pub fn run(cmd: IndexCommand) -> anyhow::Result<()> {
     match cmd {
         IndexCommand::Build(args) => run_build(args),
+        IndexCommand::LookalikeCheck(args) => run_lookalike_check(args),
     }
 }
 
@@ -289,6 +332,154 @@ pub fn run_build(args: IndexBuildArgs) -> anyhow::Result<()> {
         items.len(),
         users.len(),
         t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// SplitMix64: a small deterministic generator for seed draws.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Runs `profilectl index lookalike-check`.
+pub fn run_lookalike_check(args: LookalikeCheckArgs) -> anyhow::Result<()> {
+    use profiled_index::{LocalBackend, SearchBackend as _, SearchParams, lookalike_by_ids};
+
+    let dir = export::resolve_version_dir(&args.model)?;
+    let path = dir.join(USERS_INDEX);
+    let dims = profiled_model::ModelJson::parse(
+        &std::fs::read_to_string(dir.join("model.json"))
+            .with_context(|| format!("reading {}/model.json", dir.display()))?,
+        &dir.join("model.json"),
+    )?
+    .architecture
+    .d_out;
+    let backend = LocalBackend::open(&path, dims)
+        .with_context(|| format!("opening {} (run `profilectl index build`)", path.display()))?;
+    let ds = load_dataset(&args.dataset, &args.data_dir)
+        .with_context(|| format!("loading dataset `{}`", args.dataset))?;
+
+    // Likes per user, overall and per genre.
+    let mut likes = vec![0usize; ds.users.len()];
+    let mut per_genre: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for e in &ds.interactions {
+        let (Some(r), Some(item)) = (e.rating, ds.items.get(e.item as usize)) else {
+            continue;
+        };
+        if r < args.like || e.user as usize >= ds.users.len() {
+            continue;
+        }
+        likes[e.user as usize] += 1;
+        for g in &item.genres {
+            per_genre
+                .entry(g.as_str())
+                .or_insert_with(|| vec![0; ds.users.len()])[e.user as usize] += 1;
+        }
+    }
+    let genres: Vec<String> = if args.genres.is_empty() {
+        per_genre.keys().map(|g| g.to_string()).collect()
+    } else {
+        args.genres.clone()
+    };
+    // Population: users present in the index.
+    let indexed: Vec<usize> = (0..ds.users.len())
+        .filter(|&u| backend.vector_of(&ds.users[u].id).ok().flatten().is_some())
+        .collect();
+    let n = indexed.len();
+    let group_size = ((n as f64) * args.group_frac).round() as usize;
+    if group_size <= args.seeds {
+        bail!(
+            "group of {group_size} users is not larger than --seeds {}",
+            args.seeds
+        );
+    }
+    let mut rng = args.rng;
+    let mut rows = Vec::new();
+    println!(
+        "{:<14} {:>6} {:>9} {:>10} {:>7}",
+        "genre", "group", "base", "prec@k", "lift"
+    );
+    for g in &genres {
+        let Some(counts) = per_genre.get(g.as_str()) else {
+            bail!("no liked item has genre `{g}`");
+        };
+        let mut ranked: Vec<(f64, usize)> = indexed
+            .iter()
+            .filter(|&&u| likes[u] >= args.min_likes && counts[u] > 0)
+            .map(|&u| (counts[u] as f64 / likes[u] as f64, u))
+            .collect();
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        if ranked.len() < group_size {
+            // Too few fans for a group of this size (e.g. ML-100K `unknown`).
+            println!("{g:<14} skipped: {} users like it", ranked.len());
+            continue;
+        }
+        ranked.truncate(group_size);
+        let group: std::collections::HashSet<&str> = ranked
+            .iter()
+            .map(|&(_, u)| ds.users[u].id.as_str())
+            .collect();
+        let base = (group.len() - args.seeds) as f64 / (n - args.seeds) as f64;
+        let mut hits_in = 0usize;
+        let mut hits = 0usize;
+        for _ in 0..args.trials {
+            // Partial Fisher–Yates over the group for the seed draw.
+            let mut pool: Vec<usize> = ranked.iter().map(|&(_, u)| u).collect();
+            for i in 0..args.seeds {
+                let j = i + (splitmix(&mut rng) % (pool.len() - i) as u64) as usize;
+                pool.swap(i, j);
+            }
+            let seeds: Vec<&str> = pool[..args.seeds]
+                .iter()
+                .map(|&u| ds.users[u].id.as_str())
+                .collect();
+            let params = SearchParams {
+                k: args.k,
+                exact: true,
+                filter: profiled_index::Filter::none(),
+            };
+            let r = lookalike_by_ids(&backend, &seeds, &params)?;
+            hits += r.hits.len();
+            hits_in += r
+                .hits
+                .iter()
+                .filter(|h| group.contains(h.id.as_str()))
+                .count();
+        }
+        let precision = hits_in as f64 / hits.max(1) as f64;
+        println!(
+            "{g:<14} {:>6} {base:>9.3} {precision:>10.3} {:>7.2}",
+            group.len(),
+            precision / base
+        );
+        rows.push(serde_json::json!({
+            "genre": g, "group": group.len(), "base_rate": base,
+            "precision": precision, "lift": precision / base,
+        }));
+    }
+    let mean = |key: &str| {
+        rows.iter().filter_map(|r| r[key].as_f64()).sum::<f64>() / rows.len().max(1) as f64
+    };
+    println!(
+        "mean over {} genres: base {:.3}, precision@{} {:.3}, lift {:.2}",
+        rows.len(),
+        mean("base_rate"),
+        args.k,
+        mean("precision"),
+        mean("lift")
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "users": n, "seeds": args.seeds, "k": args.k, "trials": args.trials,
+            "group_frac": args.group_frac, "like": args.like, "min_likes": args.min_likes,
+            "mean_base_rate": mean("base_rate"), "mean_precision": mean("precision"),
+            "mean_lift": mean("lift"), "genres": rows,
+        })
     );
     Ok(())
 }

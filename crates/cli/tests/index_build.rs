@@ -185,6 +185,34 @@ fn index_build_writes_items_and_users_and_refuses_overwrite() {
         }
     }
 
+    // The lookalike check runs on the fresh users.index (figures on ML-100K
+    // are in docs/quality.md; here only that it answers).
+    let check = Command::new(env!("CARGO_BIN_EXE_profilectl"))
+        .args(["index", "lookalike-check", "--dataset", "synthetic-small:5"])
+        .args([
+            "--seeds",
+            "3",
+            "--k",
+            "5",
+            "--trials",
+            "2",
+            "--min-likes",
+            "1",
+        ])
+        .arg("--model")
+        .arg(&dir)
+        .output()
+        .expect("run profilectl");
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "lookalike-check failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let last: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("output")).expect("json line");
+    assert_eq!(last["users"].as_u64(), Some(ds.users.len() as u64));
+
     // Published indexes are immutable: a second build refuses.
     let before = std::fs::metadata(&items_path).expect("meta").len();
     let again = build(&dir, &["--no-ann"]);
