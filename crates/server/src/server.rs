@@ -184,6 +184,9 @@ pub async fn serve(
     tracing::info!(addr = %local, repository = %cfg.models.repository.display(), admin = admin_on, "profiled listening");
 
     // Load models and watch the repository (first scan runs at once).
+    if let Err(e) = store.discover() {
+        tracing::warn!(error = %e, "cannot list the model repository");
+    }
     let watcher = store.spawn_watcher();
 
     // Health follows the store: SERVING once a generation is ready and warm.
@@ -210,7 +213,10 @@ pub async fn serve(
                 if engine.is_draining() {
                     break;
                 }
-                if rx.changed().await.is_err() {
+                // Wake on store changes, and every second so that the live
+                // generation gauge shows old generations being released.
+                if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await
+                {
                     break;
                 }
             }

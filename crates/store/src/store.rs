@@ -388,6 +388,16 @@ impl Store {
             .clone()
     }
 
+    /// Registers the models found in the repository without loading
+    /// anything (fast; call it before serving so that requests for a model
+    /// still loading answer UNAVAILABLE rather than NOT_FOUND).
+    pub fn discover(&self) -> Result<()> {
+        for name in repo::list_models(&self.inner.cfg.root)? {
+            self.ensure_model(&name);
+        }
+        Ok(())
+    }
+
     /// Rescans the whole repository: discovers models and versions, loads
     /// what the version policies want (off the request path), swaps defaults
     /// atomically and unloads versions the policies no longer keep.
