@@ -268,3 +268,58 @@ async fn overload_answers_resource_exhausted_only() {
     .unwrap();
     eprintln!("ok {ok}, shed {shed}: {messages:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_with_a_corrupt_index_is_refused_and_the_old_one_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("models");
+    assert_eq!(publish_model(&repo, "synth", 1, false).unwrap(), 1);
+    let server = Server::start(&repo, &[]).unwrap();
+    server.wait_serving(Duration::from_secs(30)).await.unwrap();
+    let mut c = server.client().await.unwrap();
+
+    // Version 2: a valid model whose items.index has one flipped byte in
+    // its vector section (past the 256-byte header), so only the index
+    // checksum can catch it.
+    let src = tempfile::tempdir().unwrap();
+    let dir = src.path().join("v");
+    profiled_e2e::make_model(&dir, 2).unwrap();
+    let index = dir.join("items.index");
+    let mut bytes = std::fs::read(&index).unwrap();
+    let at = 256 + (bytes.len() - 256) / 3;
+    bytes[at] ^= 0x40;
+    std::fs::write(&index, &bytes).unwrap();
+    assert_eq!(profiled_store::publish(&dir, &repo, "synth").unwrap().0, 2);
+
+    let t0 = Instant::now();
+    loop {
+        let m = default_version(&mut c).await;
+        if let Some(v2) = m.versions.iter().find(|v| v.version == 2)
+            && v2.state == pb::VersionState::Failed as i32
+        {
+            assert!(v2.reason.contains("items.index"), "{}", v2.reason);
+            assert_eq!(m.default_version, 1);
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The serving version still answers Search over its own (valid) index.
+    let r = c
+        .search(pb::SearchRequest {
+            query: Some(pb::search_request::Query::UserId("u3".into())),
+            target: pb::TargetIndex::Items as i32,
+            k: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.hits.len(), 3);
+    assert_eq!(r.model.as_ref().unwrap().version, 1);
+}
