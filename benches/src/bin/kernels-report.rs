@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use profiled_benches::{SplitMix, load_average, median_time, us};
-use profiled_kernels::attention::{
-    AttentionWeights, Mask, OutputRows, Sequence, Workspace, mha_forward,
-};
+use profiled_kernels::attention::{Mask, OutputRows, Sequence, Workspace, mha_forward};
 use profiled_kernels::block::{LayerTensors, LayerWeights, block_forward};
 use profiled_kernels::gemm::WeightPrecision;
 use profiled_kernels::{Isa, f16, probe, vector};
@@ -33,12 +31,7 @@ fn block_flops(b: usize, t: usize) -> f64 {
     profiled_kernels::block::block_flops(D, FFN, &seqs, OutputRows::All) as f64
 }
 
-struct Model {
-    attn_f32: AttentionWeights,
-    layer_f32: LayerWeights,
-}
-
-fn model() -> anyhow::Result<Model> {
+fn model() -> anyhow::Result<LayerWeights> {
     let mut rng = SplitMix::new(42);
     let s = 1.0 / (D as f32).sqrt();
     let in_w = rng.vec(3 * D * D, s);
@@ -71,77 +64,58 @@ fn model() -> anyhow::Result<Model> {
         ffn2_weight: &f2w,
         ffn2_bias: &f2b,
     };
-    Ok(Model {
-        attn_f32: AttentionWeights::from_pytorch(
-            D,
-            HEADS,
-            &in_w,
-            &in_b,
-            &out_w,
-            &out_b,
-            WeightPrecision::F32,
-        )?,
-        layer_f32: LayerWeights::new(&t, WeightPrecision::F32)?,
-    })
+    Ok(LayerWeights::new(&t, WeightPrecision::F32)?)
 }
 
-fn time_mha(isa: Isa, m: &Model, b: usize, t: usize) -> anyhow::Result<Duration> {
+/// The kernel under test: one call over a ragged batch.
+type Forward = fn(
+    Isa,
+    &LayerWeights,
+    &[f32],
+    &[Sequence],
+    &mut [f32],
+    &mut Workspace,
+) -> Result<(), profiled_kernels::KernelError>;
+
+fn mha(
+    isa: Isa,
+    l: &LayerWeights,
+    x: &[f32],
+    s: &[Sequence],
+    out: &mut [f32],
+    ws: &mut Workspace,
+) -> Result<(), profiled_kernels::KernelError> {
+    mha_forward(isa, l.attention(), x, s, OutputRows::All, out, ws, None)
+}
+
+fn block(
+    isa: Isa,
+    l: &LayerWeights,
+    x: &[f32],
+    s: &[Sequence],
+    out: &mut [f32],
+    ws: &mut Workspace,
+) -> Result<(), profiled_kernels::KernelError> {
+    block_forward(isa, l, x, s, OutputRows::All, out, ws, None)
+}
+
+/// Median time of `f` over `b` unmasked sequences of `t` tokens (one
+/// checked call first, so the timed calls cannot fail on shapes).
+fn time_forward(
+    f: Forward,
+    isa: Isa,
+    layer: &LayerWeights,
+    b: usize,
+    t: usize,
+    reps: usize,
+) -> anyhow::Result<Duration> {
     let x = SplitMix::new(7).vec(b * t * D, 1.0);
     let seqs = vec![Sequence::new(t, Mask::None); b];
     let mut out = vec![0.0f32; b * t * D];
     let mut ws = Workspace::new();
-    mha_forward(
-        isa,
-        &m.attn_f32,
-        &x,
-        &seqs,
-        OutputRows::All,
-        &mut out,
-        &mut ws,
-        None,
-    )?;
-    Ok(median_time(3, 30, Duration::from_millis(300), || {
-        let r = mha_forward(
-            isa,
-            &m.attn_f32,
-            &x,
-            &seqs,
-            OutputRows::All,
-            &mut out,
-            &mut ws,
-            None,
-        );
-        std::hint::black_box(r.is_ok());
-        std::hint::black_box(&out);
-    }))
-}
-
-fn time_block(isa: Isa, m: &Model, b: usize, t: usize) -> anyhow::Result<Duration> {
-    let x = SplitMix::new(9).vec(b * t * D, 1.0);
-    let seqs = vec![Sequence::new(t, Mask::None); b];
-    let mut out = vec![0.0f32; b * t * D];
-    let mut ws = Workspace::new();
-    block_forward(
-        isa,
-        &m.layer_f32,
-        &x,
-        &seqs,
-        OutputRows::All,
-        &mut out,
-        &mut ws,
-        None,
-    )?;
-    Ok(median_time(3, 20, Duration::from_millis(300), || {
-        let r = block_forward(
-            isa,
-            &m.layer_f32,
-            &x,
-            &seqs,
-            OutputRows::All,
-            &mut out,
-            &mut ws,
-            None,
-        );
+    f(isa, layer, &x, &seqs, &mut out, &mut ws)?;
+    Ok(median_time(3, reps, Duration::from_millis(300), || {
+        let r = f(isa, layer, &x, &seqs, &mut out, &mut ws);
         std::hint::black_box(r.is_ok());
         std::hint::black_box(&out);
     }))
@@ -210,9 +184,9 @@ fn main() -> anyhow::Result<()> {
     );
     let mut figures = Vec::new();
     for isa in Isa::supported() {
-        let mha1 = time_mha(isa, &m, 1, 16)?;
-        let mha64 = time_mha(isa, &m, 64, 16)?;
-        let blk = time_block(isa, &m, 64, 56)?;
+        let mha1 = time_forward(mha, isa, &m, 1, 16, 30)?;
+        let mha64 = time_forward(mha, isa, &m, 64, 16, 30)?;
+        let blk = time_forward(block, isa, &m, 64, 56, 20)?;
         let gbps = scan_gbps(isa, &rows, &query, &mut scores)?;
         let mha_eff = mha_flops(64, 16) / (peak * 1e9) / mha64.as_secs_f64();
         let blk_eff = block_flops(64, 56) / (peak * 1e9) / blk.as_secs_f64();
