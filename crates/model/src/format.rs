@@ -1,9 +1,9 @@
-//! The `model.json` format, mirrored from the trainer (`profiled-train`'s
-//! `export.rs`, `schema.rs` and `model.rs`; contract: `docs/model-format.md`).
+//! The `model.json` format (contract: `docs/model-format.md`): the one
+//! definition of its serde types, constants and tensor-shape table.
 //!
-//! These are this crate's own serde types: the serving side never depends on
-//! the trainer. Field names, enum tags and defaults match the trainer's
-//! exactly; [`ModelJson::validate`] checks everything the encoder relies on.
+//! The trainer (`profiled-train`) depends on this crate and writes model
+//! files with these same types (serving never depends on the trainer);
+//! [`ModelJson::validate`] checks everything the encoder relies on.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -272,6 +272,24 @@ pub struct ModelConfig {
     pub activation: String,
     /// Always `prefix_visible_causal`.
     pub mask: String,
+}
+
+impl Default for ModelConfig {
+    /// The trainer's defaults: d = 64, 4 heads, 2 layers, FFN 256, d_out 64.
+    fn default() -> Self {
+        ModelConfig {
+            d_model: 64,
+            heads: 4,
+            layers: 2,
+            ffn: 256,
+            d_out: 64,
+            ln_eps: 1e-5,
+            temperature: 0.07,
+            dropout: 0.1,
+            activation: "gelu_tanh".into(),
+            mask: "prefix_visible_causal".into(),
+        }
+    }
 }
 
 /// A value of one input field in a golden example (the trainer's
@@ -618,61 +636,65 @@ impl ModelJson {
         Ok(())
     }
 
-    /// Expected tensor shapes by name (the trainer's `param_shapes`).
+    /// Expected tensor shapes by name (see [`tensor_shapes`]).
     pub fn tensor_shapes(&self) -> BTreeMap<String, Vec<usize>> {
-        let s = &self.schema;
-        let cfg = &self.architecture;
-        let d = cfg.d_model;
-        let mut m = BTreeMap::new();
-        let p = s.fields.len();
-        m.insert("embed.type".to_string(), vec![p + 1, d]);
-        for (i, f) in s.fields.iter().enumerate() {
-            let rows = s.field_rows(i);
-            match f.kind {
-                FieldKind::Categorical { .. } => {
-                    m.insert(format!("fields.{}.embedding", f.name), vec![rows, d]);
-                }
-                FieldKind::Numeric { .. } => {
-                    m.insert(format!("fields.{}.weight", f.name), vec![d]);
-                    m.insert(format!("fields.{}.missing", f.name), vec![d]);
-                }
-                FieldKind::Preference => {
-                    m.insert(format!("fields.{}.embedding", f.name), vec![rows, d]);
-                    m.insert(format!("fields.{}.missing", f.name), vec![d]);
-                }
-            }
-        }
-        let b = &s.behaviour;
-        let n_items = s.items.ids.len();
-        let g = s.genres.len();
-        m.insert(
-            "behaviour.item".into(),
-            vec![n_items + VOCAB_OFFSET as usize, d],
-        );
-        m.insert("behaviour.genre".into(), vec![g, d]);
-        m.insert("behaviour.rating".into(), vec![b.rating_rows(), d]);
-        m.insert("behaviour.gap".into(), vec![b.gap_buckets, d]);
-        m.insert("behaviour.position".into(), vec![b.max_events, d]);
-        for l in 0..cfg.layers {
-            for ln in ["ln1", "ln2"] {
-                m.insert(format!("layers.{l}.{ln}.weight"), vec![d]);
-                m.insert(format!("layers.{l}.{ln}.bias"), vec![d]);
-            }
-            for proj in ["q", "k", "v", "o"] {
-                m.insert(format!("layers.{l}.attn.{proj}.weight"), vec![d, d]);
-                m.insert(format!("layers.{l}.attn.{proj}.bias"), vec![d]);
-            }
-            m.insert(format!("layers.{l}.ffn.up.weight"), vec![cfg.ffn, d]);
-            m.insert(format!("layers.{l}.ffn.up.bias"), vec![cfg.ffn]);
-            m.insert(format!("layers.{l}.ffn.down.weight"), vec![d, cfg.ffn]);
-            m.insert(format!("layers.{l}.ffn.down.bias"), vec![d]);
-        }
-        m.insert("final_norm.weight".into(), vec![d]);
-        m.insert("final_norm.bias".into(), vec![d]);
-        m.insert("head.weight".into(), vec![cfg.d_out, d]);
-        m.insert("head.bias".into(), vec![cfg.d_out]);
-        m.insert("items.embedding".into(), vec![n_items, cfg.d_out]);
-        m.insert("items.genre".into(), vec![g, cfg.d_out]);
-        m
+        tensor_shapes(&self.schema, &self.architecture)
     }
+}
+
+/// Tensor shapes by name for a schema and architecture: the names and shapes
+/// of `model.safetensors` (the trainer creates its parameters from this table).
+pub fn tensor_shapes(s: &FeatureSchema, cfg: &ModelConfig) -> BTreeMap<String, Vec<usize>> {
+    let d = cfg.d_model;
+    let mut m = BTreeMap::new();
+    let p = s.fields.len();
+    m.insert("embed.type".to_string(), vec![p + 1, d]);
+    for (i, f) in s.fields.iter().enumerate() {
+        let rows = s.field_rows(i);
+        match f.kind {
+            FieldKind::Categorical { .. } => {
+                m.insert(format!("fields.{}.embedding", f.name), vec![rows, d]);
+            }
+            FieldKind::Numeric { .. } => {
+                m.insert(format!("fields.{}.weight", f.name), vec![d]);
+                m.insert(format!("fields.{}.missing", f.name), vec![d]);
+            }
+            FieldKind::Preference => {
+                m.insert(format!("fields.{}.embedding", f.name), vec![rows, d]);
+                m.insert(format!("fields.{}.missing", f.name), vec![d]);
+            }
+        }
+    }
+    let b = &s.behaviour;
+    let n_items = s.items.ids.len();
+    let g = s.genres.len();
+    m.insert(
+        "behaviour.item".into(),
+        vec![n_items + VOCAB_OFFSET as usize, d],
+    );
+    m.insert("behaviour.genre".into(), vec![g, d]);
+    m.insert("behaviour.rating".into(), vec![b.rating_rows(), d]);
+    m.insert("behaviour.gap".into(), vec![b.gap_buckets, d]);
+    m.insert("behaviour.position".into(), vec![b.max_events, d]);
+    for l in 0..cfg.layers {
+        for ln in ["ln1", "ln2"] {
+            m.insert(format!("layers.{l}.{ln}.weight"), vec![d]);
+            m.insert(format!("layers.{l}.{ln}.bias"), vec![d]);
+        }
+        for proj in ["q", "k", "v", "o"] {
+            m.insert(format!("layers.{l}.attn.{proj}.weight"), vec![d, d]);
+            m.insert(format!("layers.{l}.attn.{proj}.bias"), vec![d]);
+        }
+        m.insert(format!("layers.{l}.ffn.up.weight"), vec![cfg.ffn, d]);
+        m.insert(format!("layers.{l}.ffn.up.bias"), vec![cfg.ffn]);
+        m.insert(format!("layers.{l}.ffn.down.weight"), vec![d, cfg.ffn]);
+        m.insert(format!("layers.{l}.ffn.down.bias"), vec![d]);
+    }
+    m.insert("final_norm.weight".into(), vec![d]);
+    m.insert("final_norm.bias".into(), vec![d]);
+    m.insert("head.weight".into(), vec![cfg.d_out, d]);
+    m.insert("head.bias".into(), vec![cfg.d_out]);
+    m.insert("items.embedding".into(), vec![n_items, cfg.d_out]);
+    m.insert("items.genre".into(), vec![g, cfg.d_out]);
+    m
 }
