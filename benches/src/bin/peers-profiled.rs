@@ -115,6 +115,16 @@ fn golden_input(u: &UserFeatures) -> GoldenInput {
     }
 }
 
+/// A dataset attribute as a model-format input value (as `profilectl index build`).
+fn golden_value(v: &profiled_train::data::FieldValue) -> GoldenValue {
+    use profiled_train::data::FieldValue as F;
+    match v {
+        F::Token(s) => GoldenValue::Text(s.clone()),
+        F::Float(x) => GoldenValue::Number(*x),
+        F::TokenSeq(v) => GoldenValue::Text(v.join(" ")),
+    }
+}
+
 /// Every user of the model's dataset (fields the model reads + full history),
 /// when the dataset is found under `data_dir`.
 fn dataset_users(enc: &Encoder, data_dir: &Path) -> Option<(String, Vec<GoldenInput>)> {
@@ -145,12 +155,7 @@ fn dataset_users(enc: &Encoder, data_dir: &Path) -> Option<(String, Vec<GoldenIn
             events.sort_by_key(|e| e.timestamp);
             let fields: BTreeMap<String, GoldenValue> = columns
                 .iter()
-                .filter_map(|c| {
-                    Some((
-                        c.clone(),
-                        profiled_train::schema::feature_value(u.fields.get(c)?),
-                    ))
-                })
+                .filter_map(|c| Some((c.clone(), golden_value(u.fields.get(c)?))))
                 .collect();
             GoldenInput {
                 user_id: Some(u.id.clone()),
