@@ -10,7 +10,11 @@
 //!   (`spawn_blocking`), then swapped in atomically (`ArcSwap`): requests
 //!   call [`Store::resolve`] once and keep the `Arc` for their whole life.
 //!   A version that fails to load is recorded (reason, time, count) and never
-//!   replaces a serving one.
+//!   replaces a serving one. An unloaded version shows as UNLOADING while
+//!   requests still hold its generation.
+//! - [`IndexData`]: per-row attribute values of the index files (Search's
+//!   `include_attributes`) and users' item histories
+//!   ([`SEEN_ITEMS_ATTRIBUTE`]).
 //! - The watcher ([`Store::spawn_watcher`]): notify (debounced) + a poll.
 //! - [`repo::publish`]: atomic publication (temp dir + rename).
 
@@ -24,7 +28,10 @@ pub mod store;
 pub mod watch;
 
 pub use error::{Error, Result};
-pub use generation::{Generation, live_generations, next_generation_id};
+pub use generation::{
+    Generation, ITEMS_INDEX, IndexData, SEEN_ITEMS_ATTRIBUTE, USERS_INDEX, live_generations,
+    next_generation_id,
+};
 pub use policy::VersionPolicy;
 pub use repo::publish;
 pub use store::{

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -59,6 +59,10 @@ pub enum VersionState {
     Ready,
     /// Refused (see the reason); never serves.
     Failed,
+    /// No longer selectable; requests that started on it are still
+    /// running, and its memory is released when the last one finishes.
+    /// Reported by snapshots only (the stored state is `Unloaded`).
+    Unloading,
     /// Not loaded (dropped by the policy, or by an operator).
     Unloaded,
 }
@@ -70,6 +74,7 @@ impl VersionState {
             VersionState::Loading => "LOADING",
             VersionState::Ready => "READY",
             VersionState::Failed => "FAILED",
+            VersionState::Unloading => "UNLOADING",
             VersionState::Unloaded => "UNLOADED",
         }
     }
@@ -93,6 +98,9 @@ pub struct VersionStatus {
     /// Unloaded by an operator: the watcher does not load it again until a
     /// reload names it.
     pub pinned_out: bool,
+    /// The generation that served the version before it was unloaded; alive
+    /// while in-flight requests still hold it (state UNLOADING).
+    draining: Option<Weak<Generation>>,
 }
 
 impl VersionStatus {
@@ -105,6 +113,7 @@ impl VersionStatus {
             generation_id: 0,
             failures: 0,
             pinned_out: false,
+            draining: None,
         }
     }
 
@@ -112,9 +121,22 @@ impl VersionStatus {
         self.state = state;
         self.reason = reason.into();
         self.since = SystemTime::now();
+        self.draining = None;
         if state != VersionState::Ready {
             self.generation_id = 0;
         }
+    }
+
+    /// Marks the version UNLOADED; `old` (the generation it served with)
+    /// makes it show as UNLOADING until the last request holding it ends.
+    fn set_unloaded(&mut self, reason: impl Into<String>, old: Option<&Arc<Generation>>) {
+        self.set(VersionState::Unloaded, reason);
+        self.draining = old.map(Arc::downgrade);
+    }
+
+    /// The generation still draining after an unload, if any request holds it.
+    pub fn draining_generation(&self) -> Option<Arc<Generation>> {
+        self.draining.as_ref().and_then(Weak::upgrade)
     }
 }
 
@@ -330,12 +352,19 @@ impl Store {
         let labels = lock(&m.labels).clone();
         let versions = lock(&m.versions).clone();
         let mut out = Vec::with_capacity(versions.len());
-        for (v, status) in versions.into_iter().rev() {
-            let generation = self
+        for (v, mut status) in versions.into_iter().rev() {
+            let mut generation = self
                 .inner
                 .slots
                 .get(&(name.clone(), v))
                 .map(|s| s.value().load_full());
+            if status.state == VersionState::Unloaded
+                && let Some(g) = status.draining_generation()
+            {
+                status.state = VersionState::Unloading;
+                status.generation_id = g.id;
+                generation = Some(g);
+            }
             out.push(VersionSnapshot {
                 version: v,
                 is_default: default.as_ref().is_some_and(|d| d.version == v),
@@ -516,7 +545,7 @@ impl Store {
                 s.generation_id = g.id;
                 s.load_duration = Some(g.load_duration);
                 s.pinned_out = false;
-                metrics::counter!("profiled_model_loads_total", "model" => m.name.clone(), "outcome" => "ready").increment(1);
+                metrics::counter!("profiled_model_loads_total", "model" => m.name.clone(), "version" => version.to_string(), "outcome" => "ready").increment(1);
                 tracing::info!(model = %m.name, version, generation = g.id,
                     load_ms = g.load_duration.as_millis() as u64, "version ready");
                 true
@@ -532,7 +561,7 @@ impl Store {
                     .or_insert_with(|| VersionStatus::new(VersionState::Failed, ""));
                 s.set(VersionState::Failed, reason.clone());
                 s.failures += 1;
-                metrics::counter!("profiled_model_loads_total", "model" => m.name.clone(), "outcome" => "failed").increment(1);
+                metrics::counter!("profiled_model_loads_total", "model" => m.name.clone(), "version" => version.to_string(), "outcome" => "failed").increment(1);
                 tracing::warn!(model = %m.name, version, reason = %reason, "version refused");
                 false
             }
@@ -562,7 +591,7 @@ impl Store {
         if !same {
             if let Some(b) = &best {
                 tracing::info!(model = %m.name, version = b.version, generation = b.id, "default version swapped");
-                metrics::counter!("profiled_model_swaps_total", "model" => m.name.clone())
+                metrics::counter!("profiled_model_swaps_total", "model" => m.name.clone(), "version" => b.version.to_string())
                     .increment(1);
             }
             m.default.store(best);
@@ -593,16 +622,21 @@ impl Store {
                     && !labelled.contains(v)
                     && Some(*v) != default
                 {
-                    s.set(
-                        VersionState::Unloaded,
+                    let old = self
+                        .inner
+                        .slots
+                        .remove(&(m.name.clone(), *v))
+                        .map(|(_, slot)| slot.load_full());
+                    s.set_unloaded(
                         format!("dropped by the version policy ({})", m.policy),
+                        old.as_ref(),
                     );
                     dropped.push(*v);
                 }
             }
         }
         for v in &dropped {
-            self.inner.slots.remove(&(m.name.clone(), *v));
+            metrics::counter!("profiled_model_unloads_total", "model" => m.name.clone(), "version" => v.to_string(), "reason" => "policy").increment(1);
             tracing::info!(model = %m.name, version = *v, "version unloaded by the policy");
         }
         if !dropped.is_empty() {
@@ -729,11 +763,17 @@ impl Store {
             repo::write_labels(&self.inner.cfg.root.join(&name), &labels)?;
             *lock(&m.labels) = labels;
         }
+        let old = self
+            .inner
+            .slots
+            .remove(&(name.clone(), version))
+            .map(|(_, slot)| slot.load_full());
         if let Some(s) = lock(&m.versions).get_mut(&version) {
-            s.set(VersionState::Unloaded, "unloaded by ModelAdmin.Unload");
+            s.set_unloaded("unloaded by ModelAdmin.Unload", old.as_ref());
             s.pinned_out = true;
         }
-        self.inner.slots.remove(&(name.clone(), version));
+        drop(old);
+        metrics::counter!("profiled_model_unloads_total", "model" => name.clone(), "version" => version.to_string(), "reason" => "admin").increment(1);
         self.refresh_default(&m);
         self.bump();
         Ok(())

@@ -144,3 +144,40 @@ async fn watcher_picks_up_a_published_version() {
     }
     assert_eq!(version, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unloaded_version_is_unloading_while_a_request_holds_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("models");
+    for seed in [1, 2] {
+        let src = tmp.path().join(format!("src{seed}"));
+        make_version(&src, seed);
+        publish(&src, &repo, "m").unwrap();
+    }
+    let mut cfg = StoreConfig::new(&repo);
+    cfg.default_policy = VersionPolicy::LatestN(2);
+    let store = Store::new(cfg);
+    store.scan().await.unwrap();
+    let state = |v: u64| {
+        let snap = store.snapshot("m").unwrap();
+        let s = snap.versions.iter().find(|x| x.version == v).unwrap();
+        (
+            s.status.state,
+            s.status.generation_id,
+            s.generation.is_some(),
+        )
+    };
+    assert_eq!(state(1).0, VersionState::Ready);
+
+    // A request holds version 1's generation while an operator unloads it.
+    let held = store.resolve("m", &Selector::Version(1)).unwrap();
+    store.unload("m", 1, false).unwrap();
+    assert_eq!(state(1), (VersionState::Unloading, held.id, true));
+    // No longer selectable, even while draining.
+    assert!(store.resolve("m", &Selector::Version(1)).is_err());
+
+    // The request ends: the generation is released and the state settles.
+    drop(held);
+    assert_eq!(state(1), (VersionState::Unloaded, 0, false));
+    assert_eq!(state(2).0, VersionState::Ready);
+}
