@@ -5,8 +5,9 @@
 //! (`search-report`) prints the same figures next to the memory bandwidth.
 
 use std::hint::black_box;
+use std::time::Duration;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use profiled_index::synthetic;
 use profiled_kernels::scan::{self, Blocked, TopK};
 use profiled_kernels::{Isa, f16};
@@ -32,7 +33,13 @@ fn bench_scan(c: &mut Criterion) {
     cand.dedup();
 
     let mut group = c.benchmark_group("scan_1m_d64");
-    group.sample_size(10);
+    // One pass is 4 ms (AVX-512) to 150 ms (scalar): flat sampling with
+    // short times keeps the whole group near half a minute.
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
     for isa in Isa::supported() {
         group.throughput(Throughput::Bytes((packed.len() * 2) as u64));
         group.bench_function(format!("{isa}/q1"), |b| {
