@@ -161,7 +161,7 @@ def encoder_part(args, work, prep):
     def ours_round():
         r = rust(args.bin, "encoder", "--work", work, "--b1-users", str(args.b1_users), "--reps", str(args.reps))
         res = {t: (r[f"t{t}"]["b1_us_per_user"], r[f"t{t}"]["b64_us_per_user"]) for t in (1, 2)}
-        res["tok"] = (r["tokenize_b1_us_per_user"], r["tokenize_b64_us_per_user"])
+        res["tok"] = (r["tokenize_b1_us_per_user"], r["tokenize_b64_us_per_user"], r["layers_b1_us_per_user"])
         return res
 
     loads = [load1()]
@@ -176,7 +176,7 @@ def encoder_part(args, work, prep):
                 our_rounds.append(ours_round())
         loads.append(load1())
     ortt = {k: tuple(min(rr[k][i] for rr in ort_rounds) for i in (0, 1)) for k in ort_rounds[0]}
-    ourt = {t: tuple(min(rr[t][i] for rr in our_rounds) for i in (0, 1)) for t in our_rounds[0]}
+    ourt = {t: tuple(min(rr[t][i] for rr in our_rounds) for i in range(len(our_rounds[0][t]))) for t in our_rounds[0]}
     tok = ourt.pop("tok")
     return {
         "parity": parity,
@@ -324,7 +324,8 @@ def report(args, prep, enc, searches, before, after, elapsed):
         f"over the calls; each side's better of {args.rounds} alternating rounds. profiled's time "
         f"includes tokenization and embedding "
         f"from raw features; ORT's starts from ready embeddings and masks. Ratio = fastest ORT "
-        f"graph ÷ profiled."
+        f"graph ÷ profiled. ORT: graph optimisations ORT_ENABLE_ALL, `intra_op_num_threads` = threads, "
+        f"pool spinning off at 2 threads (spinning made it 2-3× slower on this shared 2-core machine)."
     )
     lines.append("")
     head = "| B | threads | " + " | ".join(f"ORT {v}" for v in variants) + " | profiled | ratio |"
@@ -344,8 +345,10 @@ def report(args, prep, enc, searches, before, after, elapsed):
         f"ORT's per-call floor from Python (an Identity graph, same `x`): {enc['floor_us']:.1f} µs; "
         f"at B = 1 (1 thread) ORT minus that floor is still "
         f"{(min(enc['ort'][(v, 1)][0] for v in variants) - enc['floor_us']) / enc['ours'][1][0]:.2f}× profiled. "
-        f"profiled's tokenizer alone takes {enc['tokenize_us'][0]:.1f} µs per user at B = 1 and "
-        f"{enc['tokenize_us'][1]:.1f} µs at B = 64 (included in its times above). "
+        f"Where profiled's B = 1 time goes (same estimator): the encoder layers alone "
+        f"(`block_forward` × {prep['layers']}) {enc['tokenize_us'][2]:.1f} µs, the tokenizer alone "
+        f"{enc['tokenize_us'][0]:.1f} µs, the rest (embedding sums, final norm, head, L2) "
+        f"{enc['ours'][1][0] - enc['tokenize_us'][2] - enc['tokenize_us'][0]:.1f} µs. "
         f"At B = 1 profiled runs one user on one thread (the 2-thread row is the same code measured again)."
     )
     lines.append("")
@@ -450,6 +453,8 @@ def main():
         "ort_b64_us_per_user": best(1, 1),
         "profiled_b1_us": enc["ours"][1][0],
         "profiled_b64_us_per_user": enc["ours"][1][1],
+        "profiled_b1_layers_us": enc["tokenize_us"][2],
+        "profiled_b1_tokenize_us": enc["tokenize_us"][0],
         "scan_vs_faiss_q1": syn["faiss_sq16_q1_ms"] / syn["ours_exact_q1_ms"],
         "scan_vs_faiss_q16": syn["faiss_sq16_q16_ms"] / syn["ours_exact_q16_ms"],
         "scan_vs_faiss_flat_q1": syn["faiss_flat_q1_ms"] / syn["ours_exact_q1_ms"],

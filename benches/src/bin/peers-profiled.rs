@@ -32,6 +32,9 @@ use profiled_index::{
     Filter, IndexBuilder, IndexFile, LocalBackend, PlannerConfig, SearchBackend, SearchParams,
     synthetic,
 };
+use profiled_kernels::attention::{Mask, OutputRows, Sequence, Workspace as KernelWorkspace};
+use profiled_kernels::block::{LayerTensors, LayerWeights, block_forward};
+use profiled_kernels::gemm::WeightPrecision;
 use profiled_model::format::{GoldenEvent, GoldenInput, GoldenValue};
 use profiled_model::testing::{Rng, SyntheticSpec, random_user, write_synthetic_model};
 use profiled_model::{Encoder, FieldValue, TokenBatch, UserFeatures, Workspace};
@@ -299,6 +302,82 @@ fn fastest_calls(
     Ok(best.iter().sum::<f64>() / n.max(1) as f64)
 }
 
+/// Diagnostic: the encoder layers alone at B = 1 — `block_forward` of every
+/// layer (the last one at the output position only) on each user's token
+/// count, random weights of the model's shape, no tokenizer, embedding sums,
+/// final norm or head. µs per user, same estimator as the full forward.
+fn layers_only_b1(enc: &Encoder, users: &[UserFeatures], reps: usize) -> anyhow::Result<f64> {
+    let meta = enc.metadata();
+    let a = &meta.architecture;
+    let (d, ffn) = (a.d_model, a.ffn);
+    let p = meta.schema.fields.len();
+    let w = meta.schema.behaviour.max_events;
+    let precision = match enc.report().dtype {
+        profiled_model::Dtype::F32 => WeightPrecision::F32,
+        profiled_model::Dtype::F16 => WeightPrecision::F16,
+    };
+    let mut g = profiled_benches::SplitMix::new(31);
+    let mut layers = Vec::with_capacity(a.layers);
+    for _ in 0..a.layers {
+        let (in_w, in_b) = (g.vec(3 * d * d, 0.1), g.vec(3 * d, 0.1));
+        let (ow, ob) = (g.vec(d * d, 0.1), g.vec(d, 0.1));
+        let (f1w, f1b) = (g.vec(ffn * d, 0.1), g.vec(ffn, 0.1));
+        let (f2w, f2b) = (g.vec(d * ffn, 0.1), g.vec(d, 0.1));
+        let (ones, zeros) = (vec![1.0f32; d], vec![0.0f32; d]);
+        let t = LayerTensors {
+            d,
+            heads: a.heads,
+            ffn,
+            eps: a.ln_eps as f32,
+            in_proj_weight: &in_w,
+            in_proj_bias: &in_b,
+            out_proj_weight: &ow,
+            out_proj_bias: &ob,
+            ln1_weight: &ones,
+            ln1_bias: &zeros,
+            ln2_weight: &ones,
+            ln2_bias: &zeros,
+            ffn1_weight: &f1w,
+            ffn1_bias: &f1b,
+            ffn2_weight: &f2w,
+            ffn2_bias: &f2b,
+        };
+        layers.push(LayerWeights::new(&t, precision)?);
+    }
+    let tokens: Vec<usize> = users.iter().map(|u| p + u.events.len().min(w)).collect();
+    let tmax = tokens.iter().copied().max().unwrap_or(1);
+    let x = g.vec(tmax * d, 1.0);
+    let mut y = vec![0f32; tmax * d];
+    let mut z = vec![0f32; tmax * d];
+    let mut kws = KernelWorkspace::new();
+    let isa = enc.isa();
+    fastest_calls(reps, users.len(), |i| {
+        let t = tokens[i];
+        let seqs = [Sequence::new(t, Mask::PrefixCausal { prefix: p.min(t) })];
+        y[..t * d].copy_from_slice(&x[..t * d]);
+        for (l, layer) in layers.iter().enumerate() {
+            let (rows, n) = if l + 1 == layers.len() {
+                (OutputRows::LastOnly, 1)
+            } else {
+                (OutputRows::All, t)
+            };
+            block_forward(
+                isa,
+                layer,
+                &y[..t * d],
+                &seqs,
+                rows,
+                &mut z[..n * d],
+                &mut kws,
+                None,
+            )?;
+            std::mem::swap(&mut y, &mut z);
+        }
+        std::hint::black_box(&y);
+        Ok(())
+    })
+}
+
 fn encoder(args: &[String]) -> anyhow::Result<()> {
     let work = PathBuf::from(arg(args, "--work").context("--work DIR is required")?);
     let b1_users: usize = arg_or(args, "--b1-users", 256)?;
@@ -354,6 +433,10 @@ fn encoder(args: &[String]) -> anyhow::Result<()> {
         }
         Ok(())
     })? / B64 as f64;
+    out.insert(
+        "layers_b1_us_per_user".into(),
+        json!(layers_only_b1(&enc, b1, reps)?),
+    );
     out.insert("tokenize_b1_us_per_user".into(), json!(tok_b1));
     out.insert("tokenize_b64_us_per_user".into(), json!(tok_b64));
     out.insert("b1_users".into(), json!(b1.len()));
