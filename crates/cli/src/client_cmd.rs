@@ -14,7 +14,8 @@ use clap::Args;
 use profiled_proto::v1 as pb;
 use profiled_proto::v1::profile_service_client::ProfileServiceClient;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Connection and model selection shared by the client commands.
 #[derive(Debug, Args)]
@@ -37,6 +38,81 @@ pub struct Conn {
     /// Print the response as JSON.
     #[arg(long)]
     pub json: bool,
+    /// TLS and token options.
+    #[command(flatten)]
+    pub secure: Secure,
+}
+
+/// TLS (server CA, client certificate for mTLS) and bearer-token options of
+/// the client commands (see docs/security.md).
+#[derive(Debug, Clone, Default, Args)]
+pub struct Secure {
+    /// Trust this CA certificate (PEM) and connect with TLS.
+    #[arg(long, env = "PROFILED_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate chain (PEM) for mTLS; needs --tls-key.
+    #[arg(long, env = "PROFILED_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Client private key (PEM) for mTLS; needs --tls-cert.
+    #[arg(long, env = "PROFILED_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Server name to verify (default: the host of --addr).
+    #[arg(long, value_name = "NAME")]
+    pub tls_domain: Option<String>,
+    /// Bearer token, sent as `authorization: Bearer TOKEN`.
+    #[arg(long, env = "PROFILED_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl Secure {
+    /// True when TLS is asked for (a CA, a client certificate, or an
+    /// `https://` address).
+    pub fn tls(&self, addr: &str) -> bool {
+        self.tls_ca.is_some() || self.tls_cert.is_some() || addr.starts_with("https://")
+    }
+
+    /// The endpoint for `addr`: plaintext, or TLS (HTTP/2 ALPN) with the CA
+    /// and client identity given.
+    pub fn endpoint(&self, addr: &str) -> Result<Endpoint> {
+        let tls = self.tls(addr);
+        let uri = match (tls, addr.strip_prefix("http://")) {
+            (true, Some(rest)) => format!("https://{rest}"),
+            _ => addr.to_string(),
+        };
+        let mut ep = Channel::from_shared(uri).map_err(|e| anyhow!("bad address {addr}: {e}"))?;
+        if tls {
+            let mut cfg = ClientTlsConfig::new();
+            let Some(ca) = &self.tls_ca else {
+                bail!("{addr}: TLS needs --tls-ca FILE (the CA that signed the server certificate)");
+            };
+            let pem = std::fs::read(ca).with_context(|| format!("--tls-ca {}", ca.display()))?;
+            cfg = cfg.ca_certificate(Certificate::from_pem(pem));
+            if let (Some(c), Some(k)) = (&self.tls_cert, &self.tls_key) {
+                let cert = std::fs::read(c).with_context(|| format!("--tls-cert {}", c.display()))?;
+                let key = std::fs::read(k).with_context(|| format!("--tls-key {}", k.display()))?;
+                cfg = cfg.identity(Identity::from_pem(cert, key));
+            }
+            if let Some(d) = &self.tls_domain {
+                cfg = cfg.domain_name(d.clone());
+            }
+            ep = ep
+                .tls_config(cfg)
+                .map_err(|e| anyhow!("TLS configuration for {addr}: {e}"))?;
+        }
+        Ok(ep)
+    }
+
+    /// The `authorization` metadata value, when a token is set.
+    pub fn bearer(&self) -> Result<Option<MetadataValue<Ascii>>> {
+        self.token
+            .as_ref()
+            .map(|t| {
+                format!("Bearer {}", t.trim()).parse().map_err(|_| {
+                    anyhow!("--token: not a valid metadata value (printable ASCII only)")
+                })
+            })
+            .transpose()
+    }
 }
 
 /// User features given on the command line.
@@ -158,9 +234,10 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-async fn connect(addr: &str) -> Result<ProfileServiceClient<Channel>> {
-    let ch = Channel::from_shared(addr.to_string())
-        .map_err(|e| anyhow!("bad address {addr}: {e}"))?
+async fn connect(addr: &str, secure: &Secure) -> Result<ProfileServiceClient<Channel>> {
+    secure.bearer()?;
+    let ch = secure
+        .endpoint(addr)?
         .connect_timeout(Duration::from_secs(3))
         .connect()
         .await
@@ -182,6 +259,10 @@ fn spec(c: &Conn) -> pb::ModelSpec {
 fn request<T>(c: &Conn, msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.set_timeout(Duration::from_millis(c.timeout_ms));
+    // The token was checked by `connect`.
+    if let Ok(Some(v)) = c.secure.bearer() {
+        r.metadata_mut().insert("authorization", v);
+    }
     r
 }
 
@@ -307,7 +388,7 @@ fn vector_values(v: &pb::Vector) -> Vec<f32> {
 /// Runs `profilectl embed`.
 pub fn run_embed(a: EmbedArgs) -> Result<()> {
     runtime()?.block_on(async move {
-        let mut client = connect(&a.conn.addr).await?;
+        let mut client = connect(&a.conn.addr, &a.conn.secure).await?;
         let mut users = Vec::new();
         if !a.features.fields.is_empty() || !a.features.events.is_empty() || a.user_ids.is_empty() {
             let kinds = input_kinds(&mut client, &a.conn).await?;
@@ -398,7 +479,7 @@ pub fn run_embed(a: EmbedArgs) -> Result<()> {
 /// Runs `profilectl explain`.
 pub fn run_explain(a: ExplainArgs) -> Result<()> {
     runtime()?.block_on(async move {
-        let mut client = connect(&a.conn.addr).await?;
+        let mut client = connect(&a.conn.addr, &a.conn.secure).await?;
         let kinds = input_kinds(&mut client, &a.conn).await?;
         let method = match a.method.as_str() {
             "occlusion" => pb::ExplainMethod::Occlusion,
@@ -470,7 +551,7 @@ pub fn run_explain(a: ExplainArgs) -> Result<()> {
 /// Runs `profilectl search`.
 pub fn run_search(a: SearchArgs) -> Result<()> {
     runtime()?.block_on(async move {
-        let mut client = connect(&a.conn.addr).await?;
+        let mut client = connect(&a.conn.addr, &a.conn.secure).await?;
         let query = match &a.user_id {
             Some(id) => pb::search_request::Query::UserId(id.clone()),
             None => {
@@ -515,7 +596,7 @@ pub fn run_search(a: SearchArgs) -> Result<()> {
 /// Runs `profilectl models`.
 pub fn run_models(a: ModelsArgs) -> Result<()> {
     runtime()?.block_on(async move {
-        let mut client = connect(&a.conn.addr).await?;
+        let mut client = connect(&a.conn.addr, &a.conn.secure).await?;
         let models = if a.conn.model.is_empty() {
             client
                 .list_models(request(&a.conn, pb::ListModelsRequest::default()))
@@ -754,7 +835,7 @@ Ready. Try (in another terminal):
     let url = format!("http://{addr}");
     runtime()?.block_on(async {
         for _ in 0..600 {
-            if let Ok(mut c) = connect(&url).await
+            if let Ok(mut c) = connect(&url, &Secure::default()).await
                 && c.list_models(pb::ListModelsRequest::default())
                     .await
                     .is_ok_and(|r| r.into_inner().models.iter().any(|m| m.default_version > 0))

@@ -29,6 +29,10 @@ pub struct Config {
     pub log: LogConfig,
     /// The ModelAdmin service.
     pub admin: AdminConfig,
+    /// TLS on the gRPC port (see docs/security.md).
+    pub tls: TlsConfig,
+    /// Bearer tokens and rate limits of the data plane (see docs/security.md).
+    pub auth: AuthConfig,
 }
 
 /// gRPC listener and transport settings.
@@ -54,6 +58,9 @@ pub struct ServerConfig {
     /// Close connections older than this (milliseconds; 0 = never), so
     /// clients rebalance.
     pub max_connection_age_ms: u64,
+    /// A second, plaintext listener serving only `grpc.health.v1` (for
+    /// probes that cannot speak TLS); empty = off.
+    pub health_listen: String,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +74,7 @@ impl Default for ServerConfig {
             concurrency_per_connection: 128,
             grace_period_ms: 10_000,
             max_connection_age_ms: 0,
+            health_listen: String::new(),
         }
     }
 }
@@ -224,14 +232,91 @@ impl Default for LogConfig {
     }
 }
 
-/// The ModelAdmin service: enabled only when a token is configured.
+/// The ModelAdmin service: enabled only when a token is configured; every
+/// call needs one of its tokens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Read the bearer token from this file (first line, trimmed).
+    /// Bearer tokens, one a line (`TOKEN` or `NAME TOKEN`, `#` comments).
     pub token_file: Option<PathBuf>,
-    /// Read the bearer token from this environment variable.
+    /// Name of an environment variable holding tokens (comma separated).
     pub token_env: Option<String>,
+}
+
+/// TLS on the gRPC port: on when `cert_file` and `key_file` are set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificates: when set, clients must present a certificate
+    /// signed by one of them (mTLS).
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the files are re-read (milliseconds); changed files apply
+    /// to new connections without a restart.
+    pub reload_interval_ms: u64,
+    /// Connections that have not finished the handshake by then are closed
+    /// (milliseconds).
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            reload_interval_ms: 5_000,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// True when TLS is configured.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some() || self.key_file.is_some()
+    }
+}
+
+/// Bearer tokens and per-token rate limits of `ProfileService`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Bearer tokens, one a line (`TOKEN` or `NAME TOKEN`, `#` comments).
+    pub token_file: Option<PathBuf>,
+    /// Name of an environment variable holding tokens (comma separated).
+    pub token_env: Option<String>,
+    /// Every ProfileService call needs a valid token (otherwise calls
+    /// without a token pass; a wrong token is always refused).
+    pub required: bool,
+    /// Requests per second of each token (0 = unlimited).
+    pub rate_limit_per_sec: u32,
+    /// Burst of each token's limiter (0 = same as the rate).
+    pub rate_limit_burst: u32,
+    /// Requests per second per token name, overriding `rate_limit_per_sec`.
+    pub token_rates: BTreeMap<String, u32>,
+}
+
+/// feature `otel` export; other builds warn when an endpoint is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtelConfig {
+    /// Collector endpoint, e.g. `http://127.0.0.1:4317`; empty = off.
+    pub endpoint: String,
+    /// `service.name` resource attribute of the exported spans.
+    pub service_name: String,
+}
+
+impl Default for OtelConfig {
+    fn default() -> Self {
+        OtelConfig {
+            endpoint: String::new(),
+            service_name: "profiled".into(),
+        }
+    }
 }
 
 /// Command-line overrides (the last layer).
@@ -255,6 +340,24 @@ pub struct Overrides {
     /// `admin.token_file`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
+    /// `tls.cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// `tls.key_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// `tls.client_ca_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// `auth.token_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_token_file: Option<PathBuf>,
+    /// `auth.required`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_required: Option<bool>,
+    /// `server.health_listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_listen: Option<String>,
 }
 
 impl Config {
@@ -296,6 +399,24 @@ impl Config {
         if let Some(v) = &cli.admin_token_file {
             put("admin", "token_file", v.display().to_string().into());
         }
+        if let Some(v) = &cli.tls_cert {
+            put("tls", "cert_file", v.display().to_string().into());
+        }
+        if let Some(v) = &cli.tls_key {
+            put("tls", "key_file", v.display().to_string().into());
+        }
+        if let Some(v) = &cli.tls_client_ca {
+            put("tls", "client_ca_file", v.display().to_string().into());
+        }
+        if let Some(v) = &cli.auth_token_file {
+            put("auth", "token_file", v.display().to_string().into());
+        }
+        if let Some(v) = cli.auth_required {
+            put("auth", "required", v.into());
+        }
+        if let Some(v) = &cli.health_listen {
+            put("server", "health_listen", v.clone().into());
+        }
         fig = fig.merge(Serialized::defaults(serde_json::Value::Object(over)));
         let cfg: Config = fig.extract().map_err(|e| format!("configuration: {e}"))?;
         cfg.validate()?;
@@ -320,6 +441,25 @@ impl Config {
         if self.limits.max_users_per_call == 0 {
             return bad("limits.max_users_per_call", "must be >= 1");
         }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return bad("tls", "set both cert_file and key_file (or neither)");
+        }
+        if self.tls.client_ca_file.is_some() && !self.tls.enabled() {
+            return bad("tls.client_ca_file", "needs tls.cert_file and tls.key_file");
+        }
+        if self.tls.reload_interval_ms == 0 {
+            return bad("tls.reload_interval_ms", "must be >= 1");
+        }
+        if self.tls.handshake_timeout_ms == 0 {
+            return bad("tls.handshake_timeout_ms", "must be >= 1");
+        }
+        if self.auth.required && self.auth.token_file.is_none() && self.auth.token_env.is_none()
+        {
+            return bad(
+                "auth.required",
+                "needs tokens: set auth.token_file or auth.token_env",
+            );
+        }
         self.models
             .policy
             .parse::<profiled_store::VersionPolicy>()
@@ -336,28 +476,32 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 
-    /// The admin token, when configured (from `admin.token_file` or
-    /// `admin.token_env`). Never logged.
-    pub fn admin_token(&self) -> Result<Option<String>, String> {
-        if let Some(f) = &self.admin.token_file {
-            let t = std::fs::read_to_string(f)
-                .map_err(|e| format!("admin.token_file {}: {e}", f.display()))?;
-            let t = t.lines().next().unwrap_or("").trim().to_string();
-            if t.is_empty() {
-                return Err(format!("admin.token_file {}: empty token", f.display()));
-            }
-            return Ok(Some(t));
+    /// The ModelAdmin tokens (from `admin.token_file` and/or
+    /// `admin.token_env`); empty = ModelAdmin off. Never logged.
+    pub fn admin_tokens(&self) -> Result<Vec<crate::auth::TokenEntry>, String> {
+        crate::auth::load_tokens(
+            "admin",
+            self.admin.token_file.as_deref(),
+            self.admin.token_env.as_deref(),
+        )
+    }
+
+    /// The data-plane tokens (from `auth.token_file` and/or `auth.token_env`).
+    pub fn auth_tokens(&self) -> Result<Vec<crate::auth::TokenEntry>, String> {
+        crate::auth::load_tokens(
+            "auth",
+            self.auth.token_file.as_deref(),
+            self.auth.token_env.as_deref(),
+        )
+    }
+
+    /// The per-token rate limits of `[auth]`.
+    pub fn rate_limits(&self) -> crate::auth::RateLimits {
+        crate::auth::RateLimits {
+            per_sec: self.auth.rate_limit_per_sec,
+            burst: self.auth.rate_limit_burst,
+            per_token: self.auth.token_rates.clone(),
         }
-        if let Some(var) = &self.admin.token_env {
-            let t =
-                std::env::var(var).map_err(|_| format!("admin.token_env: ${var} is not set"))?;
-            let t = t.trim().to_string();
-            if t.is_empty() {
-                return Err(format!("admin.token_env: ${var} is empty"));
-            }
-            return Ok(Some(t));
-        }
-        Ok(None)
     }
 }
 

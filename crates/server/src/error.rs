@@ -105,7 +105,7 @@ impl From<profiled_store::Error> for ApiError {
             }
             S::NoReadyVersion { .. } => ApiError::Unavailable(msg),
             S::Load { .. } => ApiError::FailedPrecondition(msg),
-            S::Precondition(_) => ApiError::FailedPrecondition(msg),
+            S::Precondition(_) | S::PathEscape { .. } => ApiError::FailedPrecondition(msg),
             S::Publish(_) | S::Io { .. } | S::Labels { .. } | S::Internal(_) => {
                 ApiError::Internal(msg)
             }

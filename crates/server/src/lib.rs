@@ -13,9 +13,13 @@
 //! - [`error`]: [`ApiError`](error::ApiError) and its one mapping to `Status`.
 //! - [`config`]: defaults → TOML → `PROFILED__A__B` env → flags.
 //! - [`server`]: wiring, health, reflection, metrics, graceful drain.
+//! - [`tls`]: rustls (ring) on the gRPC port, optional mTLS, certificate
+//!   reload without restart; [`auth`]: bearer tokens (constant-time compare)
+//!   and per-token rate limits (see docs/security.md).
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod batcher;
 pub mod config;
 pub mod convert;
@@ -23,6 +27,7 @@ pub mod engine;
 pub mod error;
 pub mod server;
 pub mod service;
+pub mod tls;
 
 pub use config::{Config, Overrides};
 pub use server::{ServeError, serve, shutdown_signal};

@@ -32,6 +32,24 @@ struct Args {
     /// Enable ModelAdmin with the bearer token in this file (admin.token_file).
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// TLS certificate chain, PEM (tls.cert_file).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key, PEM (tls.key_file).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by these CAs, PEM (tls.client_ca_file).
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
+    /// Data-plane bearer tokens, one a line (auth.token_file).
+    #[arg(long)]
+    auth_token_file: Option<PathBuf>,
+    /// Every ProfileService call needs a token (auth.required).
+    #[arg(long)]
+    auth_required: bool,
+    /// Plaintext listener serving only grpc.health.v1 (server.health_listen).
+    #[arg(long)]
+    health_listen: Option<String>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -47,6 +65,12 @@ async fn main() -> anyhow::Result<()> {
         metrics_listen: a.metrics_listen,
         log_json: a.log_json.then_some(true),
         admin_token_file: a.admin_token_file,
+        tls_cert: a.tls_cert,
+        tls_key: a.tls_key,
+        tls_client_ca: a.tls_client_ca,
+        auth_token_file: a.auth_token_file,
+        auth_required: a.auth_required.then_some(true),
+        health_listen: a.health_listen,
     };
     let cfg = Config::load(a.config.as_deref(), &over).map_err(anyhow::Error::msg)?;
     if a.print_config {

@@ -11,9 +11,12 @@ use profiled_proto::v1::model_admin_server::ModelAdminServer;
 use profiled_proto::v1::profile_service_server::ProfileServiceServer;
 use profiled_proto::{MODEL_ADMIN_NAME, PROFILE_SERVICE_NAME};
 use profiled_store::{Store, StoreConfig, VersionPolicy};
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 
+use crate::auth::{Authenticator, RateLimits};
 use crate::config::Config;
+use crate::tls::{TlsFiles, TlsReloader, tls_incoming};
 use crate::engine::Engine;
 use crate::service::{AdminApi, ProfileApi};
 
@@ -38,6 +41,9 @@ pub enum ServeError {
     /// The reflection service could not be built.
     #[error("reflection: {0}")]
     Reflection(String),
+    /// The TLS files could not be loaded.
+    #[error("{0}")]
+    Tls(String),
     /// The gRPC transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -137,11 +143,39 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     cfg.validate().map_err(ServeError::Config)?;
-    let admin_token = cfg.admin_token().map_err(ServeError::Config)?;
+    // Tokens and TLS files are read before anything starts: a bad file stops
+    // the server at once with a message naming it.
+    let admin_auth = {
+        let tokens = cfg.admin_tokens().map_err(ServeError::Config)?;
+        (!tokens.is_empty())
+            .then(|| {
+                Authenticator::new(MODEL_ADMIN_NAME, true, tokens, &RateLimits::default())
+            })
+            .transpose()
+            .map_err(ServeError::Config)?
+    };
+    let data_auth = Authenticator::new(
+        PROFILE_SERVICE_NAME,
+        cfg.auth.required,
+        cfg.auth_tokens().map_err(ServeError::Config)?,
+        &cfg.rate_limits(),
+    )
+    .map_err(ServeError::Config)?;
+    let tls = match (&cfg.tls.cert_file, &cfg.tls.key_file) {
+        (Some(cert), Some(key)) => Some(Arc::new(
+            TlsReloader::load(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: cfg.tls.client_ca_file.clone(),
+            })
+            .map_err(ServeError::Tls)?,
+        )),
+        _ => None,
+    };
     install_metrics(&cfg)?;
     let store = Store::new(store_config(&cfg)?);
     let engine = Arc::new(Engine::new(store.clone(), cfg.clone()));
-    let admin_on = admin_token.is_some();
+    let admin_on = admin_auth.is_some();
 
     let (reporter, health_svc) = tonic_health::server::health_reporter();
     set_health(&reporter, admin_on, ServingStatus::NotServing).await;
@@ -181,7 +215,34 @@ pub async fn serve(
                 source,
             })?;
     }
-    tracing::info!(addr = %local, repository = %cfg.models.repository.display(), admin = admin_on, "profiled listening");
+    tracing::info!(addr = %local, repository = %cfg.models.repository.display(), admin = admin_on,
+        tls = tls.is_some(), mtls = tls.as_ref().is_some_and(|t| t.mtls()),
+        data_tokens = data_auth.len(), auth_required = cfg.auth.required, "profiled listening");
+    // Optional plaintext health-only listener (probes that cannot speak TLS).
+    let health_only = if cfg.server.health_listen.is_empty() {
+        None
+    } else {
+        let l = tokio::net::TcpListener::bind(&cfg.server.health_listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: cfg.server.health_listen.clone(),
+                source,
+            })?;
+        if let Ok(a) = l.local_addr() {
+            tracing::info!("plaintext health listener on {a}");
+        }
+        let svc = health_svc.clone();
+        Some(tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(incoming)
+                .await
+            {
+                tracing::warn!(error = %e, "health listener stopped");
+            }
+        }))
+    };
 
     // Load models and watch the repository (first scan runs at once).
     if let Err(e) = store.discover() {
@@ -223,13 +284,21 @@ pub async fn serve(
         })
     };
 
-    let profile = ProfileServiceServer::new(ProfileApi::new(engine.clone()))
-        .max_decoding_message_size(cfg.server.max_request_bytes)
-        .max_encoding_message_size(cfg.server.max_response_bytes);
-    let admin = admin_token.map(|t| {
-        ModelAdminServer::new(AdminApi::new(engine.clone(), t))
+    // Token checks (and per-token rate limits) wrap the two services;
+    // health and reflection stay open.
+    let profile = InterceptedService::new(
+        ProfileServiceServer::new(ProfileApi::new(engine.clone()))
             .max_decoding_message_size(cfg.server.max_request_bytes)
-            .max_encoding_message_size(cfg.server.max_response_bytes)
+            .max_encoding_message_size(cfg.server.max_response_bytes),
+        data_auth,
+    );
+    let admin = admin_auth.map(|auth| {
+        InterceptedService::new(
+            ModelAdminServer::new(AdminApi::new(engine.clone()))
+                .max_decoding_message_size(cfg.server.max_request_bytes)
+                .max_encoding_message_size(cfg.server.max_response_bytes),
+            auth,
+        )
     });
 
     let mut builder = tonic::transport::Server::builder()
@@ -261,8 +330,27 @@ pub async fn serve(
             drain_started.notify_one();
         }
     };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let server = router.serve_with_incoming_shutdown(incoming, on_shutdown);
+    let mut tls_tasks = Vec::new();
+    let server: std::pin::Pin<
+        Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match &tls {
+        Some(tls) => {
+            tls_tasks.push(
+                tls.spawn_watch(Duration::from_millis(cfg.tls.reload_interval_ms)),
+            );
+            let (incoming, accept_task) = tls_incoming(
+                listener,
+                tls.clone(),
+                Duration::from_millis(cfg.tls.handshake_timeout_ms),
+            );
+            tls_tasks.push(accept_task);
+            Box::pin(router.serve_with_incoming_shutdown(incoming, on_shutdown))
+        }
+        None => {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            Box::pin(router.serve_with_incoming_shutdown(incoming, on_shutdown))
+        }
+    };
     let grace = Duration::from_millis(cfg.server.grace_period_ms);
     let result = tokio::select! {
         r = server => r.map_err(ServeError::from),
@@ -275,6 +363,12 @@ pub async fn serve(
         }
     };
     health_task.abort();
+    for t in tls_tasks {
+        t.abort();
+    }
+    if let Some(h) = health_only {
+        h.abort();
+    }
     watcher.stop();
     tracing::info!("profiled stopped");
     result

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use profiled_proto::v1 as pb;
-use subtle::ConstantTimeEq;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -163,38 +162,18 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
     }
 }
 
-/// `profiled.v1.ModelAdmin`: every call needs `authorization: Bearer <token>`.
+/// `profiled.v1.ModelAdmin`. Every call needs `authorization: Bearer
+/// <token>`: the server wraps it in an [`Authenticator`](crate::auth::Authenticator)
+/// with the admin tokens.
 #[derive(Debug, Clone)]
 pub struct AdminApi {
     engine: Arc<Engine>,
-    token: Arc<[u8]>,
 }
 
 impl AdminApi {
-    /// The service with its bearer token.
-    pub fn new(engine: Arc<Engine>, token: String) -> AdminApi {
-        AdminApi {
-            engine,
-            token: token.into_bytes().into(),
-        }
-    }
-
-    fn authorize(&self, md: &MetadataMap) -> Result<(), Status> {
-        let given = md
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let Some(given) = given else {
-            return Err(Status::unauthenticated(
-                "missing `authorization: Bearer <token>` metadata",
-            ));
-        };
-        if bool::from(given.as_bytes().ct_eq(&self.token)) {
-            Ok(())
-        } else {
-            Err(Status::unauthenticated("wrong admin token"))
-        }
+    /// The service (put it behind an authenticator).
+    pub fn new(engine: Arc<Engine>) -> AdminApi {
+        AdminApi { engine }
     }
 
     fn models(&self, name: &str) -> Result<Vec<pb::ModelInfo>, Status> {
@@ -219,7 +198,6 @@ impl pb::model_admin_server::ModelAdmin for AdminApi {
         &self,
         request: Request<pb::ReloadRequest>,
     ) -> Result<Response<pb::ReloadResponse>, Status> {
-        self.authorize(request.metadata())?;
         let r = request.into_inner();
         if r.version.is_some() && r.model.is_empty() {
             return Err(ApiError::invalid("version", "a version needs `model`").into());
@@ -243,7 +221,6 @@ impl pb::model_admin_server::ModelAdmin for AdminApi {
         &self,
         request: Request<pb::SetLabelRequest>,
     ) -> Result<Response<pb::SetLabelResponse>, Status> {
-        self.authorize(request.metadata())?;
         let r = request.into_inner();
         if r.model.is_empty() {
             return Err(ApiError::invalid("model", "required").into());
@@ -265,7 +242,6 @@ impl pb::model_admin_server::ModelAdmin for AdminApi {
         &self,
         request: Request<pb::UnloadRequest>,
     ) -> Result<Response<pb::UnloadResponse>, Status> {
-        self.authorize(request.metadata())?;
         let r = request.into_inner();
         if r.model.is_empty() {
             return Err(ApiError::invalid("model", "required").into());

@@ -92,6 +92,17 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A path in the repository resolves (through `..` or a symlink) outside
+    /// the repository root, or cannot be resolved.
+    #[error("{path}: {why} (the repository root is {root})")]
+    PathEscape {
+        /// The path as found or named.
+        path: PathBuf,
+        /// What is wrong, e.g. "symlink resolves to /etc/x, outside the repository".
+        why: String,
+        /// The repository root (resolved).
+        root: PathBuf,
+    },
     /// A loading task panicked or was cancelled (a bug).
     #[error("internal: {0}")]
     Internal(String),

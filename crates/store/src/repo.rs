@@ -1,8 +1,17 @@
 //! The repository layout on disk: `<root>/<name>/<version>/` with a
 //! `labels.json` per model, and atomic publishing.
+//!
+//! Paths cannot escape the repository: names with `..`, separators or an
+//! absolute form are refused before any file is touched
+//! ([`check_relative`], [`validate_model_name`], [`parse_version`]), and
+//! every model directory, version directory and file in it is resolved
+//! (symlinks followed) and must stay under the resolved root
+//! ([`confined`], [`check_version_dir`]). A model directory that escapes is
+//! skipped by [`list_models`]; a version that escapes is refused at load.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
@@ -48,14 +57,109 @@ pub fn parse_version(name: &str) -> Option<u64> {
     name.parse().ok().filter(|&v| v > 0)
 }
 
+/// Checks a path named by a request, an admin call or a config key relative
+/// to the repository: not empty, not absolute, no `..`, `.` or root/prefix
+/// components.
+pub fn check_relative(name: &Path) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::PathEscape {
+            path: name.to_path_buf(),
+            why: why.to_string(),
+            root: PathBuf::new(),
+        })
+    };
+    if name.as_os_str().is_empty() {
+        return bad("empty path");
+    }
+    // `Path::components` drops interior `.`: look at the raw segments too.
+    if name
+        .as_os_str()
+        .as_encoded_bytes()
+        .split(|&b| b == b'/' || b == b'\\')
+        .any(|seg| seg == b".")
+    {
+        return bad("`.` is not allowed in a repository path");
+    }
+    for c in name.components() {
+        match c {
+            Component::Normal(_) => {}
+            Component::ParentDir => return bad("`..` is not allowed in a repository path"),
+            Component::CurDir => return bad("`.` is not allowed in a repository path"),
+            Component::RootDir | Component::Prefix(_) => {
+                return bad("absolute paths are not allowed: name a path inside the repository");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolves `path` (following every symlink) and checks that it stays under
+/// the resolved `root`; returns the resolved path.
+pub fn confined(root: &Path, path: &Path) -> Result<PathBuf> {
+    let root_r = std::fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
+    confined_in(&root_r, path)
+}
+
+fn confined_in(root_r: &Path, path: &Path) -> Result<PathBuf> {
+    let resolved = std::fs::canonicalize(path).map_err(|e| Error::PathEscape {
+        path: path.to_path_buf(),
+        why: format!("cannot be resolved ({e}), e.g. a dangling symlink"),
+        root: root_r.to_path_buf(),
+    })?;
+    if resolved.starts_with(root_r) {
+        Ok(resolved)
+    } else {
+        Err(Error::PathEscape {
+            path: path.to_path_buf(),
+            why: format!("resolves to {}, outside the repository", resolved.display()),
+            root: root_r.to_path_buf(),
+        })
+    }
+}
+
+/// Checks a version directory before it is loaded: the directory and every
+/// entry below it (model files, indexes) resolve inside the repository
+/// `root`. The first offender is named in the error.
+pub fn check_version_dir(root: &Path, dir: &Path) -> Result<()> {
+    let root_r = std::fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
+    fn walk(root_r: &Path, dir: &Path, depth: usize) -> Result<()> {
+        let resolved = confined_in(root_r, dir)?;
+        if depth > 4 || !resolved.is_dir() {
+            return Ok(());
+        }
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .map(|e| e.map(|e| e.path()).map_err(|err| Error::io(dir, err)))
+            .collect::<Result<_>>()?;
+        entries.sort();
+        for p in entries {
+            walk(root_r, &p, depth + 1)?;
+        }
+        Ok(())
+    }
+    walk(&root_r, dir, 0)
+}
+
+/// Warns once per path about a model directory skipped for escaping.
+fn warn_escape_once(e: &Error) {
+    static SEEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let msg = e.to_string();
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if seen.len() < 1024 && seen.insert(msg.clone()) {
+        tracing::warn!(error = %msg, "model directory skipped");
+    }
+}
+
 /// Model names in the repository (valid names of directories), sorted.
-/// A missing root gives an empty list.
+/// A missing root gives an empty list. Directories that resolve outside the
+/// root (symlinks) are skipped with a warning.
 pub fn list_models(root: &Path) -> Result<Vec<String>> {
     let rd = match std::fs::read_dir(root) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::io(root, e)),
     };
+    let root_r = std::fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
     let mut out = Vec::new();
     for entry in rd {
         let entry = entry.map_err(|e| Error::io(root, e))?;
@@ -63,7 +167,10 @@ pub fn list_models(root: &Path) -> Result<Vec<String>> {
             continue;
         };
         if validate_model_name(&name).is_ok() && entry.path().is_dir() {
-            out.push(name);
+            match confined_in(&root_r, &entry.path()) {
+                Ok(_) => out.push(name),
+                Err(e) => warn_escape_once(&e),
+            }
         }
     }
     out.sort();
@@ -94,6 +201,7 @@ pub fn list_versions(model_dir: &Path) -> Result<Vec<u64>> {
 
 /// Reads `<model_dir>/labels.json`; a missing file means no labels.
 pub fn read_labels(model_dir: &Path) -> Result<BTreeMap<String, u64>> {
+    check_model_dir(model_dir)?;
     let path = model_dir.join(LABELS_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -121,6 +229,7 @@ pub fn read_labels(model_dir: &Path) -> Result<BTreeMap<String, u64>> {
 
 /// Writes `<model_dir>/labels.json` atomically (temp file + rename).
 pub fn write_labels(model_dir: &Path, labels: &BTreeMap<String, u64>) -> Result<()> {
+    check_model_dir(model_dir)?;
     let path = model_dir.join(LABELS_FILE);
     let text = serde_json::to_string_pretty(labels)
         .map_err(|e| Error::Internal(format!("labels: {e}")))?;
@@ -130,6 +239,26 @@ pub fn write_labels(model_dir: &Path, labels: &BTreeMap<String, u64>) -> Result<
         let _ = std::fs::remove_file(&tmp);
         Error::io(&path, e)
     })
+}
+
+/// A model directory `<root>/<name>` (when it exists) and its labels file
+/// (when it exists) must resolve inside `<root>`.
+fn check_model_dir(model_dir: &Path) -> Result<()> {
+    let (Some(root), true) = (model_dir.parent(), model_dir.exists()) else {
+        return Ok(());
+    };
+    let root = if root.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        root
+    };
+    let root_r = std::fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
+    confined_in(&root_r, model_dir)?;
+    let labels = model_dir.join(LABELS_FILE);
+    if labels.symlink_metadata().is_ok() {
+        confined_in(&root_r, &labels)?;
+    }
+    Ok(())
 }
 
 fn unique_suffix() -> String {
@@ -259,6 +388,83 @@ mod tests {
         assert_eq!(leftovers, 0);
         assert!(publish(&dir.path().join("nope"), &repo, "m").is_err());
         assert!(publish(&src, &repo, "../x").is_err());
+    }
+
+    #[test]
+    fn relative_names_cannot_escape() {
+        assert!(check_relative(Path::new("m/3/model.json")).is_ok());
+        for bad in ["", "../x", "m/../../x", "/etc/passwd", "./m", "m/./3"] {
+            let e = check_relative(Path::new(bad)).unwrap_err();
+            assert!(matches!(e, Error::PathEscape { .. }), "{bad}: {e}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinks_are_resolved_and_confined() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("models");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("m/1")).unwrap();
+        std::fs::create_dir_all(root.join("shared")).unwrap();
+        std::fs::create_dir_all(outside.join("v")).unwrap();
+        std::fs::write(outside.join("secret"), "x").unwrap();
+        std::fs::write(root.join("shared/model.json"), "{}").unwrap();
+        std::fs::write(outside.join("v/model.json"), "{}").unwrap();
+
+        // A symlink that stays inside the root is fine.
+        symlink(root.join("shared/model.json"), root.join("m/1/model.json")).unwrap();
+        assert!(check_version_dir(&root, &root.join("m/1")).is_ok());
+        // A relative symlink too.
+        symlink("../../shared", root.join("m/1/more")).unwrap();
+        assert!(check_version_dir(&root, &root.join("m/1")).is_ok());
+
+        // A file symlinked outside the root refuses the version, naming it.
+        symlink(outside.join("secret"), root.join("m/1/model.safetensors")).unwrap();
+        let e = check_version_dir(&root, &root.join("m/1")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("model.safetensors"), "{msg}");
+        assert!(msg.contains("outside the repository"), "{msg}");
+        std::fs::remove_file(root.join("m/1/model.safetensors")).unwrap();
+
+        // `..` through a relative symlink.
+        symlink("../../../outside/secret", root.join("m/1/items.index")).unwrap();
+        assert!(check_version_dir(&root, &root.join("m/1")).is_err());
+        std::fs::remove_file(root.join("m/1/items.index")).unwrap();
+
+        // A dangling symlink cannot be resolved: refused.
+        symlink(root.join("nope"), root.join("m/1/users.index")).unwrap();
+        let e = check_version_dir(&root, &root.join("m/1")).unwrap_err();
+        assert!(e.to_string().contains("cannot be resolved"), "{e}");
+        std::fs::remove_file(root.join("m/1/users.index")).unwrap();
+
+        // A version directory symlinked outside.
+        symlink(outside.join("v"), root.join("m/2")).unwrap();
+        assert!(check_version_dir(&root, &root.join("m/2")).is_err());
+        assert!(confined(&root, &root.join("m/1")).is_ok());
+
+        // A model directory symlinked outside is not listed; inside is.
+        symlink(&outside, root.join("evil")).unwrap();
+        symlink(root.join("m"), root.join("alias")).unwrap();
+        assert_eq!(list_models(&root).unwrap(), vec!["alias", "m", "shared"]);
+
+        // Labels are neither read nor written through an escaping model dir
+        // or labels file.
+        assert!(read_labels(&root.join("evil")).is_err());
+        assert!(write_labels(&root.join("evil"), &BTreeMap::new()).is_err());
+        assert!(!outside.join(LABELS_FILE).exists());
+        symlink(outside.join("secret"), root.join("m").join(LABELS_FILE)).unwrap();
+        assert!(write_labels(&root.join("m"), &BTreeMap::new()).is_err());
+        assert_eq!(
+            std::fs::read_to_string(outside.join("secret")).unwrap(),
+            "x"
+        );
+
+        // A repository root that is itself a symlink works.
+        let link_root = dir.path().join("link-root");
+        symlink(&root, &link_root).unwrap();
+        assert!(check_version_dir(&link_root, &link_root.join("m/1")).is_ok());
     }
 
     #[test]

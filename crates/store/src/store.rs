@@ -519,12 +519,16 @@ impl Store {
         let dir = self.inner.cfg.root.join(&m.name).join(version.to_string());
         let name = m.name.clone();
         let verify = self.inner.cfg.verify_golden;
+        let root = self.inner.cfg.root.clone();
         tracing::info!(model = %name, version, dir = %dir.display(), "loading version");
-        let res =
-            tokio::task::spawn_blocking(move || Generation::load(&name, version, &dir, verify))
-                .await
-                .map_err(|e| Error::Internal(format!("loading task failed: {e}")))
-                .and_then(|r| r);
+        let res = tokio::task::spawn_blocking(move || {
+            // Nothing outside the repository is opened (symlinks resolved).
+            repo::check_version_dir(&root, &dir)?;
+            Generation::load(&name, version, &dir, verify)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("loading task failed: {e}")))
+        .and_then(|r| r);
         let ok = match res {
             Ok(g) => {
                 let g = Arc::new(g);
