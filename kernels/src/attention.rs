@@ -39,9 +39,16 @@
 //! Attention probabilities are written only when a buffer is passed (layout in
 //! [`probs_len`]); otherwise no extra work is done.
 //!
-//! The AVX-512 and AVX2 paths fuse scores, softmax (in registers for rows of
-//! at most 16 visible keys) and `P·V` per block of 8 (AVX2: 4) query rows
-//! with register-resident accumulators; the portable path uses `wide`
+//! On the AVX-512 path, for [`OutputRows::All`] and head widths that are a
+//! multiple of 16, blocks of 16 query rows are processed with the queries in
+//! the 16 lanes (`Qᵀ` by in-register transposes): scores are vectors over
+//! queries, one per key, so the softmax's max and sum over keys are vertical
+//! operations between registers (no horizontal reductions), `P·V`
+//! broadcasts single `V` elements against probability vectors with masked
+//! multiply-adds, and a final 16×16 transpose writes the rows; no `Kᵀ` is
+//! built. Otherwise the AVX-512 and AVX2 paths fuse scores, softmax (in
+//! registers for rows of at most 16 visible keys) and `P·V` per block of 8
+//! (AVX2: 4) query rows with register-resident accumulators; the portable path uses `wide`
 //! kernels and [`activation::softmax_row`]; the scalar path is the plain
 //! reference. Kernels assert the slice bounds they rely on at entry (cheap
 //! scalar checks); tails use masked loads and stores, which neither read nor
@@ -506,7 +513,13 @@ pub(crate) fn mha_core(
     let tmax = seqs.iter().map(|s| s.len).max().unwrap_or(0);
     let tp_max = tmax.div_ceil(PANEL) * PANEL;
     let kt = grow(kt, hd * tp_max);
-    let sc = grow(scores, QB * tp_max);
+    let sc = grow(scores, 2 * QB * tp_max);
+    // AVX-512 with whole 16-column heads: blocks of 16 query rows in the
+    // lanes (`attend_t16`); otherwise blocks of `qb` rows with Kᵀ.
+    #[cfg(target_arch = "x86_64")]
+    let lanes16 = isa == Isa::Avx512 && rows == OutputRows::All && hd.is_multiple_of(16);
+    #[cfg(not(target_arch = "x86_64"))]
+    let lanes16 = false;
     let qb = if isa == Isa::Avx512 { QB } else { QB / 2 };
     let attn = grow(attn, nout * d);
     let scale = 1.0 / (hd as f32).sqrt();
@@ -519,8 +532,51 @@ pub(crate) fn mha_core(
         let tp = t.div_ceil(PANEL) * PANEL;
         let nq = query_rows(seq, rows);
         for h in 0..heads {
-            // Kᵀ of this head: kt[c·tp + j] = K[j, c], zero-padded to tp keys.
             let koff = pd + h * hd;
+            #[cfg(target_arch = "x86_64")]
+            if lanes16 {
+                let voff = 2 * pd + h * hd;
+                let mut i0 = 0;
+                while i0 < nq {
+                    let nb = 16.min(nq - i0);
+                    let mut lens = [0usize; 16];
+                    for b in 0..nb {
+                        lens[b] = seq.visible(i0 + b);
+                    }
+                    let lmax = lens.iter().copied().max().unwrap_or(0);
+                    // SAFETY: `isa` was checked (AVX-512); the kernel asserts
+                    // every slice bound it relies on.
+                    unsafe {
+                        x86::attend_t16(
+                            &qkv[(r0 + i0) * ldq + h * hd..],
+                            ldq,
+                            &lens[..nb],
+                            &qkv[r0 * ldq + koff..],
+                            ldq,
+                            &qkv[r0 * ldq + voff..],
+                            ldq,
+                            hd,
+                            scale,
+                            kt,
+                            &mut sc[..16 * lmax],
+                            &mut attn[(r0 + i0) * d + h * hd..],
+                            d,
+                        )
+                    };
+                    if let Some(p) = probs.as_deref_mut() {
+                        for b in 0..nb {
+                            let off = probs_base + (h * nq + i0 + b) * t;
+                            let dst = &mut p[off..off + t];
+                            for (j, o) in dst.iter_mut().enumerate() {
+                                *o = if j < lens[b] { sc[j * 16 + b] } else { 0.0 };
+                            }
+                        }
+                    }
+                    i0 += nb;
+                }
+                continue;
+            }
+            // Kᵀ of this head: kt[c·tp + j] = K[j, c], zero-padded to tp keys.
             transpose_k(
                 isa,
                 &qkv[r0 * ldq + koff..],
@@ -1133,6 +1189,189 @@ mod x86 {
                         acc[b],
                     )
                 };
+            }
+            c0 += 16;
+        }
+    }
+
+    /// 16×16 transpose in registers: lane `i` of `out[c]` is lane `c` of `r[i]`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    fn transpose16(r: &[__m512; 16]) -> [__m512; 16] {
+        let mut tt = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            tt[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            tt[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        let mut u = [_mm512_setzero_ps(); 16];
+        for i in 0..4 {
+            u[4 * i] = _mm512_shuffle_ps::<0x44>(tt[4 * i], tt[4 * i + 2]);
+            u[4 * i + 1] = _mm512_shuffle_ps::<0xEE>(tt[4 * i], tt[4 * i + 2]);
+            u[4 * i + 2] = _mm512_shuffle_ps::<0x44>(tt[4 * i + 1], tt[4 * i + 3]);
+            u[4 * i + 3] = _mm512_shuffle_ps::<0xEE>(tt[4 * i + 1], tt[4 * i + 3]);
+        }
+        let mut out = [_mm512_setzero_ps(); 16];
+        for mm in 0..4 {
+            let (a, b, c, d) = (u[mm], u[4 + mm], u[8 + mm], u[12 + mm]);
+            let v0 = _mm512_shuffle_f32x4::<0x44>(a, b);
+            let v1 = _mm512_shuffle_f32x4::<0x44>(c, d);
+            let v2 = _mm512_shuffle_f32x4::<0xEE>(a, b);
+            let v3 = _mm512_shuffle_f32x4::<0xEE>(c, d);
+            out[mm] = _mm512_shuffle_f32x4::<0x88>(v0, v1);
+            out[4 + mm] = _mm512_shuffle_f32x4::<0xDD>(v0, v1);
+            out[8 + mm] = _mm512_shuffle_f32x4::<0x88>(v2, v3);
+            out[12 + mm] = _mm512_shuffle_f32x4::<0xDD>(v2, v3);
+        }
+        out
+    }
+
+    /// Scores of keys `j0..j0 + U` for the 16 query lanes: `Σ_c qt[c] · K[j, c]`.
+    ///
+    /// # Safety
+    /// `qt` holds `hd·16` values; rows `j0..j0 + U` of `k` (stride `ldk`)
+    /// hold `hd` values each.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    unsafe fn key_scores<const U: usize>(
+        qt: *const f32,
+        k: *const f32,
+        ldk: usize,
+        hd: usize,
+        j0: usize,
+    ) -> [__m512; U] {
+        let mut acc = [_mm512_setzero_ps(); U];
+        for c in 0..hd {
+            // SAFETY: c < hd (caller's contract).
+            let qv = unsafe { _mm512_loadu_ps(qt.add(c * 16)) };
+            for u in 0..U {
+                // SAFETY: row j0 + u, column c < hd (caller's contract).
+                let kv = _mm512_set1_ps(unsafe { *k.add((j0 + u) * ldk + c) });
+                acc[u] = _mm512_fmadd_ps(qv, kv, acc[u]);
+            }
+        }
+        acc
+    }
+
+    /// Attention of up to 16 query rows of one head with the queries in the
+    /// 16 lanes: every reduction of the softmax (over keys) is then a
+    /// vertical operation between registers, and `P·V` broadcasts `V`
+    /// elements against probability vectors. `q[b·ldq + c]` (`b < nb`,
+    /// `c < hd`) are the queries, `k`/`v` (strides `ldk`/`ldv`) the keys and
+    /// values from the sequence's first token, `lens[b]` the keys query `b`
+    /// sees (a prefix); `hd` is a multiple of 16. Leaves the probabilities in
+    /// `st[j·16 + b]` (hidden keys 0) and writes `out[b·ldo + c]`.
+    ///
+    /// Hidden keys never reach a query's lanes: their scores are replaced by
+    /// `−inf` and their exponentials by 0 under a mask, and the `P·V`
+    /// multiply-adds are masked per lane, so not even a NaN leaks.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL and FMA are available.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    pub(super) unsafe fn attend_t16(
+        q: &[f32],
+        ldq: usize,
+        lens: &[usize],
+        k: &[f32],
+        ldk: usize,
+        v: &[f32],
+        ldv: usize,
+        hd: usize,
+        scale: f32,
+        qt: &mut [f32],
+        st: &mut [f32],
+        out: &mut [f32],
+        ldo: usize,
+    ) {
+        let nb = lens.len();
+        assert!((1..=16).contains(&nb) && hd >= 16 && hd.is_multiple_of(16));
+        let lmax = lens.iter().copied().max().unwrap_or(0);
+        assert!(lens.iter().all(|&l| l >= 1) && lmax >= 1);
+        assert!(q.len() >= (nb - 1) * ldq + hd && ldq >= hd);
+        assert!(k.len() >= (lmax - 1) * ldk + hd && v.len() >= (lmax - 1) * ldv + hd);
+        assert!(qt.len() >= hd * 16 && st.len() >= lmax * 16);
+        assert!(out.len() >= (nb - 1) * ldo + hd);
+        // Qᵀ: qt[c·16 + b] = q[b·ldq + c] (rows ≥ nb zero).
+        // SAFETY: AVX-512 (this function's contract); bounds asserted above.
+        unsafe { transpose_avx512(q, ldq, nb, hd, qt, 16) };
+        let mut lv = [1i32; 16];
+        for b in 0..nb {
+            lv[b] = lens[b] as i32;
+        }
+        // SAFETY: `lv` holds 16 i32.
+        let lensv = unsafe { _mm512_loadu_si512(lv.as_ptr().cast()) };
+        let visible = |j: usize| _mm512_cmpgt_epi32_mask(lensv, _mm512_set1_epi32(j as i32));
+        let sc = _mm512_set1_ps(scale);
+        let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+        let (qtp, kp, stp) = (qt.as_ptr(), k.as_ptr(), st.as_mut_ptr());
+        // Scores (masked to −inf) and their running maximum.
+        let mut mx = ninf;
+        let mut j0 = 0;
+        while j0 < lmax {
+            let u = (lmax - j0).min(8);
+            let mut acc = [_mm512_setzero_ps(); 8];
+            // SAFETY: rows j0..j0 + u < lmax of k hold hd values (asserted).
+            unsafe {
+                if u == 8 {
+                    acc = key_scores::<8>(qtp, kp, ldk, hd, j0);
+                } else {
+                    for jj in 0..u {
+                        acc[jj] = key_scores::<1>(qtp, kp, ldk, hd, j0 + jj)[0];
+                    }
+                }
+            }
+            for jj in 0..u {
+                let j = j0 + jj;
+                let sv = _mm512_mask_mul_ps(ninf, visible(j), acc[jj], sc);
+                mx = _mm512_max_ps(mx, sv);
+                // SAFETY: j < lmax: st holds lmax·16 values (asserted).
+                unsafe { _mm512_storeu_ps(stp.add(j * 16), sv) };
+            }
+            j0 += u;
+        }
+        // Exponentials, their sum, then normalisation in place.
+        let mut sum = _mm512_setzero_ps();
+        for j in 0..lmax {
+            // SAFETY: as above.
+            unsafe {
+                let e = _mm512_maskz_mov_ps(
+                    visible(j),
+                    exp16(_mm512_sub_ps(_mm512_loadu_ps(stp.add(j * 16)), mx)),
+                );
+                sum = _mm512_add_ps(sum, e);
+                _mm512_storeu_ps(stp.add(j * 16), e);
+            }
+        }
+        let inv = _mm512_div_ps(_mm512_set1_ps(1.0), sum);
+        for j in 0..lmax {
+            // SAFETY: as above.
+            unsafe {
+                let p = stp.add(j * 16);
+                _mm512_storeu_ps(p, _mm512_mul_ps(_mm512_loadu_ps(p), inv));
+            }
+        }
+        // P·V, 16 output columns at a time, then back to row layout.
+        let vp = v.as_ptr();
+        let mut c0 = 0;
+        while c0 < hd {
+            let mut acc = [_mm512_setzero_ps(); 16];
+            for j in 0..lmax {
+                let m = visible(j);
+                // SAFETY: j < lmax (asserted st and v bounds); c0 + 16 ≤ hd.
+                unsafe {
+                    let p = _mm512_loadu_ps(stp.add(j * 16));
+                    let row = vp.add(j * ldv + c0);
+                    for cc in 0..16 {
+                        acc[cc] =
+                            _mm512_mask3_fmadd_ps(p, _mm512_set1_ps(*row.add(cc)), acc[cc], m);
+                    }
+                }
+            }
+            let rows = transpose16(&acc);
+            for b in 0..nb {
+                // SAFETY: row b < nb of out holds hd ≥ c0 + 16 values (asserted).
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(b * ldo + c0), rows[b]) };
             }
             c0 += 16;
         }

@@ -40,7 +40,11 @@
 //!
 //! The store fuses the bias and, optionally, a residual (`out = residual +
 //! X·W + bias`) or an accumulation (`out += X·W + bias`); GELU (tanh) can be
-//! applied instead, right after each row chunk while it is still in cache.
+//! applied instead. On the AVX2 and AVX-512 paths the whole epilogue runs on
+//! the accumulator registers (bias, residual load, GELU, then one store,
+//! masked for partial column panels); the portable and scalar paths store
+//! through a stack tile and apply GELU right after each row chunk while it
+//! is still in cache.
 
 use crate::error::check_len;
 use crate::{Isa, KernelError, activation, f16};
@@ -475,7 +479,10 @@ pub(crate) fn gemm_strided(
         res: res_ptr,
         ldr,
         accumulate: matches!(residual, Res::Accumulate),
-        gelu: gelu.then_some(isa),
+        // The AVX micro-kernels apply GELU in registers as they store; the
+        // others make one pass over each finished row chunk.
+        gelu: (gelu && matches!(isa, Isa::Scalar | Isa::Portable)).then_some(isa),
+        gelu_fused: gelu && matches!(isa, Isa::Avx2 | Isa::Avx512),
     };
     // Rows per chunk: keep the chunk of `a` around 16 KiB so that it and one
     // panel stay in L1 while every panel sweeps over it.
@@ -526,8 +533,12 @@ pub(crate) struct Job {
     res: *const f32,
     ldr: usize,
     accumulate: bool,
-    /// Apply GELU (on this path) to each row chunk once it is complete.
+    /// Apply GELU (on this path) to each row chunk once it is complete
+    /// (portable and scalar paths).
     gelu: Option<Isa>,
+    /// Apply GELU to the accumulators in registers, in the tile's store
+    /// (AVX2 and AVX-512 paths).
+    gelu_fused: bool,
 }
 
 /// Tile callback: `(first row, rows, panels, first column, valid columns)`.
@@ -739,13 +750,8 @@ mod portable {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Job, PANEL, store_tile};
+    use super::{Job, PANEL};
     use std::arch::x86_64::*;
-
-    const MR: usize = 6;
-
-    #[repr(C, align(64))]
-    struct Tile([f32; MR * PANEL]);
 
     /// AVX2 tile: up to 6 rows × one panel.
     ///
@@ -810,29 +816,78 @@ mod avx2 {
                 acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
             }
         }
-        let mut t = Tile([0.0; MR * PANEL]);
-        for r in 0..R {
-            // SAFETY: r < R ≤ MR rows of 16 floats fit in the tile.
+        // Epilogue in registers: bias, residual / accumulation or GELU,
+        // then a (masked) store of the valid columns.
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(cols.min(8) as i32), lanes);
+        let m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(cols.saturating_sub(8) as i32), lanes);
+        let full = cols == PANEL;
+        // SAFETY (all loads and stores below): columns c0..c0 + cols are
+        // inside `bias`, the residual and `out` for every row r0 + r < m
+        // (Job contract); the masks cover exactly those columns.
+        let (bias0, bias1) = if job.bias.is_null() {
+            (_mm256_setzero_ps(), _mm256_setzero_ps())
+        } else {
+            // SAFETY: see above.
             unsafe {
-                _mm256_storeu_ps(t.0.as_mut_ptr().add(r * PANEL), acc0[r]);
-                _mm256_storeu_ps(t.0.as_mut_ptr().add(r * PANEL + 8), acc1[r]);
+                (
+                    _mm256_maskload_ps(job.bias.add(c0), m0),
+                    // Wrapping: with cols ≤ 8 this address may lie past
+                    // the bias, and the all-zero mask reads nothing.
+                    _mm256_maskload_ps(job.bias.wrapping_add(c0 + 8), m1),
+                )
+            }
+        };
+        for r in 0..R {
+            let (mut v0, mut v1) = (acc0[r], acc1[r]);
+            if !job.bias.is_null() {
+                v0 = _mm256_add_ps(v0, bias0);
+                v1 = _mm256_add_ps(v1, bias1);
+            }
+            // SAFETY: see above.
+            let o = unsafe { job.out.add((r0 + r) * job.ldc + c0) };
+            let src = if job.accumulate {
+                o.cast_const()
+            } else if !job.res.is_null() {
+                // SAFETY: see above.
+                unsafe { job.res.add((r0 + r) * job.ldr + c0) }
+            } else {
+                std::ptr::null()
+            };
+            if !src.is_null() {
+                // SAFETY: see above.
+                unsafe {
+                    if full {
+                        v0 = _mm256_add_ps(_mm256_loadu_ps(src), v0);
+                        v1 = _mm256_add_ps(_mm256_loadu_ps(src.add(8)), v1);
+                    } else {
+                        v0 = _mm256_add_ps(_mm256_maskload_ps(src, m0), v0);
+                        v1 = _mm256_add_ps(_mm256_maskload_ps(src.wrapping_add(8), m1), v1);
+                    }
+                }
+            }
+            if job.gelu_fused {
+                v0 = crate::simd::avx2::gelu8(v0);
+                v1 = crate::simd::avx2::gelu8(v1);
+            }
+            // SAFETY: see above.
+            unsafe {
+                if full {
+                    _mm256_storeu_ps(o, v0);
+                    _mm256_storeu_ps(o.add(8), v1);
+                } else {
+                    _mm256_maskstore_ps(o, m0, v0);
+                    _mm256_maskstore_ps(o.wrapping_add(8), m1, v1);
+                }
             }
         }
-        // SAFETY: tile bounds come from `drive`.
-        unsafe { store_tile(job, &t.0, PANEL, r0, R, c0, cols) }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Job, PANEL, store_tile};
+    use super::{Job, PANEL};
     use std::arch::x86_64::*;
-
-    const MR: usize = 8;
-    const TW: usize = 2 * PANEL;
-
-    #[repr(C, align(64))]
-    struct Tile([f32; MR * TW]);
 
     /// AVX-512 tile: up to 8 rows × one or two panels.
     ///
@@ -908,14 +963,53 @@ mod avx512 {
                 }
             }
         }
-        let mut t = Tile([0.0; MR * TW]);
-        for r in 0..R {
-            for q in 0..NP {
-                // SAFETY: r < R ≤ MR rows of TW floats fit in the tile.
-                unsafe { _mm512_storeu_ps(t.0.as_mut_ptr().add(r * TW + q * PANEL), acc[r][q]) };
+        // Epilogue in registers: bias, residual / accumulation or GELU,
+        // then a (masked) store of the valid columns.
+        let mut mask = [0 as __mmask16; NP];
+        let mut bias = [_mm512_setzero_ps(); NP];
+        for q in 0..NP {
+            let w = cols.saturating_sub(q * PANEL).min(PANEL);
+            mask[q] = ((1u32 << w) - 1) as __mmask16;
+            if !job.bias.is_null() && w > 0 {
+                // SAFETY: columns c0 + 16q .. c0 + 16q + w are < ncols, inside
+                // `bias` (Job contract); masked-off lanes are not read.
+                bias[q] = unsafe { _mm512_maskz_loadu_ps(mask[q], job.bias.add(c0 + q * PANEL)) };
             }
         }
-        // SAFETY: tile bounds come from `drive`.
-        unsafe { store_tile(job, &t.0, TW, r0, R, c0, cols) }
+        for r in 0..R {
+            // SAFETY: row r0 + r < m and columns from c0 are inside `out`
+            // (Job contract); every access below is masked to the valid
+            // columns `< c0 + cols`.
+            let o = unsafe { job.out.add((r0 + r) * job.ldc + c0) };
+            let src = if job.accumulate {
+                o.cast_const()
+            } else if !job.res.is_null() {
+                // SAFETY: as above, for the residual rows.
+                unsafe { job.res.add((r0 + r) * job.ldr + c0) }
+            } else {
+                std::ptr::null()
+            };
+            for q in 0..NP {
+                if mask[q] == 0 {
+                    continue;
+                }
+                let mut v = acc[r][q];
+                if !job.bias.is_null() {
+                    v = _mm512_add_ps(v, bias[q]);
+                }
+                if !src.is_null() {
+                    // SAFETY: as above (masked to the valid columns).
+                    v = _mm512_add_ps(
+                        unsafe { _mm512_maskz_loadu_ps(mask[q], src.add(q * PANEL)) },
+                        v,
+                    );
+                }
+                if job.gelu_fused {
+                    v = crate::simd::avx512::gelu16(v);
+                }
+                // SAFETY: as above (masked to the valid columns).
+                unsafe { _mm512_mask_storeu_ps(o.add(q * PANEL), mask[q], v) };
+            }
+        }
     }
 }

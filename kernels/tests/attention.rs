@@ -121,8 +121,10 @@ fn run(d: usize, heads: usize, lens: &[usize], mask_kinds: &[u8], seed: u64, f16
     }
 }
 
-const DIMS: [(usize, usize); 10] = [
+const DIMS: [(usize, usize); 12] = [
     (24, 1),
+    (32, 1),
+    (64, 2),
     (24, 3),
     (36, 4),
     (36, 6),

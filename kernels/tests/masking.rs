@@ -14,7 +14,9 @@ use profiled_kernels::attention::{
 use profiled_kernels::block::{LayerWeights, block_forward};
 use profiled_kernels::gemm::WeightPrecision;
 
-const D: usize = 36;
+/// 48 = 4 heads of 12 (the row-block attention kernels) or 3 heads of 16
+/// (whole 16-column heads: the AVX-512 queries-in-lanes kernel).
+const D: usize = 48;
 
 enum Model {
     Mha(AttentionWeights),
@@ -36,13 +38,12 @@ impl Model {
 
 fn models() -> Vec<Model> {
     let mut rng = Rng::new(42);
-    let a = AttnRef::random(&mut rng, D, 4);
-    let l = LayerRef::random(&mut rng, D, 3, 50);
-    vec![
+    let mut mha = |heads: usize| {
+        let a = AttnRef::random(&mut rng, D, heads);
         Model::Mha(
             AttentionWeights::from_pytorch(
                 D,
-                4,
+                heads,
                 &a.in_w,
                 &a.in_b,
                 &a.out_w,
@@ -50,7 +51,13 @@ fn models() -> Vec<Model> {
                 WeightPrecision::F32,
             )
             .expect("weights"),
-        ),
+        )
+    };
+    let (m4, m3) = (mha(4), mha(3));
+    let l = LayerRef::random(&mut rng, D, 3, 50);
+    vec![
+        m4,
+        m3,
         Model::Block(Box::new(
             LayerWeights::new(&l.tensors(), WeightPrecision::F16).expect("layer"),
         )),
@@ -147,6 +154,11 @@ fn prefix_causal_hides_the_future() {
     // A prefix token is seen by every token.
     for victim in [0, 2] {
         check(seq, victim, |_| true);
+    }
+    // Longer than one block of 16 query rows and 8 keys.
+    let seq = Sequence::new(40, Mask::PrefixCausal { prefix: 6 });
+    for victim in [4, 17, 39] {
+        check(seq, victim, |t| victim < 6 || t >= victim);
     }
     // Pure causal (no prefix).
     let seq = Sequence::new(6, Mask::PrefixCausal { prefix: 0 });

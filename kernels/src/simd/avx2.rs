@@ -627,7 +627,7 @@ pub(crate) fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: 
 /// Tanh-GELU of 8 lanes as `x·sigmoid(2u)` (see [`super::geluc`]).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn gelu8(x: __m256) -> __m256 {
+pub(crate) fn gelu8(x: __m256) -> __m256 {
     let x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
     let t = _mm256_mul_ps(
         _mm256_fmadd_ps(x3, _mm256_set1_ps(geluc::A), x),

@@ -468,7 +468,7 @@ pub(crate) fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: 
 /// Tanh-GELU of 16 lanes as `x·sigmoid(2u)` (see [`super::geluc`]).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn gelu16(x: __m512) -> __m512 {
+pub(crate) fn gelu16(x: __m512) -> __m512 {
     let x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
     let t = _mm512_mul_ps(
         _mm512_fmadd_ps(x3, _mm512_set1_ps(geluc::A), x),
