@@ -200,10 +200,15 @@ fn run_group(model: &str, group: Vec<Job>, ws: &mut Workspace) {
         .forward_batch(&feats, ws)
         .map(|p| p.to_vecs());
     let compute_us = started.elapsed().as_micros() as u64;
-    metrics::histogram!("profiled_batch_size", "model" => model.to_string())
+    let version = generation.version.to_string();
+    metrics::histogram!("profiled_batch_size", "model" => model.to_string(), "version" => version.clone())
         .record(group.len() as f64);
-    metrics::histogram!("profiled_compute_seconds", "model" => model.to_string())
+    metrics::histogram!("profiled_compute_seconds", "model" => model.to_string(), "version" => version.clone())
         .record(started.elapsed().as_secs_f64());
+    let queue_hist = metrics::histogram!("profiled_queue_seconds", "model" => model.to_string(), "version" => version);
+    for job in &group {
+        queue_hist.record(started.duration_since(job.enqueued).as_secs_f64());
+    }
     match result {
         Ok(rows) if rows.len() == group.len() => {
             for (job, row) in group.into_iter().zip(rows) {

@@ -29,6 +29,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The ModelAdmin service.
     pub admin: AdminConfig,
+    /// OpenTelemetry span export (builds with the cargo feature `otel`).
+    pub otel: OtelConfig,
     /// TLS on the gRPC port (see docs/security.md).
     pub tls: TlsConfig,
     /// Bearer tokens and rate limits of the data plane (see docs/security.md).
@@ -128,6 +130,12 @@ pub struct Limits {
     pub max_k: u32,
     /// Seeds in a seed set.
     pub max_seeds: usize,
+    /// Attribute conditions per Search filter.
+    pub max_filter_conditions: usize,
+    /// Values per attribute condition.
+    pub max_filter_values: usize,
+    /// Ids in a filter's `allow_ids` + `deny_ids`.
+    pub max_filter_ids: usize,
     /// Explain `top_n`.
     pub max_explain_top_n: u32,
     /// EmbedStream batches in flight per stream.
@@ -144,6 +152,9 @@ impl Default for Limits {
             max_string_bytes: 256,
             max_k: 1_000,
             max_seeds: 10_000,
+            max_filter_conditions: 16,
+            max_filter_values: 1_024,
+            max_filter_ids: 100_000,
             max_explain_top_n: 256,
             stream_max_in_flight: 16,
         }
@@ -300,6 +311,7 @@ pub struct AuthConfig {
     pub token_rates: BTreeMap<String, u32>,
 }
 
+/// OpenTelemetry span export over OTLP/gRPC. Only builds with the cargo
 /// feature `otel` export; other builds warn when an endpoint is set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -453,8 +465,7 @@ impl Config {
         if self.tls.handshake_timeout_ms == 0 {
             return bad("tls.handshake_timeout_ms", "must be >= 1");
         }
-        if self.auth.required && self.auth.token_file.is_none() && self.auth.token_env.is_none()
-        {
+        if self.auth.required && self.auth.token_file.is_none() && self.auth.token_env.is_none() {
             return bad(
                 "auth.required",
                 "needs tokens: set auth.token_file or auth.token_env",

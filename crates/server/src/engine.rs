@@ -11,7 +11,9 @@ use dashmap::DashMap;
 use moka::future::Cache;
 use profiled_model::{ExplainOptions, Method, Target, UserFeatures};
 use profiled_proto::v1 as pb;
-use profiled_store::{Generation, ModelSnapshot, Store, VersionState};
+use profiled_store::{
+    Generation, IndexData, ModelSnapshot, SEEN_ITEMS_ATTRIBUTE, Store, VersionState,
+};
 
 use crate::batcher::Batcher;
 use crate::config::Config;
@@ -427,29 +429,51 @@ impl Engine {
                 Target::Item(it.item_id.clone())
             }
             Some(pb::explain_target::Kind::Users(u)) => {
-                if let Some(id) = u.seed_user_ids.first() {
-                    return Err(ApiError::NotFound(format!(
-                        "target.users.seed_user_ids[0]: model {:?} version {} has no users \
-                         index, so user {id:?} cannot be looked up (send vectors instead)",
-                        generation.model, generation.version
-                    )));
-                }
-                if u.vectors.is_empty() {
+                let n = u.seed_user_ids.len() + u.vectors.len();
+                if n == 0 {
                     return Err(ApiError::invalid(
                         "target.users",
-                        "at least one seed (vector) is required",
+                        "at least one seed (seed_user_ids or vectors) is required",
                     ));
                 }
-                if u.vectors.len() > limits.max_seeds {
+                if n > limits.max_seeds {
                     return Err(ApiError::Limit {
-                        field: "target.users.vectors".into(),
-                        got: format!("{} seeds", u.vectors.len()),
+                        field: "target.users".into(),
+                        got: format!("{n} seeds"),
                         limit: "max_seeds",
                         value: limits.max_seeds as u64,
                     });
                 }
                 let dim = generation.dim();
                 let mut mean = vec![0f32; dim];
+                for (i, id) in u.seed_user_ids.iter().enumerate() {
+                    let path = format!("target.users.seed_user_ids[{i}]");
+                    let Some(users) = generation.users.as_ref() else {
+                        return Err(ApiError::NotFound(format!(
+                            "{path}: model {:?} version {} has no users index, so user {id:?} \
+                             cannot be looked up (send vectors instead)",
+                            generation.model, generation.version
+                        )));
+                    };
+                    let x = match users.vector_of(id) {
+                        Ok(Some((_, v))) => v,
+                        Ok(None) => {
+                            return Err(ApiError::NotFound(format!(
+                                "{path}: unknown user {id:?} (not in the users index)"
+                            )));
+                        }
+                        Err(e) => return Err(ApiError::Internal(e.to_string())),
+                    };
+                    let n = x.iter().map(|a| a * a).sum::<f32>().sqrt();
+                    if n == 0.0 || !n.is_finite() {
+                        return Err(ApiError::Internal(format!(
+                            "{path}: the stored profile of {id:?} is zero or not finite"
+                        )));
+                    }
+                    for (m, a) in mean.iter_mut().zip(&x) {
+                        *m += a / n;
+                    }
+                }
                 for (i, v) in u.vectors.iter().enumerate() {
                     let x = v.to_f32_checked(dim).map_err(|e| {
                         ApiError::invalid(format!("target.users.vectors[{i}]"), e.to_string())
@@ -539,7 +563,9 @@ impl Engine {
         let dim = generation.dim();
         let q0 = Instant::now();
         let filter_in = r.filter.clone().unwrap_or_default();
+        check_filter_limits(&filter_in, limits)?;
         let mut deny: Vec<String> = filter_in.deny_ids.clone();
+        let mut plan_notes: Vec<String> = Vec::new();
         let mut query_users: Vec<String> = Vec::new();
         let mut cache_hit = false;
         let normalise = |path: String, v: Vec<f32>| -> Result<Vec<f32>, ApiError> {
@@ -585,8 +611,20 @@ impl Engine {
                 p.vector.to_vec()
             }
             Some(pb::search_request::Query::UserId(id)) => {
-                query_users.push(id.clone());
-                users_vector("user_id".into(), &id)?
+                let v = users_vector("user_id".into(), &id)?;
+                if filter_in.exclude_seen_items && !to_users {
+                    match generation.users_data.as_ref() {
+                        Some(d) if d.has_histories() => {
+                            deny.extend(d.values_of(&id, SEEN_ITEMS_ATTRIBUTE).unwrap_or_default());
+                        }
+                        _ => plan_notes.push(
+                            "seen items not excluded: the users index holds no item histories"
+                                .into(),
+                        ),
+                    }
+                }
+                query_users.push(id);
+                v
             }
             Some(pb::search_request::Query::Vector(v)) => {
                 let x = v
@@ -695,14 +733,31 @@ impl Engine {
             pb::VectorEncoding::try_from(r.encoding),
             Ok(pb::VectorEncoding::F16)
         );
+        let data = if to_users {
+            generation.users_data.as_ref()
+        } else {
+            generation.items_data.as_ref()
+        };
         let hits = result
             .hits
             .iter()
             .map(|h| pb::Hit {
                 id: h.id.clone(),
                 score: h.score,
-                attributes: Default::default(),
-                title: String::new(),
+                attributes: match data {
+                    Some(d) if r.include_attributes => d
+                        .row_attributes(h.row)
+                        .into_iter()
+                        .filter(|(name, _)| name != SEEN_ITEMS_ATTRIBUTE)
+                        .map(|(name, values)| (name, pb::AttributeValues { values }))
+                        .collect(),
+                    _ => Default::default(),
+                },
+                title: if r.include_attributes && !to_users {
+                    generation.item_title(&h.id).unwrap_or_default().to_string()
+                } else {
+                    String::new()
+                },
                 vector: if r.include_vectors {
                     index.vector_of(&h.id).ok().flatten().map(|(_, v)| {
                         if f16 {
@@ -734,7 +789,10 @@ impl Engine {
             index_rows: index.len() as u64,
             candidates: result.candidates as u64,
             ann_fallback: result.path == SearchPath::AnnFallbackExact,
-            plan: result.path.name().to_string(),
+            plan: std::iter::once(result.path.name().to_string())
+                .chain(plan_notes)
+                .collect::<Vec<_>>()
+                .join("; "),
             cache_hit,
             query_us,
             search_us,
@@ -785,14 +843,46 @@ fn duration(d: Duration) -> prost_types::Duration {
     }
 }
 
-fn index_info(b: &dyn profiled_index::SearchBackend) -> pb::IndexInfo {
+fn index_info(d: &IndexData) -> pb::IndexInfo {
     pb::IndexInfo {
-        rows: b.len() as u64,
-        dim: b.dims() as u32,
-        attributes: Vec::new(),
-        has_ann: b.has_ann(),
-        has_histories: false,
+        rows: d.backend.len() as u64,
+        dim: d.backend.dims() as u32,
+        attributes: d.attribute_names(),
+        has_ann: d.backend.has_ann(),
+        has_histories: d.has_histories(),
     }
+}
+
+/// Filter size limits (request-side): conditions, values per condition, ids.
+fn check_filter_limits(f: &pb::Filter, limits: &crate::config::Limits) -> Result<(), ApiError> {
+    if f.conditions.len() > limits.max_filter_conditions {
+        return Err(ApiError::Limit {
+            field: "filter.conditions".into(),
+            got: format!("{} conditions", f.conditions.len()),
+            limit: "max_filter_conditions",
+            value: limits.max_filter_conditions as u64,
+        });
+    }
+    for (i, c) in f.conditions.iter().enumerate() {
+        if c.values.len() > limits.max_filter_values {
+            return Err(ApiError::Limit {
+                field: format!("filter.conditions[{i}].values"),
+                got: format!("{} values", c.values.len()),
+                limit: "max_filter_values",
+                value: limits.max_filter_values as u64,
+            });
+        }
+    }
+    let ids = f.allow_ids.len() + f.deny_ids.len();
+    if ids > limits.max_filter_ids {
+        return Err(ApiError::Limit {
+            field: "filter.allow_ids + filter.deny_ids".into(),
+            got: format!("{ids} ids"),
+            limit: "max_filter_ids",
+            value: limits.max_filter_ids as u64,
+        });
+    }
+    Ok(())
 }
 
 /// The proto `ModelInfo` of a snapshot.
@@ -811,6 +901,7 @@ pub fn model_info(s: &ModelSnapshot, include_schema: bool) -> pb::ModelInfo {
                     VersionState::Loading => pb::VersionState::Loading,
                     VersionState::Ready => pb::VersionState::Ready,
                     VersionState::Failed => pb::VersionState::Failed,
+                    VersionState::Unloading => pb::VersionState::Unloading,
                     VersionState::Unloaded => pb::VersionState::Unloaded,
                 } as i32,
                 reason: v.status.reason.clone(),
@@ -827,13 +918,9 @@ pub fn model_info(s: &ModelSnapshot, include_schema: bool) -> pb::ModelInfo {
                 },
                 metrics: metrics.into_iter().collect(),
                 provenance: provenance.into_iter().collect(),
-                items_index: g
-                    .and_then(|g| g.items.as_ref())
-                    .map(|b| index_info(b.as_ref())),
-                users_index: g
-                    .and_then(|g| g.users.as_ref())
-                    .map(|b| index_info(b.as_ref())),
-                mapped_bytes: g.map_or(0, |g| g.report.bytes_mapped as u64 + g.index_bytes),
+                items_index: g.and_then(|g| g.items_data.as_ref()).map(index_info),
+                users_index: g.and_then(|g| g.users_data.as_ref()).map(index_info),
+                mapped_bytes: g.map_or(0, |g| g.mapped_bytes()),
                 packed_bytes: g.map_or(0, |g| g.report.bytes_packed as u64),
             }
         })

@@ -26,6 +26,20 @@ pub enum ApiError {
         /// Its value.
         value: u64,
     },
+    /// A whole message is larger than a size limit of the server.
+    #[error("{what}: {bytes} bytes exceeds server.{limit} = {value}{hint}")]
+    TooLarge {
+        /// Which message, e.g. `response`.
+        what: &'static str,
+        /// Its encoded size.
+        bytes: u64,
+        /// The limit's config key under `server.`.
+        limit: &'static str,
+        /// Its value.
+        value: u64,
+        /// What to do about it (starts with "; " when set).
+        hint: &'static str,
+    },
     /// Unknown model, version, label, user, item or index.
     #[error("{0}")]
     NotFound(String),
@@ -65,6 +79,7 @@ impl ApiError {
     pub fn code(&self) -> Code {
         match self {
             ApiError::Invalid { .. } | ApiError::Limit { .. } => Code::InvalidArgument,
+            ApiError::TooLarge { .. } => Code::OutOfRange,
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::Overloaded(_) => Code::ResourceExhausted,
             ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,

@@ -13,6 +13,8 @@
 //! - [`error`]: [`ApiError`](error::ApiError) and its one mapping to `Status`.
 //! - [`config`]: defaults → TOML → `PROFILED__A__B` env → flags.
 //! - [`server`]: wiring, health, reflection, metrics, graceful drain.
+//! - [`telemetry`]: logs, and OpenTelemetry span export behind the cargo
+//!   feature `otel` (off by default).
 //! - [`tls`]: rustls (ring) on the gRPC port, optional mTLS, certificate
 //!   reload without restart; [`auth`]: bearer tokens (constant-time compare)
 //!   and per-token rate limits (see docs/security.md).
@@ -27,6 +29,7 @@ pub mod engine;
 pub mod error;
 pub mod server;
 pub mod service;
+pub mod telemetry;
 pub mod tls;
 
 pub use config::{Config, Overrides};

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use profiled_server::{Config, Overrides};
-use tracing_subscriber::EnvFilter;
 
 /// Serves multi-dimensional user profiles over gRPC.
 #[derive(Debug, Parser)]
@@ -77,17 +76,9 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", cfg.to_toml());
         return Ok(());
     }
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cfg.log.filter))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cfg.log.json {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    // Logs (and spans, with the `otel` feature) until the guard drops.
+    let telemetry = profiled_server::telemetry::init(&cfg)?;
     profiled_server::serve(cfg, profiled_server::shutdown_signal()).await?;
+    drop(telemetry);
     Ok(())
 }

@@ -94,6 +94,11 @@ pub fn install_metrics(cfg: &Config) -> Result<(), ServeError> {
             0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
         ])
         .map_err(|e| ServeError::Metrics(e.to_string()))?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("profiled_batch_size".into()),
+            &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+        )
+        .map_err(|e| ServeError::Metrics(e.to_string()))?
         .install()
         .map_err(|e| ServeError::Metrics(e.to_string()))
 }

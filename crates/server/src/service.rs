@@ -9,6 +9,7 @@ use futures::{Stream, StreamExt};
 use profiled_proto::v1 as pb;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::engine::{Engine, model_info};
 use crate::error::ApiError;
@@ -33,12 +34,110 @@ pub fn deadline_of(md: &MetadataMap, start: Instant) -> Option<Instant> {
     start.checked_add(d)
 }
 
-fn observe<T>(rpc: &'static str, start: Instant, r: &Result<T, ApiError>) {
+/// Refuses a response larger than `server.max_response_bytes` with a
+/// message naming the limit (rather than letting the codec fail the call
+/// with a bare size).
+fn fit<T: prost::Message>(engine: &Engine, r: Result<T, ApiError>) -> Result<T, ApiError> {
+    let resp = r?;
+    let max = engine.cfg.server.max_response_bytes;
+    let len = resp.encoded_len();
+    if len > max {
+        return Err(ApiError::TooLarge {
+            what: "response",
+            bytes: len as u64,
+            limit: "max_response_bytes",
+            value: max as u64,
+            hint: "; ask for fewer users or hits, or f16 vectors",
+        });
+    }
+    Ok(resp)
+}
+
+/// A response that names the model version that answered.
+pub trait Answered {
+    /// The `ModelRef` of the response.
+    fn answered_by(&self) -> Option<&pb::ModelRef>;
+}
+
+macro_rules! answered {
+    ($($t:ty),*) => {$(
+        impl Answered for $t {
+            fn answered_by(&self) -> Option<&pb::ModelRef> {
+                self.model.as_ref()
+            }
+        }
+    )*};
+}
+answered!(pb::EmbedResponse, pb::SearchResponse, pb::ExplainResponse);
+
+/// The `model` label of a failed call: the requested model when the server
+/// knows it (or the default model for an empty name), else `unknown` — never
+/// the raw request text, so label values stay bounded.
+fn error_model_label(engine: &Engine, spec: Option<&pb::ModelSpec>) -> String {
+    let name = spec.map(|s| s.name.clone()).unwrap_or_default();
+    let name = if name.is_empty() {
+        engine.store.default_model().unwrap_or_default()
+    } else {
+        name
+    };
+    if !name.is_empty() && engine.store.model_names().contains(&name) {
+        name
+    } else {
+        "unknown".into()
+    }
+}
+
+/// Records `profiled_request_seconds{rpc, model, version, code}`. Successful
+/// calls are labelled with the version that answered; failed ones with the
+/// requested model (see [`error_model_label`]) and an empty version.
+fn observe<T: Answered>(
+    span: &tracing::Span,
+    engine: &Engine,
+    rpc: &'static str,
+    spec: Option<&pb::ModelSpec>,
+    start: Instant,
+    r: &Result<T, ApiError>,
+) {
+    let (model, version) = match r {
+        Ok(resp) => resp.answered_by().map_or_else(
+            || (error_model_label(engine, spec), String::new()),
+            |m| (m.name.clone(), m.version.to_string()),
+        ),
+        Err(_) => (error_model_label(engine, spec), String::new()),
+    };
+    observe_labels(span, rpc, model, version, start, r);
+}
+
+/// The span of one call (DEBUG: created only when a layer wants it, e.g.
+/// the OpenTelemetry exporter of the `otel` feature). `model`, `version` and
+/// `code` are recorded when the call ends.
+fn rpc_span(rpc: &'static str) -> tracing::Span {
+    tracing::debug_span!(
+        "rpc",
+        otel.name = rpc,
+        rpc,
+        model = tracing::field::Empty,
+        version = tracing::field::Empty,
+        code = tracing::field::Empty,
+    )
+}
+
+fn observe_labels<T>(
+    span: &tracing::Span,
+    rpc: &'static str,
+    model: String,
+    version: String,
+    start: Instant,
+    r: &Result<T, ApiError>,
+) {
     let code = match r {
         Ok(_) => "OK".to_string(),
         Err(e) => format!("{:?}", e.code()),
     };
-    metrics::histogram!("profiled_request_seconds", "rpc" => rpc, "code" => code.clone())
+    span.record("model", model.as_str());
+    span.record("version", version.as_str());
+    span.record("code", code.as_str());
+    metrics::histogram!("profiled_request_seconds", "rpc" => rpc, "model" => model, "version" => version, "code" => code.clone())
         .record(start.elapsed().as_secs_f64());
     if let Err(e) = r {
         tracing::debug!(rpc, code, error = %e, "call failed");
@@ -68,8 +167,17 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
     ) -> Result<Response<pb::EmbedResponse>, Status> {
         let start = Instant::now();
         let deadline = deadline_of(request.metadata(), start);
-        let r = self.engine.embed(request.into_inner(), deadline).await;
-        observe("Embed", start, &r);
+        let req = request.into_inner();
+        let spec = req.model.clone();
+        let span = rpc_span("Embed");
+        let r = fit(
+            &self.engine,
+            self.engine
+                .embed(req, deadline)
+                .instrument(span.clone())
+                .await,
+        );
+        observe(&span, &self.engine, "Embed", spec.as_ref(), start, &r);
         r.map(Response::new).map_err(Status::from)
     }
 
@@ -97,9 +205,14 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
                         Err(status) => Err(status),
                         Ok(req) => {
                             let id = req.request_id.clone();
+                            let spec = req.model.clone();
                             let t = Instant::now();
-                            let r = engine.embed(req, deadline).await;
-                            observe("EmbedStream", t, &r);
+                            let span = rpc_span("EmbedStream");
+                            let r = fit(
+                                &engine,
+                                engine.embed(req, deadline).instrument(span.clone()).await,
+                            );
+                            observe(&span, &engine, "EmbedStream", spec.as_ref(), t, &r);
                             Ok(pb::EmbedStreamResponse {
                                 request_id: id,
                                 outcome: Some(match r {
@@ -123,8 +236,17 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
     ) -> Result<Response<pb::SearchResponse>, Status> {
         let start = Instant::now();
         let deadline = deadline_of(request.metadata(), start);
-        let r = self.engine.search(request.into_inner(), deadline).await;
-        observe("Search", start, &r);
+        let req = request.into_inner();
+        let spec = req.model.clone();
+        let span = rpc_span("Search");
+        let r = fit(
+            &self.engine,
+            self.engine
+                .search(req, deadline)
+                .instrument(span.clone())
+                .await,
+        );
+        observe(&span, &self.engine, "Search", spec.as_ref(), start, &r);
         r.map(Response::new).map_err(Status::from)
     }
 
@@ -134,8 +256,17 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
     ) -> Result<Response<pb::ExplainResponse>, Status> {
         let start = Instant::now();
         let deadline = deadline_of(request.metadata(), start);
-        let r = self.engine.explain(request.into_inner(), deadline).await;
-        observe("Explain", start, &r);
+        let req = request.into_inner();
+        let spec = req.model.clone();
+        let span = rpc_span("Explain");
+        let r = fit(
+            &self.engine,
+            self.engine
+                .explain(req, deadline)
+                .instrument(span.clone())
+                .await,
+        );
+        observe(&span, &self.engine, "Explain", spec.as_ref(), start, &r);
         r.map(Response::new).map_err(Status::from)
     }
 
@@ -144,8 +275,20 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         request: Request<pb::GetModelRequest>,
     ) -> Result<Response<pb::GetModelResponse>, Status> {
         let start = Instant::now();
-        let r = self.engine.get_model(&request.into_inner().name);
-        observe("GetModel", start, &r);
+        let name = request.into_inner().name;
+        let r = self.engine.get_model(&name);
+        let model = match &r {
+            Ok(m) => m.name.clone(),
+            Err(_) => "unknown".into(),
+        };
+        observe_labels(
+            &tracing::Span::none(),
+            "GetModel",
+            model,
+            String::new(),
+            start,
+            &r,
+        );
         r.map(|m| Response::new(pb::GetModelResponse { model: Some(m) }))
             .map_err(Status::from)
     }
@@ -157,7 +300,14 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         let start = Instant::now();
         let r: Result<_, ApiError> =
             Ok(self.engine.list_models(request.into_inner().include_schema));
-        observe("ListModels", start, &r);
+        observe_labels(
+            &tracing::Span::none(),
+            "ListModels",
+            String::new(),
+            String::new(),
+            start,
+            &r,
+        );
         r.map(Response::new).map_err(Status::from)
     }
 }

@@ -27,7 +27,8 @@ pub fn make_model(dir: &Path, seed: u64) -> Result<()> {
 
 /// Builds `items.index` (item vectors, attribute `parity` = even/odd) and
 /// `users.index` (users `u0`..`u19` with random features, attribute
-/// `segment` = a/b) for the model version in `dir`.
+/// `segment` = a/b, and `seen_items` = the item ids of their events) for the
+/// model version in `dir`.
 pub fn write_indexes(dir: &Path, seed: u64) -> Result<()> {
     use profiled_model::{Encoder, LoadOptions, Workspace};
     let enc = Encoder::load_with(
@@ -55,6 +56,9 @@ pub fn write_indexes(dir: &Path, seed: u64) -> Result<()> {
     for i in 0..users.len() {
         let row = ub.push(&format!("u{i}"), p.row(i).context("row")?)?;
         ub.add_attribute(row, "segment", if i % 2 == 0 { "a" } else { "b" })?;
+        for e in &users[i].events {
+            ub.add_attribute(row, profiled_store::SEEN_ITEMS_ATTRIBUTE, &e.item)?;
+        }
     }
     ub.write(dir.join("users.index"))?;
     Ok(())
@@ -173,6 +177,55 @@ fn is_stale(bin: &Path) -> bool {
     dirs.iter().any(|d| newer(&root.join(d), built))
 }
 
+/// A free loopback address for a second listener (e.g. metrics), found by
+/// binding port 0 and releasing it.
+pub fn free_port() -> Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.to_string())
+}
+
+/// `GET /metrics` of a Prometheus endpoint, as text.
+pub fn scrape(addr: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .context("no HTTP body")?;
+    if !out.starts_with("HTTP/1.1 200") {
+        bail!(
+            "metrics endpoint answered {}",
+            out.lines().next().unwrap_or("")
+        );
+    }
+    Ok(body)
+}
+
+/// The value of the first sample of `name` (exact metric name, e.g.
+/// `profiled_request_seconds_count`) carrying every `label="value"` pair.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            return None;
+        }
+        let ok = labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        if !ok {
+            return None;
+        }
+        rest.rsplit(' ').next()?.parse().ok()
+    })
+}
+
 /// A running `profiled` process; killed on drop.
 #[derive(Debug)]
 pub struct Server {
@@ -190,6 +243,12 @@ impl Server {
     /// Starts `profiled` on `127.0.0.1:0` over `repo` with extra `PROFILED__`
     /// environment settings, and waits for the bound address.
     pub fn start(repo: &Path, env: &[(&str, &str)]) -> Result<Server> {
+        Server::start_with_metrics(repo, env, "")
+    }
+
+    /// Like [`Server::start`], with the Prometheus endpoint on `metrics`
+    /// (e.g. from [`free_port`]; empty = off).
+    pub fn start_with_metrics(repo: &Path, env: &[(&str, &str)], metrics: &str) -> Result<Server> {
         let bin = profiled_bin()?;
         let log = repo
             .parent()
@@ -197,7 +256,7 @@ impl Server {
             .join(format!("profiled-{}.log", std::process::id()));
         let log_file = std::fs::File::create(&log)?;
         let mut cmd = Command::new(bin);
-        cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", ""])
+        cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", metrics])
             .arg("--models")
             .arg(repo)
             .env("PROFILED__MODELS__POLL_INTERVAL_MS", "200")
