@@ -1,0 +1,701 @@
+//! `profiled-fuzz`: the fuzz bodies of profiled, one function per target,
+//! shared by the libFuzzer targets in `fuzz/fuzz_targets/` (nightly,
+//! `cargo +nightly fuzz run <target>`) and by the stable bounded run in
+//! `tests/corpus.rs` (committed seeds plus deterministic mutations), so the
+//! test suite exercises exactly what the fuzzer does without nightly.
+//!
+//! Every body takes arbitrary bytes and either accepts them or rejects them
+//! with a typed error. A body **panics** when an invariant breaks — an
+//! untyped or internal error, an error with an empty message, a non-finite
+//! or non-normalised profile, an out-of-range search hit — so libFuzzer
+//! reports it as a crash, just like a panic inside the code under test.
+//!
+//! Targets ([`TARGETS`]):
+//! * `convert`: bytes → `EmbedRequest` (prost) → `profiled_server::convert`
+//!   (selector, limits, features) → tokenizer → encoder forward, against a
+//!   synthetic model version.
+//! * `tokenizer`: bytes → structured [`profiled_model::UserFeatures`] (field
+//!   names and item ids mostly from the schema) → `Tokenizer::tokenize`.
+//! * `model_files`: bytes → `model.json` + `model.safetensors` in a
+//!   temporary version folder → `Encoder::load_with` (JSON parsing, schema
+//!   validation, safetensors header, shapes, packing, golden check).
+//! * `index_file`: bytes → an index file (CRCs optionally recomputed so
+//!   mutations get past the checksums) → `IndexFile::open_with`, then ids,
+//!   vectors, attributes and a search over whatever opened.
+//!
+//! Seeds are synthetic ([`seeds`]); `cargo run -p profiled-fuzz --bin
+//! fuzz-seeds` rewrites `fuzz/corpus/`. See docs/fuzzing.md.
+
+use std::cell::RefCell;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use profiled_index::{IndexBuilder, IndexFile, LocalBackend, OpenOptions, SearchBackend};
+use profiled_model::format::{METADATA_FILE, WEIGHTS_FILE};
+use profiled_model::testing::{Rng, SyntheticSpec, synthetic_schema, write_synthetic_model};
+use profiled_model::{Encoder, Event, FieldValue, LoadOptions, Tokenizer, UserFeatures, Workspace};
+use profiled_proto::v1 as pb;
+use profiled_server::config::Limits;
+use profiled_server::convert;
+use profiled_server::error::{ApiError, model_error};
+use profiled_store::Generation;
+use prost::Message;
+
+/// The fuzz targets, in the order the docs list them.
+pub const TARGETS: [&str; 4] = ["convert", "tokenizer", "model_files", "index_file"];
+
+/// What a body did with its input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The input was valid and fully processed.
+    Accepted,
+    /// The input was refused with a typed error (its message).
+    Rejected(String),
+}
+
+impl Outcome {
+    /// True for [`Outcome::Accepted`].
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, Outcome::Accepted)
+    }
+}
+
+/// Runs the body of target `name` on `data` (`None` for an unknown name).
+pub fn run(name: &str, data: &[u8]) -> Option<Outcome> {
+    Some(match name {
+        "convert" => convert(data),
+        "tokenizer" => tokenizer(data),
+        "model_files" => model_files(data),
+        "index_file" => index_file(data),
+        _ => return None,
+    })
+}
+
+fn rejected(msg: String) -> Outcome {
+    assert!(!msg.trim().is_empty(), "an error with an empty message");
+    Outcome::Rejected(msg)
+}
+
+/// Synthetic model sizes used by the `convert` and `tokenizer` targets.
+fn spec() -> SyntheticSpec {
+    SyntheticSpec {
+        golden: 2,
+        ..SyntheticSpec::default()
+    }
+}
+
+struct ConvertCtx {
+    generation: Generation,
+    limits: Limits,
+}
+
+fn convert_ctx() -> &'static ConvertCtx {
+    static CTX: OnceLock<ConvertCtx> = OnceLock::new();
+    CTX.get_or_init(|| {
+        // Test setup, not input: failing here is a harness bug.
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let vdir = dir.path().join("1");
+        write_synthetic_model(&vdir, &spec()).expect("synthetic model");
+        let generation = Generation::load("synthetic", 1, &vdir, true).expect("load synthetic");
+        // The weights stay mapped after the folder is removed.
+        drop(dir);
+        ConvertCtx {
+            generation,
+            limits: Limits::default(),
+        }
+    })
+}
+
+thread_local! {
+    static WS: RefCell<Workspace> = RefCell::new(Workspace::new());
+}
+
+fn check_profiles(rows: &[Vec<f32>], dim: usize) {
+    for r in rows {
+        assert_eq!(r.len(), dim, "profile width");
+        assert!(r.iter().all(|x| x.is_finite()), "non-finite profile {r:?}");
+        let n: f64 = r.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+        assert!((n.sqrt() - 1.0).abs() < 1e-3, "profile norm {}", n.sqrt());
+    }
+}
+
+/// A conversion error must be a client error (INVALID_ARGUMENT), never internal.
+fn client_error(e: &ApiError) -> Outcome {
+    assert!(
+        matches!(e, ApiError::Invalid { .. } | ApiError::Limit { .. }),
+        "conversion failed with a non-client error: {e:?}"
+    );
+    rejected(e.to_string())
+}
+
+/// `convert`: protobuf bytes of an `EmbedRequest` → validated features →
+/// tokens → profiles, against a synthetic model version.
+pub fn convert(data: &[u8]) -> Outcome {
+    let req = match pb::EmbedRequest::decode(data) {
+        Ok(r) => r,
+        Err(e) => return rejected(format!("decode: {e}")),
+    };
+    let ctx = convert_ctx();
+    let limits = &ctx.limits;
+    if req.users.len() > limits.max_users_per_call {
+        return rejected(format!("{} users", req.users.len()));
+    }
+    if let Err(e) = convert::selector(req.model.as_ref()) {
+        return client_error(&e);
+    }
+    let g = &ctx.generation;
+    let mut users = Vec::new();
+    let mut last_err = None;
+    for (i, u) in req.users.iter().enumerate() {
+        let Some(pb::user_input::Source::Features(f)) = &u.source else {
+            continue;
+        };
+        let path = format!("users[{i}].features");
+        match convert::features(f, &path, g, limits) {
+            Ok(feats) => {
+                // Canonical bytes are a cache key: deterministic.
+                assert_eq!(feats.canonical_bytes(), feats.clone().canonical_bytes());
+                match g.encoder.tokenizer().tokenize(&feats) {
+                    Ok(t) => {
+                        let max = g.encoder.metadata().schema.fields.len()
+                            + g.encoder.metadata().schema.behaviour.max_events;
+                        assert!(t.len() <= max, "{} tokens > {max}", t.len());
+                        users.push(feats);
+                    }
+                    Err(e) => last_err = Some(client_error(&model_error(&path, e))),
+                }
+            }
+            Err(e) => last_err = Some(client_error(&e)),
+        }
+    }
+    if !users.is_empty() {
+        let dim = g.encoder.dim();
+        WS.with_borrow_mut(|ws| match g.encoder.forward_batch(&users, ws) {
+            Ok(p) => {
+                assert_eq!(p.len(), users.len(), "one profile per user");
+                check_profiles(&p.to_vecs(), dim);
+            }
+            Err(e) => panic!("forward failed on converted features: {e}"),
+        });
+    }
+    match last_err {
+        Some(r) if users.is_empty() => r,
+        _ => Outcome::Accepted,
+    }
+}
+
+fn tokenizer_ctx() -> &'static Tokenizer {
+    static TK: OnceLock<Tokenizer> = OnceLock::new();
+    TK.get_or_init(|| {
+        let spec = spec();
+        Tokenizer::new(synthetic_schema(&spec, &mut Rng::new(spec.seed)))
+    })
+}
+
+/// Reads structured values from fuzzer bytes (zeros once exhausted).
+struct Bytes<'a>(&'a [u8]);
+
+impl Bytes<'_> {
+    fn u8(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&b, rest)) => {
+                self.0 = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
+
+    fn u64(&mut self) -> u64 {
+        u64::from(self.u32()) | (u64::from(self.u32()) << 32)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// A short string: usually one of `known`, else raw (lossy UTF-8) bytes.
+    fn string(&mut self, known: &[&str]) -> String {
+        let sel = self.u8();
+        if !known.is_empty() && sel < 200 {
+            return known[usize::from(sel) % known.len()].to_string();
+        }
+        let n = usize::from(self.u8() % 24);
+        let raw: Vec<u8> = (0..n).map(|_| self.u8()).collect();
+        String::from_utf8_lossy(&raw).into_owned()
+    }
+
+    fn f64(&mut self) -> f64 {
+        match self.u8() % 4 {
+            0 => f64::from_bits(self.u64()),
+            1 => f64::from(f32::from_bits(self.u32())),
+            _ => f64::from(self.u8()) - 20.0,
+        }
+    }
+}
+
+/// Decodes fuzzer bytes into a user for `tk`'s schema.
+pub fn user_from_bytes(data: &[u8], tk: &Tokenizer) -> UserFeatures {
+    let mut b = Bytes(data);
+    let schema = tk.schema();
+    let columns: Vec<&str> = tk.input_columns().iter().map(String::as_str).collect();
+    let mut values: Vec<&str> = vec!["F", "M", "X", "", "02139", "engineer", "25"];
+    values.extend(schema.genres.iter().map(String::as_str));
+    let items: Vec<&str> = schema.items.ids.iter().map(String::as_str).collect();
+    let mut u = UserFeatures::default();
+    if b.u8() & 1 == 1 {
+        u.user_id = Some(b.string(&["u1"]));
+    }
+    let nf = b.u8() % 8;
+    for _ in 0..nf {
+        let key = b.string(&columns);
+        let v = match b.u8() % 3 {
+            0 => FieldValue::Categorical(b.string(&values)),
+            1 => FieldValue::Number(b.f64()),
+            _ => {
+                let n = b.u8() % 6;
+                FieldValue::Tags(
+                    (0..n)
+                        .map(|_| (b.string(&values), b.f64() as f32))
+                        .collect(),
+                )
+            }
+        };
+        u.fields.insert(key, v);
+    }
+    while !b.is_empty() && u.events.len() < 64 {
+        let item = b.string(&items);
+        let timestamp = match b.u8() % 4 {
+            0 => b.u64() as i64,
+            1 => 880_000_000 + i64::from(b.u32() % 10_000_000),
+            _ => 880_000_000 + i64::from(b.u8()) * 3_600,
+        };
+        let rating = match b.u8() % 4 {
+            0 => None,
+            1 => Some(f32::from_bits(b.u32())),
+            _ => Some(f32::from(b.u8() % 7)),
+        };
+        u.events.push(Event {
+            item,
+            timestamp,
+            rating,
+        });
+    }
+    u
+}
+
+/// `tokenizer`: bytes → a structured user → tokens.
+pub fn tokenizer(data: &[u8]) -> Outcome {
+    let tk = tokenizer_ctx();
+    let u = user_from_bytes(data, tk);
+    match tk.tokenize(&u) {
+        Ok(t) => {
+            let s = tk.schema();
+            assert_eq!(t.fields.len(), s.fields.len(), "one token per field");
+            assert!(t.events.len() <= s.behaviour.max_events, "events cut");
+            for e in &t.events {
+                assert!((e.source as usize) < u.events.len(), "event source");
+            }
+            Outcome::Accepted
+        }
+        Err(e) => {
+            assert!(
+                matches!(
+                    e,
+                    profiled_model::Error::Feature { .. } | profiled_model::Error::Argument(_)
+                ),
+                "tokenizer failed with a non-input error: {e:?}"
+            );
+            rejected(e.to_string())
+        }
+    }
+}
+
+/// Splits `model_files` input: a little-endian u32 length, that many bytes of
+/// model.json, the rest is model.safetensors.
+pub fn split_model_input(data: &[u8]) -> (&[u8], &[u8]) {
+    let Some((head, rest)) = data.split_first_chunk::<4>() else {
+        return (data, &[]);
+    };
+    let n = (u32::from_le_bytes(*head) as usize).min(rest.len());
+    rest.split_at(n)
+}
+
+/// Frames model.json and model.safetensors bytes as one `model_files` input.
+pub fn join_model_input(json: &[u8], weights: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + json.len() + weights.len());
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(json);
+    out.extend_from_slice(weights);
+    out
+}
+
+/// `model_files`: a version folder written from the bytes, then loaded with
+/// every check on (validation, shapes, packing, golden examples).
+pub fn model_files(data: &[u8]) -> Outcome {
+    let (json, weights) = split_model_input(data);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    std::fs::write(dir.path().join(METADATA_FILE), json).expect("write model.json");
+    std::fs::write(dir.path().join(WEIGHTS_FILE), weights).expect("write weights");
+    let opts = LoadOptions::default();
+    match Encoder::load_with(dir.path(), &opts) {
+        Ok(enc) => {
+            // A loaded version answers its own golden inputs.
+            let users: Vec<UserFeatures> = enc
+                .metadata()
+                .golden
+                .iter()
+                .map(|g| g.input.to_features())
+                .collect();
+            let dim = enc.dim();
+            WS.with_borrow_mut(|ws| match enc.forward_batch(&users, ws) {
+                Ok(p) => check_profiles(&p.to_vecs(), dim),
+                Err(e) => panic!("a loaded model failed on its golden inputs: {e}"),
+            });
+            Outcome::Accepted
+        }
+        Err(e) => {
+            use profiled_model::Error as M;
+            assert!(
+                matches!(e, M::Io { .. } | M::Model { .. } | M::Golden { .. }),
+                "model load failed with an error that names no file: {e:?}"
+            );
+            rejected(e.to_string())
+        }
+    }
+}
+
+/// Recomputes every in-bounds section CRC and then the header CRC, so that
+/// mutated files reach the structural checks behind the checksums.
+pub fn fix_index_crcs(file: &mut [u8]) {
+    use profiled_index::format::{HEADER_LEN, SECTIONS};
+    if file.len() < HEADER_LEN {
+        return;
+    }
+    for i in 0..SECTIONS {
+        let o = 48 + 24 * i;
+        let rd = |b: &[u8], at: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[at..at + 8]);
+            u64::from_le_bytes(a)
+        };
+        let (off, len) = (rd(file, o), rd(file, o + 8));
+        let Some(end) = off.checked_add(len) else {
+            continue;
+        };
+        if end <= file.len() as u64 {
+            let crc = crc32fast::hash(&file[off as usize..end as usize]);
+            file[o + 16..o + 20].copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+    let crc = crc32fast::hash(&file[..252]);
+    file[252..256].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// `index_file`: first byte = mode (bit 0: recompute CRCs, bit 1: vector
+/// CRCs verified), the rest is the file.
+pub fn index_file(data: &[u8]) -> Outcome {
+    let Some((&mode, body)) = data.split_first() else {
+        return rejected("empty input".into());
+    };
+    let mut file = body.to_vec();
+    if mode & 1 == 1 {
+        fix_index_crcs(&mut file);
+    }
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("fuzz.index");
+    std::fs::write(&path, &file).expect("write index");
+    let opts = OpenOptions {
+        expected_dims: None,
+        verify_vectors: mode & 2 == 2,
+        prefault: false,
+    };
+    match IndexFile::open_with(&path, &opts) {
+        Ok(f) => {
+            exercise_index(f);
+            Outcome::Accepted
+        }
+        Err(e) => {
+            use profiled_index::Error as I;
+            assert!(
+                matches!(
+                    e,
+                    I::Io { .. }
+                        | I::BadMagic { .. }
+                        | I::UnsupportedVersion { .. }
+                        | I::Truncated { .. }
+                        | I::Checksum { .. }
+                        | I::Corrupt { .. }
+                ),
+                "index open failed with an unexpected error: {e:?}"
+            );
+            rejected(e.to_string())
+        }
+    }
+}
+
+fn exercise_index(f: IndexFile) {
+    let rows = f.len();
+    let dims = f.dims();
+    for r in 0..rows.min(64) as u32 {
+        let id = f.id(r).map(str::to_string);
+        let id = id.unwrap_or_else(|| panic!("row {r} of {rows} has no id"));
+        assert_eq!(f.row_of(&id), Some(r), "id lookup of row {r}");
+        let v = f
+            .vector(r)
+            .unwrap_or_else(|| panic!("row {r} has no vector"));
+        assert_eq!(v.len(), dims);
+    }
+    assert_eq!(f.vector(rows as u32), None);
+    let attrs: Vec<String> = f.attributes().map(str::to_string).collect();
+    let mut conditions = Vec::new();
+    for a in &attrs {
+        for (value, n) in f.attribute_values(a).unwrap_or_default() {
+            let p = f.postings(a, value).map(<[u32]>::len);
+            assert_eq!(p.ok(), Some(n), "postings of {a}={value}");
+            if conditions.is_empty() {
+                conditions.push(profiled_index::Condition::Equals {
+                    attribute: a.clone(),
+                    value: value.to_string(),
+                });
+            }
+        }
+    }
+    let _ = f.meta();
+    if rows == 0 || dims > 4096 {
+        return;
+    }
+    let backend = LocalBackend::new(Arc::new(f));
+    let mut query = vec![0f32; dims];
+    query[0] = 1.0;
+    for filter in [
+        profiled_index::Filter::default(),
+        profiled_index::Filter {
+            conditions,
+            ..profiled_index::Filter::default()
+        },
+    ] {
+        let params = profiled_index::SearchParams {
+            k: 5,
+            exact: true,
+            filter,
+        };
+        match backend.search(&query, &params) {
+            Ok(res) => {
+                for q in res {
+                    for h in q.hits {
+                        assert!((h.row as usize) < rows, "hit row {} of {rows}", h.row);
+                    }
+                }
+            }
+            Err(e) => panic!("search over a validated index failed: {e}"),
+        }
+    }
+}
+
+/// Synthetic seeds per target: `(target, file name, bytes)`.
+pub fn seeds() -> anyhow::Result<Vec<(&'static str, String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    // convert: EmbedRequests built from random synthetic users.
+    let tk = tokenizer_ctx();
+    let mut rng = Rng::new(7);
+    let s = spec();
+    let to_pb = |u: &UserFeatures| pb::UserFeatures {
+        user_id: u.user_id.clone().unwrap_or_default(),
+        fields: u
+            .fields
+            .iter()
+            .map(|(k, v)| {
+                let kind = match v {
+                    // The API takes age as a number only.
+                    FieldValue::Categorical(c) if k == "age" => {
+                        pb::field_value::Kind::Number(c.parse().unwrap_or(30.0))
+                    }
+                    FieldValue::Categorical(c) => pb::field_value::Kind::Categorical(c.clone()),
+                    FieldValue::Number(x) => pb::field_value::Kind::Number(*x),
+                    FieldValue::Tags(t) => pb::field_value::Kind::Tags(pb::TagList {
+                        tags: t
+                            .iter()
+                            .map(|(tag, w)| pb::WeightedTag {
+                                tag: tag.clone(),
+                                weight: Some(*w),
+                            })
+                            .collect(),
+                    }),
+                };
+                (k.clone(), pb::FieldValue { kind: Some(kind) })
+            })
+            .collect(),
+        events: u
+            .events
+            .iter()
+            .map(|e| pb::BehaviourEvent {
+                item_id: e.item.clone(),
+                timestamp: e.timestamp,
+                rating: e.rating,
+            })
+            .collect(),
+    };
+    for i in 0..4 {
+        let n = 1 + i;
+        let users = (0..n)
+            .map(|_| {
+                let u = profiled_model::testing::random_user(&mut rng, s.items, s.max_events);
+                pb::UserInput {
+                    source: Some(pb::user_input::Source::Features(to_pb(&u))),
+                }
+            })
+            .collect();
+        let model = (i % 2 == 1).then(|| pb::ModelSpec {
+            name: "synthetic".into(),
+            selector: Some(pb::model_spec::Selector::Version(1)),
+        });
+        let req = pb::EmbedRequest {
+            model,
+            users,
+            allow_partial: i == 3,
+            ..pb::EmbedRequest::default()
+        };
+        out.push(("convert", format!("embed-{i}"), req.encode_to_vec()));
+    }
+    // tokenizer: random byte strings that decode to valid, varied users.
+    let mut r = Rng::new(100);
+    let mut i = 0;
+    while i < 4 {
+        let n = 16 + 24 * i;
+        let bytes: Vec<u8> = (0..n).map(|_| (r.next_u64() % 256) as u8).collect();
+        if tk.tokenize(&user_from_bytes(&bytes, tk)).is_ok() {
+            out.push(("tokenizer", format!("user-{i}"), bytes));
+            i += 1;
+        }
+    }
+    // model_files: two small synthetic versions (f32 and f16).
+    for (name, dtype) in [
+        ("f32", profiled_model::Dtype::F32),
+        ("f16", profiled_model::Dtype::F16),
+    ] {
+        let dir = tempfile::tempdir()?;
+        let spec = SyntheticSpec {
+            dtype,
+            d_model: 8,
+            heads: 2,
+            layers: 1,
+            ffn: 8,
+            d_out: 4,
+            items: 6,
+            max_events: 4,
+            golden: 2,
+            seed: 3,
+        };
+        write_synthetic_model(dir.path(), &spec)?;
+        let json = std::fs::read(dir.path().join(METADATA_FILE))?;
+        let weights = std::fs::read(dir.path().join(WEIGHTS_FILE))?;
+        out.push((
+            "model_files",
+            format!("tiny-{name}"),
+            join_model_input(&json, &weights),
+        ));
+    }
+    // index_file: small indexes with and without the row-major copy.
+    for (i, row_major) in [(0u8, false), (1, true)] {
+        let dir = tempfile::tempdir()?;
+        let dims = 4;
+        let mut b = IndexBuilder::new(dims)?;
+        b.row_major_copy(row_major).meta("{\"seed\":\"synthetic\"}");
+        let (vecs, clusters) =
+            profiled_index::synthetic::clustered(20, dims, 3, 0.2, 9 + u64::from(i));
+        for (r, (v, c)) in vecs.chunks_exact(dims).zip(&clusters).enumerate() {
+            let row = b.push(&format!("item-{r}"), v)?;
+            b.add_attribute(row, "cluster", &c.to_string())?;
+        }
+        let p = dir.path().join("x.index");
+        b.write(&p)?;
+        let file = std::fs::read(&p)?;
+        // Mode 3: CRCs recomputed after mutation, vector CRCs verified.
+        let mut input = vec![3u8];
+        input.extend_from_slice(&file);
+        out.push(("index_file", format!("rows20-rm{i}"), input));
+    }
+    Ok(out)
+}
+
+/// Reads the committed seeds of `target` from `corpus_dir/<target>/`.
+pub fn read_corpus(corpus_dir: &Path, target: &str) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(corpus_dir.join(target))? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            out.push((
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path())?,
+            ));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Deterministic byte-level mutations (libFuzzer-style: bit flips, byte
+/// sets to interesting values, inserts, deletes, duplicated ranges,
+/// integer tweaks and splices with another seed), 1–4 stacked.
+pub fn mutate(rng: &mut Rng, input: &[u8], others: &[&[u8]], max_len: usize) -> Vec<u8> {
+    let mut d = input.to_vec();
+    let rounds = 1 + rng.below(4);
+    for _ in 0..rounds {
+        let len = d.len();
+        match rng.below(9) {
+            0 if len > 0 => {
+                let i = rng.below(len);
+                d[i] ^= 1 << rng.below(8);
+            }
+            1 if len > 0 => {
+                let i = rng.below(len);
+                d[i] = [0, 1, 0x7f, 0x80, 0xff, b'"', b'{', b'-'][rng.below(8)];
+            }
+            2 => {
+                let i = rng.below(len + 1);
+                let n = 1 + rng.below(8);
+                let ins: Vec<u8> = (0..n).map(|_| (rng.next_u64() & 0xff) as u8).collect();
+                d.splice(i..i, ins);
+            }
+            3 if len > 0 => {
+                let i = rng.below(len);
+                let n = (1 + rng.below(16)).min(len - i);
+                d.drain(i..i + n);
+            }
+            4 if len > 1 => {
+                let i = rng.below(len);
+                let n = (1 + rng.below(32)).min(len - i);
+                let chunk = d[i..i + n].to_vec();
+                let at = rng.below(len + 1);
+                d.splice(at..at, chunk);
+            }
+            5 if len >= 4 => {
+                // An interesting 32-bit integer at a random offset.
+                let i = rng.below(len - 3);
+                let v: u32 =
+                    [0, 1, u32::MAX, 0x7fff_ffff, 0x8000_0000, 64, 256, 4096][rng.below(8)];
+                d[i..i + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            6 if len > 0 => {
+                let i = rng.below(len);
+                d[i] = d[i].wrapping_add(if rng.below(2) == 0 { 1 } else { 255 });
+            }
+            7 if !others.is_empty() => {
+                let o = others[rng.below(others.len())];
+                let cut = rng.below(len + 1);
+                let from = rng.below(o.len() + 1);
+                d.truncate(cut);
+                d.extend_from_slice(&o[from..]);
+            }
+            8 if len > 0 => d.truncate(rng.below(len)),
+            _ => {}
+        }
+    }
+    d.truncate(max_len);
+    d
+}
