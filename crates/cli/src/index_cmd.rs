@@ -19,7 +19,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use profiled_index::{IndexBuilder, IndexFile, ann};
 use profiled_model::{Encoder, LoadOptions, UserFeatures};
-use profiled_store::generation::{ITEMS_INDEX, USERS_INDEX};
+use profiled_store::generation::{ITEMS_INDEX, SEEN_ITEMS_ATTRIBUTE, USERS_INDEX};
 use profiled_train::data::{Dataset, FieldValue};
 use profiled_train::export;
 use profiled_train::schema::{EventInput, FeatureValue, ProfileInput};
@@ -280,6 +280,11 @@ pub fn run_build(args: IndexBuildArgs) -> anyhow::Result<()> {
         for (u, v) in profiled {
             let user = &ds.users[u];
             let row = users.push(&user.id, &v)?;
+            // The user's item history, for Search's exclude_seen_items on
+            // user_id queries (and filters such as seen_items = 50).
+            for e in &features[u].events {
+                users.add_attribute(row, SEEN_ITEMS_ATTRIBUTE, &e.item)?;
+            }
             for (name, value) in &user.fields {
                 for s in field_attribute_values(value) {
                     users.add_attribute(row, name, &s)?;

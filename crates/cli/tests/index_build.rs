@@ -173,6 +173,20 @@ fn index_build_writes_items_and_users_and_refuses_overwrite() {
                 assert!(users.has_attribute("age_bucket"));
             }
         }
+        // The user's history (seen_items), for exclude_seen_items.
+        if u % 37 == 0 {
+            for e in ds.interactions.iter().filter(|e| e.user as usize == u) {
+                let item = &ds.items[e.item as usize].id;
+                let posting = users
+                    .postings("seen_items", item)
+                    .expect("seen_items attribute");
+                assert!(
+                    posting.binary_search(&row).is_ok(),
+                    "{} lacks seen_items={item}",
+                    user.id
+                );
+            }
+        }
         // A few users' rows against the encoder's own profile.
         if u % 37 == 0 {
             let input = user_input(&ds, &enc, u);
