@@ -303,6 +303,17 @@ pub enum GoldenValue {
     Text(String),
 }
 
+impl GoldenValue {
+    /// As a [`FieldValue`](crate::FieldValue): strings become categorical
+    /// values, numbers numbers (the tokenizer parses either the same way).
+    pub fn to_field_value(&self) -> crate::FieldValue {
+        match self {
+            GoldenValue::Number(x) => crate::FieldValue::Number(*x),
+            GoldenValue::Text(s) => crate::FieldValue::Categorical(s.clone()),
+        }
+    }
+}
+
 /// One behaviour event of a golden input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GoldenEvent {
@@ -330,21 +341,16 @@ pub struct GoldenInput {
 }
 
 impl GoldenInput {
-    /// As [`UserFeatures`](crate::UserFeatures): strings become categorical
-    /// values, numbers numbers (the tokenizer parses either the same way).
+    /// As [`UserFeatures`](crate::UserFeatures) (values by
+    /// [`GoldenValue::to_field_value`]): the one conversion of the trainer's
+    /// plain input (`profiled_train::schema::ProfileInput`) to the encoder's.
     pub fn to_features(&self) -> crate::UserFeatures {
         crate::UserFeatures {
             user_id: self.user_id.clone(),
             fields: self
                 .fields
                 .iter()
-                .map(|(k, v)| {
-                    let v = match v {
-                        GoldenValue::Number(x) => crate::FieldValue::Number(*x),
-                        GoldenValue::Text(s) => crate::FieldValue::Categorical(s.clone()),
-                    };
-                    (k.clone(), v)
-                })
+                .map(|(k, v)| (k.clone(), v.to_field_value()))
                 .collect(),
             events: self
                 .events

@@ -4,9 +4,10 @@
 //!
 //! No proto types appear here: the server converts requests into
 //! [`UserFeatures`] at its edge. The trainer (`profiled-train`) writes the
-//! files this crate reads; the contract is `docs/model-format.md`, and this
-//! crate mirrors it with its own types ([`format`]) so that serving never
-//! depends on the trainer or candle.
+//! files this crate reads; the contract is `docs/model-format.md`. This
+//! crate holds the one definition of the format types ([`format`]) and of the
+//! tokenizer ([`tokenizer`]); the trainer depends on it for both, so serving
+//! never depends on the trainer or candle.
 //!
 //! ```no_run
 //! use profiled_model::{Encoder, UserFeatures, Workspace};
@@ -35,4 +36,4 @@ pub use explain::{
 };
 pub use features::{Event, FieldValue, UserFeatures};
 pub use format::{Dtype, Group, ModelJson};
-pub use tokenizer::{TokenBatch, TokenStats, Tokenizer, UserTokens};
+pub use tokenizer::{ResolvedEvent, TokenBatch, TokenStats, Tokenizer, UserTokens};

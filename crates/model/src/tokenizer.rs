@@ -1,5 +1,7 @@
-//! Features → tokens, per the model's schema, exactly as the trainer does it
-//! (`docs/model-format.md`, "Tokens"):
+//! Features → tokens, per the model's schema (`docs/model-format.md`,
+//! "Tokens"). The trainer tokenizes with this same code
+//! ([`Tokenizer::tokenize_resolved`], its events already resolved to item
+//! indexes), so training and serving tokens cannot drift apart:
 //!
 //! - `fields` keys are the schema's **input columns** (e.g. `gender`,
 //!   `occupation`, `zip_code`, `age`); a column may feed several fields
@@ -15,7 +17,7 @@
 //!   to the OOV row (counted); only the most recent `max_events` become tokens,
 //!   while the activity count and the genre mix use every event.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +51,18 @@ pub struct EventToken {
     pub gap_row: u32,
     /// Index of the event in [`UserFeatures::events`] (for labels).
     pub source: u32,
+}
+
+/// An event whose item is already resolved to a model item index: the
+/// trainer's input (it resolves each dataset item once, not once per token).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResolvedEvent {
+    /// Model item index (output row); `None` = unknown item (OOV row).
+    pub item: Option<u32>,
+    /// Seconds.
+    pub timestamp: i64,
+    /// Rating, if any.
+    pub rating: Option<f32>,
 }
 
 /// A tokenized user: one token per schema field, then ≤ `max_events`
@@ -117,7 +131,7 @@ pub struct TokenBatch {
     pub(crate) events: Vec<EventToken>,
     pub(crate) spans: Vec<Range<usize>>,
     order: Vec<(i64, u32)>,
-    resolved: Vec<Option<u32>>,
+    resolved: Vec<(Option<u32>, Option<f32>)>,
     pref_acc: Vec<f64>,
     text: String,
 }
@@ -250,17 +264,6 @@ fn parse_number(column: &str, v: Val<'_>) -> Result<Option<f64>> {
     }
 }
 
-fn apply_numeric(column: &str, t: NumericTransform, x: f64) -> Result<f64> {
-    match t {
-        NumericTransform::Identity => Ok(x),
-        NumericTransform::Log1p if x <= -1.0 => Err(Error::feature(
-            column,
-            format!("value {x} is ≤ -1 (log1p transform)"),
-        )),
-        NumericTransform::Log1p => Ok(x.ln_1p()),
-    }
-}
-
 /// Writes the categorical key of a value into `buf`; `false` = missing.
 fn categorical_key(
     column: &str,
@@ -298,6 +301,38 @@ fn categorical_key(
         }
     }
     Ok(!buf.is_empty())
+}
+
+/// The categorical value of `v` under transform `t` (`None` = missing), by
+/// the tokenizer's own rule (the trainer fits vocabularies with it).
+pub fn categorical_value(
+    column: &str,
+    t: &CategoricalTransform,
+    v: &FieldValue,
+) -> Result<Option<String>> {
+    let mut buf = String::new();
+    Ok(categorical_key(column, t, value_of(column, v)?, &mut buf)?.then_some(buf))
+}
+
+/// The transformed number of a numeric field's value (`None` = missing:
+/// blank text), by the tokenizer's own rule (the trainer fits statistics with it).
+pub fn numeric_value(column: &str, t: NumericTransform, v: &FieldValue) -> Result<Option<f64>> {
+    match parse_number(column, value_of(column, v)?)? {
+        None => Ok(None),
+        Some(x) => apply_numeric(column, t, x).map(Some),
+    }
+}
+
+/// `t(x)` of a numeric field (`ln(1 + x)` needs `x > -1`).
+pub fn apply_numeric(column: &str, t: NumericTransform, x: f64) -> Result<f64> {
+    match t {
+        NumericTransform::Identity => Ok(x),
+        NumericTransform::Log1p if x <= -1.0 => Err(Error::feature(
+            column,
+            format!("value {x} is ≤ -1 (log1p transform)"),
+        )),
+        NumericTransform::Log1p => Ok(x.ln_1p()),
+    }
 }
 
 /// The human-readable value of a categorical field for labels
@@ -433,11 +468,48 @@ impl Tokenizer {
         }
     }
 
-    fn push_inner(&self, features: &UserFeatures, batch: &mut TokenBatch) -> Result<TokenStats> {
-        let s = &self.schema;
-        let b = &s.behaviour;
+    /// Tokenizes one user whose events are already resolved to item indexes
+    /// (the trainer's path; same rules and tokens as [`Tokenizer::tokenize`]
+    /// with the items' ids, `source` = index in `events`; not added to the
+    /// running [`Tokenizer::counters`]).
+    pub fn tokenize_resolved(
+        &self,
+        fields: &BTreeMap<String, FieldValue>,
+        events: &[ResolvedEvent],
+    ) -> Result<UserTokens> {
+        let mut batch = TokenBatch::new();
         let mut stats = TokenStats::default();
-        for k in features.fields.keys() {
+        self.check_columns(fields)?;
+        for (i, e) in events.iter().enumerate() {
+            check_rating(e.rating, || {
+                e.item
+                    .and_then(|k| self.schema.items.ids.get(k as usize))
+                    .map_or("?", String::as_str)
+            })?;
+            if let Some(k) = e.item
+                && k as usize >= self.schema.items.ids.len()
+            {
+                return Err(Error::feature(
+                    "events",
+                    format!("item index {k} is not an item of the model"),
+                ));
+            }
+            let idx = u32::try_from(i).map_err(|_| Error::feature("events", "too many events"))?;
+            batch.order.push((e.timestamp, idx));
+            if e.item.is_none() {
+                stats.oov_items += 1;
+            }
+            batch.resolved.push((e.item, e.rating));
+        }
+        self.push_sorted(fields, &mut batch, stats)?;
+        batch
+            .user(0)
+            .ok_or_else(|| Error::Argument("internal: tokenized user is missing".into()))
+    }
+
+    /// Fails on a field key that is not an input column.
+    fn check_columns(&self, fields: &BTreeMap<String, FieldValue>) -> Result<()> {
+        for k in fields.keys() {
             if self.columns.binary_search(k).is_err() {
                 return Err(Error::feature(
                     k,
@@ -448,26 +520,38 @@ impl Tokenizer {
                 ));
             }
         }
-        // Resolve and sort the events: by time, ties in the given order.
+        Ok(())
+    }
+
+    fn push_inner(&self, features: &UserFeatures, batch: &mut TokenBatch) -> Result<TokenStats> {
+        let mut stats = TokenStats::default();
+        self.check_columns(&features.fields)?;
+        // Resolve the events.
         batch.order.clear();
         batch.resolved.clear();
         for (i, e) in features.events.iter().enumerate() {
-            if let Some(r) = e.rating
-                && !r.is_finite()
-            {
-                return Err(Error::feature(
-                    "events",
-                    format!("rating of item `{}` is not finite", e.item),
-                ));
-            }
+            check_rating(e.rating, || &e.item)?;
             let idx = u32::try_from(i).map_err(|_| Error::feature("events", "too many events"))?;
             batch.order.push((e.timestamp, idx));
             let item = self.items.get(&e.item).copied();
             if item.is_none() {
                 stats.oov_items += 1;
             }
-            batch.resolved.push(item);
+            batch.resolved.push((item, e.rating));
         }
+        self.push_sorted(&features.fields, batch, stats)
+    }
+
+    /// Sorts the resolved events of `batch` (by time, ties in the given
+    /// order) and appends the user's tokens.
+    fn push_sorted(
+        &self,
+        fields: &BTreeMap<String, FieldValue>,
+        batch: &mut TokenBatch,
+        mut stats: TokenStats,
+    ) -> Result<TokenStats> {
+        let s = &self.schema;
+        let b = &s.behaviour;
         batch.order.sort_unstable();
         let n = batch.order.len();
         batch.p = s.fields.len();
@@ -477,7 +561,7 @@ impl Tokenizer {
         }
         for (fi, f) in s.fields.iter().enumerate() {
             let tok = match &f.kind {
-                FieldKind::Categorical { transform, .. } => match features.fields.get(&f.source) {
+                FieldKind::Categorical { transform, .. } => match fields.get(&f.source) {
                     None => FlatField::Categorical(MISSING),
                     Some(v) => {
                         let v = value_of(&f.source, v)?;
@@ -503,7 +587,7 @@ impl Tokenizer {
                     let raw = if f.source == SOURCE_EVENT_COUNT {
                         Some(n as f64)
                     } else {
-                        match features.fields.get(&f.source) {
+                        match fields.get(&f.source) {
                             None => None,
                             Some(v) => parse_number(&f.source, value_of(&f.source, v)?)?,
                         }
@@ -522,14 +606,11 @@ impl Tokenizer {
                     w.iter_mut().for_each(|x| *x = 0.0);
                     let mut total = 0.0f64;
                     for &(_, i) in &batch.order {
-                        let (Some(Some(item)), Some(e)) = (
-                            batch.resolved.get(i as usize),
-                            features.events.get(i as usize),
-                        ) else {
+                        let Some(&(Some(item), rating)) = batch.resolved.get(i as usize) else {
                             continue;
                         };
-                        let rho = b.rating_weight(e.rating);
-                        for &gg in s.items.genres.get(*item as usize).map_or(&[][..], |v| v) {
+                        let rho = b.rating_weight(rating);
+                        for &gg in s.items.genres.get(item as usize).map_or(&[][..], |v| v) {
                             if let Some(x) = w.get_mut(gg as usize) {
                                 *x += rho;
                                 total += rho;
@@ -565,8 +646,11 @@ impl Tokenizer {
             } else {
                 b.gap_bucket(ts.saturating_sub(batch.order[i - 1].0))
             };
-            let item = batch.resolved.get(src as usize).copied().flatten();
-            let rating = features.events.get(src as usize).and_then(|e| e.rating);
+            let (item, rating) = batch
+                .resolved
+                .get(src as usize)
+                .copied()
+                .unwrap_or_default();
             batch.events.push(EventToken {
                 item_row: item.map_or(OOV, |i| VOCAB_OFFSET + i),
                 rating_row: b.rating_row(rating),
@@ -582,5 +666,16 @@ impl Tokenizer {
         }
         batch.spans.push(e0..batch.events.len());
         Ok(stats)
+    }
+}
+
+/// Fails on a non-finite rating (`item` names the event's item).
+fn check_rating<'a>(rating: Option<f32>, item: impl FnOnce() -> &'a str) -> Result<()> {
+    match rating {
+        Some(r) if !r.is_finite() => Err(Error::feature(
+            "events",
+            format!("rating of item `{}` is not finite", item()),
+        )),
+        _ => Ok(()),
     }
 }
