@@ -1,11 +1,15 @@
 //! `profiled-benches`: report binaries and the helpers they share — timing
 //! with medians, a seeded generator for synthetic inputs, and the machine
-//! context (load average) every report prints next to its figures.
+//! context (load average) every report prints next to its figures; and
+//! [`loadgen`], the load generator behind `profiled-loadgen` and
+//! `server-report`.
 //!
 //! In-run baselines (FMA peak, memory read bandwidth) come from
 //! [`profiled_kernels::probe`], so each report measures its own yardstick in
 //! the same run as the figures it judges.
 #![forbid(unsafe_code)]
+
+pub mod loadgen;
 
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,655 @@
+//! Server report (issue 5): the real `profiled` binary on 127.0.0.1:0 with a
+//! synthetic model (d = 64, 4 heads, 2 layers, FFN 256, 64-dim profiles,
+//! users with ≈ 50 events), driven by the `profiled-loadgen` library over
+//! loopback, next to two floors measured in the same run:
+//!
+//! - `echo_rps`: a bench-only tonic service (this binary re-run with
+//!   `--serve-echo`, a separate process like the server) that decodes the
+//!   same Embed requests and answers a same-size Embed response (a real
+//!   response of the server, replayed) without any work, with the server's
+//!   transport settings, driven by the same client;
+//! - `encoder_users_per_s`: the server's batcher and worker pool fed
+//!   in-process (no gRPC) with the same users.
+//!
+//! Then `embed_hit_rps` / `embed_miss_rps` (closed loop, one user per call;
+//! misses are unique users), `embed_miss_p99_us_at_half_load` (open loop at
+//! half of `embed_miss_rps`, latency from the intended send time),
+//! `swap_p99_ratio` / `swap_errors` (same open-loop rate, a new version
+//! published mid-run) and `overload_errors_other_than_resource_exhausted`
+//! (open loop at 3 × `embed_miss_rps`). Client and server CPU use
+//! (from /proc/<pid>/stat, as getrusage reports it) and the load average are
+//! printed with the figures. The last line of stdout is one JSON object.
+//!
+//! `cargo run --release -p profiled-benches --bin server-report [-- --quick]`
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::Stream;
+use profiled_benches::load_average;
+use profiled_benches::loadgen::cpu::total_cpu_seconds;
+use profiled_benches::loadgen::{
+    Generator, Mode, RunConfig, RunReport, SwapPlan, Target, TargetConfig, UserPool, Workload, run,
+};
+use profiled_model::testing::{SyntheticSpec, write_synthetic_model};
+use profiled_proto::v1 as pb;
+use profiled_proto::v1::profile_service_server::{ProfileService, ProfileServiceServer};
+use prost::Message;
+use serde_json::json;
+use tonic::{Request, Response, Status, Streaming};
+
+const MODEL: &str = "bench";
+const ITEMS: usize = 400;
+const MAX_EVENTS: usize = 50;
+const POOL: usize = 2000;
+const STREAMS: usize = 64;
+const CONNECTIONS: usize = 4;
+
+fn spec(seed: u64) -> SyntheticSpec {
+    SyntheticSpec {
+        d_model: 64,
+        heads: 4,
+        layers: 2,
+        ffn: 256,
+        d_out: 64,
+        items: ITEMS,
+        max_events: MAX_EVENTS,
+        golden: 4,
+        seed,
+        ..SyntheticSpec::default()
+    }
+}
+
+// ---------------------------------------------------------------- echo ---
+
+#[derive(Debug, Clone)]
+struct Echo {
+    response: Arc<pb::EmbedResponse>,
+}
+
+type EmbedStreamOut = Pin<Box<dyn Stream<Item = Result<pb::EmbedStreamResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ProfileService for Echo {
+    async fn embed(
+        &self,
+        request: Request<pb::EmbedRequest>,
+    ) -> Result<Response<pb::EmbedResponse>, Status> {
+        let req = request.into_inner();
+        let mut r = (*self.response).clone();
+        r.request_id = req.request_id;
+        Ok(Response::new(r))
+    }
+    type EmbedStreamStream = EmbedStreamOut;
+    async fn embed_stream(
+        &self,
+        _: Request<Streaming<pb::EmbedRequest>>,
+    ) -> Result<Response<Self::EmbedStreamStream>, Status> {
+        Err(Status::unimplemented("echo: Embed only"))
+    }
+    async fn search(
+        &self,
+        _: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::SearchResponse>, Status> {
+        Err(Status::unimplemented("echo: Embed only"))
+    }
+    async fn explain(
+        &self,
+        _: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::ExplainResponse>, Status> {
+        Err(Status::unimplemented("echo: Embed only"))
+    }
+    async fn get_model(
+        &self,
+        _: Request<pb::GetModelRequest>,
+    ) -> Result<Response<pb::GetModelResponse>, Status> {
+        Err(Status::unimplemented("echo: Embed only"))
+    }
+    async fn list_models(
+        &self,
+        _: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        Err(Status::unimplemented("echo: Embed only"))
+    }
+}
+
+/// `--serve-echo TEMPLATE`: serve the echo service with the server's default
+/// transport settings until killed.
+fn serve_echo(template: &Path) -> Result<()> {
+    let bytes = std::fs::read(template).with_context(|| template.display().to_string())?;
+    let response = Arc::new(pb::EmbedResponse::decode(&bytes[..])?);
+    let s = profiled_server::Config::default().server;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("listening on {}", listener.local_addr()?);
+        let svc = ProfileServiceServer::new(Echo { response })
+            .max_decoding_message_size(s.max_request_bytes)
+            .max_encoding_message_size(s.max_response_bytes);
+        tonic::transport::Server::builder()
+            .max_concurrent_streams(s.max_concurrent_streams)
+            .concurrency_limit_per_connection(s.concurrency_per_connection)
+            .load_shed(true)
+            .tcp_nodelay(true)
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await?;
+        anyhow::Ok(())
+    })
+}
+
+// ------------------------------------------------------------ processes ---
+
+struct Proc {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_listening(mut cmd: Command) -> Result<Proc> {
+    let mut child = cmd.stdout(Stdio::piped()).spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(l)) = lines.next() {
+            let _ = tx.send(l);
+        }
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .context("the child did not print its address")?;
+    let addr = line
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected first line {line:?}"))?
+        .to_string();
+    Ok(Proc { child, addr })
+}
+
+/// `profiled` next to this executable, rebuilt first when run under cargo.
+fn profiled_bin() -> Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let dir = me.parent().context("no directory of the executable")?;
+    if let Ok(cargo) = std::env::var("CARGO") {
+        let profile = dir
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("release")
+            .to_string();
+        let profile = if profile == "debug" {
+            "dev".into()
+        } else {
+            profile
+        };
+        eprintln!("building profiled ({profile}) …");
+        let st = Command::new(cargo)
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "profiled-server",
+                "--bin",
+                "profiled",
+                "--profile",
+            ])
+            .arg(&profile)
+            .status()?;
+        if !st.success() {
+            bail!("cargo build of profiled failed ({st})");
+        }
+    }
+    let bin = dir.join("profiled");
+    if !bin.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p profiled-server`",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+async fn wait_serving(addr: &str) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if let Ok(ch) = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await
+        {
+            let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+            if let Ok(r) = h
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: profiled_proto::PROFILE_SERVICE_NAME.into(),
+                })
+                .await
+                && r.into_inner().status == 1
+            {
+                return Ok(());
+            }
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("profiled not SERVING after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// -------------------------------------------------------------- floors ---
+
+/// Users per second through the server's batcher + worker pool, in-process.
+async fn encoder_floor(repo: &Path, pool: &UserPool, secs: f64) -> Result<(f64, f64)> {
+    let dir = repo.join(MODEL).join("1");
+    let generation = Arc::new(profiled_store::Generation::load(MODEL, 1, &dir, true)?);
+    let cfg = profiled_server::Config::default();
+    let batcher = Arc::new(profiled_server::batcher::Batcher::new(MODEL, &cfg.batcher)?);
+    // The same users as the gRPC runs, through the server's edge conversion.
+    let users: Arc<Vec<profiled_model::UserFeatures>> = Arc::new(
+        pool.users
+            .iter()
+            .map(|u| profiled_server::convert::features(u, "user", &generation, &cfg.limits))
+            .collect::<Result<_, _>>()?,
+    );
+    let done = Arc::new(AtomicU64::new(0));
+    let in_flight = (cfg.batcher.queue_capacity / 2).max(1);
+    let run_for = |d: Duration, count: bool| {
+        let mut tasks = Vec::new();
+        let stop = Instant::now() + d;
+        for t in 0..in_flight {
+            let (b, g, u, done) = (
+                batcher.clone(),
+                generation.clone(),
+                users.clone(),
+                done.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut i = t;
+                while Instant::now() < stop {
+                    let f = u[i % u.len()].clone();
+                    if b.compute(g.clone(), f, String::new(), None).await.is_ok() && count {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    i += in_flight;
+                }
+            }));
+        }
+        tasks
+    };
+    for t in run_for(Duration::from_millis(500), false) {
+        let _ = t.await;
+    }
+    let cpu0 = total_cpu_seconds(None);
+    let start = Instant::now();
+    for t in run_for(Duration::from_secs_f64(secs), true) {
+        let _ = t.await;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let cores = cpu0
+        .zip(total_cpu_seconds(None))
+        .map_or(f64::NAN, |(a, b)| (b - a) / wall);
+    Ok((done.load(Ordering::Relaxed) as f64 / wall, cores))
+}
+
+// --------------------------------------------------------------- report ---
+
+struct Row {
+    name: &'static str,
+    value: String,
+    client_cores: Option<f64>,
+    server_cores: Option<f64>,
+    note: String,
+}
+
+async fn measured(
+    target: &Target,
+    generator: &Generator,
+    cfg: &RunConfig,
+    server_pid: Option<u32>,
+) -> Result<(RunReport, Option<f64>)> {
+    let s0 = server_pid.and_then(|p| total_cpu_seconds(Some(p)));
+    let t0 = Instant::now();
+    let rep = run(target, generator, cfg).await?;
+    let wall = t0.elapsed().as_secs_f64();
+    let s1 = server_pid.and_then(|p| total_cpu_seconds(Some(p)));
+    eprint!("{}", rep.text());
+    Ok((rep, s0.zip(s1).map(|(a, b)| (b - a) / wall)))
+}
+
+fn closed(label: &str, secs: f64) -> RunConfig {
+    RunConfig {
+        label: label.into(),
+        mode: Mode::Closed { streams: STREAMS },
+        duration: Some(Duration::from_secs_f64(secs)),
+        count: None,
+        progress: false,
+        warmup: true,
+        ..RunConfig::default()
+    }
+}
+
+fn open(label: &str, rate: f64, secs: f64) -> RunConfig {
+    RunConfig {
+        label: label.into(),
+        mode: Mode::Open { rate },
+        duration: Some(Duration::from_secs_f64(secs)),
+        count: None,
+        progress: false,
+        warmup: false,
+        ..RunConfig::default()
+    }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--serve-echo") {
+        let t = args
+            .get(i + 1)
+            .context("--serve-echo needs a template file")?;
+        return serve_echo(Path::new(t));
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let secs = if quick { 2.0 } else { 5.0 };
+    let load_before = load_average();
+
+    // The model repository: version 1 served, version 2 kept for the swap.
+    let tmp = tempfile::tempdir()?;
+    let repo = tmp.path().join("models");
+    std::fs::create_dir_all(&repo)?;
+    let v1 = tmp.path().join("src1");
+    let v2 = tmp.path().join("src2");
+    write_synthetic_model(&v1, &spec(1))?;
+    write_synthetic_model(&v2, &spec(2))?;
+    profiled_store::publish(&v1, &repo, MODEL)?;
+
+    let bin = profiled_bin()?;
+    let log = std::fs::File::create(tmp.path().join("profiled.log"))?;
+    let mut cmd = Command::new(&bin);
+    cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", ""])
+        .arg("--models")
+        .arg(&repo)
+        .env("PROFILED__MODELS__POLL_INTERVAL_MS", "200")
+        .env("PROFILED__MODELS__DEBOUNCE_MS", "50")
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::from(log));
+    let server = spawn_listening(cmd)?;
+    let server_pid = Some(server.child.id());
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut rows: Vec<Row> = Vec::new();
+    let pool = UserPool::synthetic_model(5, POOL, ITEMS, MAX_EVENTS);
+    let mut pool = Arc::new(pool);
+    let workload = |pool: &Arc<UserPool>, hit: f64| Workload {
+        model: MODEL.into(),
+        pool: pool.clone(),
+        known_users: Arc::new(Vec::new()),
+        hit_ratio: hit,
+        mix: Workload::parse_mix("embed").unwrap_or_default(),
+    };
+    let target_cfg = |addr: &str| TargetConfig {
+        addr: addr.to_string(),
+        connections: CONNECTIONS,
+        ..TargetConfig::default()
+    };
+
+    let result = rt.block_on(async {
+        wait_serving(&server.addr).await?;
+        let target = Target::connect(&target_cfg(&server.addr)).await?;
+        let kinds = target.input_kinds(MODEL).await?;
+        let mut fitted = (*pool).clone();
+        fitted.fit(&kinds);
+        pool = Arc::new(fitted);
+
+        // A real response of the server: the echo's answer.
+        let one = pb::EmbedRequest {
+            model: Some(pb::ModelSpec {
+                name: MODEL.into(),
+                selector: None,
+            }),
+            users: vec![pb::UserInput {
+                source: Some(pb::user_input::Source::Features(pool.users[0].clone())),
+            }],
+            ..Default::default()
+        };
+        let template = target.embed(one).await.context("first Embed call")?;
+        let template_path = tmp.path().join("echo-template.pb");
+        std::fs::write(&template_path, template.encode_to_vec())?;
+        let mut echo_cmd = Command::new(std::env::current_exe()?);
+        echo_cmd.arg("--serve-echo").arg(&template_path);
+        let echo = spawn_listening(echo_cmd)?;
+        let echo_target = Target::connect(&target_cfg(&echo.addr)).await?;
+
+        // 1. echo floor.
+        let g = Generator::new(workload(&pool, 1.0), 1)?;
+        let mut warm = closed("echo warm-up", 1.0);
+        warm.warmup = false;
+        run(&echo_target, &g, &warm).await?;
+        let mut c = closed("echo", secs);
+        c.warmup = false;
+        let (echo_rep, echo_cores) = measured(&echo_target, &g, &c, Some(echo.child.id())).await?;
+        let echo_rps = echo_rep.ok_rps();
+        rows.push(Row {
+            name: "echo_rps",
+            value: format!("{echo_rps:.0}"),
+            client_cores: echo_rep.client_cores(),
+            server_cores: echo_cores,
+            note: format!("gRPC + protobuf floor, p99 {} µs", echo_rep.latency().p99),
+        });
+        drop(echo);
+
+        // 2. encoder floor.
+        let (encoder_ups, enc_cores) = encoder_floor(&repo, &pool, secs).await?;
+        rows.push(Row {
+            name: "encoder_users_per_s",
+            value: format!("{encoder_ups:.0}"),
+            client_cores: None,
+            server_cores: Some(enc_cores),
+            note: "batcher + worker pool in-process, no gRPC".into(),
+        });
+
+        // 3. hits.
+        let g = Generator::new(workload(&pool, 1.0), 2)?;
+        run(&target, &g, &closed("hit warm-up", 1.0)).await?;
+        let (hit_rep, hit_cores) = measured(&target, &g, &closed("embed hits", secs), server_pid).await?;
+        let embed_hit_rps = hit_rep.ok_rps();
+        rows.push(Row {
+            name: "embed_hit_rps",
+            value: format!("{embed_hit_rps:.0}"),
+            client_cores: hit_rep.client_cores(),
+            server_cores: hit_cores,
+            note: format!(
+                "{:.2} × echo (target ≥ 0.85); p99 {} µs; errors {}",
+                embed_hit_rps / echo_rps,
+                hit_rep.latency().p99,
+                hit_rep.error_total()
+            ),
+        });
+
+        // 4. misses.
+        let g = Generator::new(workload(&pool, 0.0), 3)?;
+        run(&target, &g, &closed("miss warm-up", 1.0)).await?;
+        let (miss_rep, miss_cores) = measured(&target, &g, &closed("embed misses", secs), server_pid).await?;
+        let embed_miss_rps = miss_rep.ok_rps();
+        let floor = echo_rps.min(encoder_ups);
+        rows.push(Row {
+            name: "embed_miss_rps",
+            value: format!("{embed_miss_rps:.0}"),
+            client_cores: miss_rep.client_cores(),
+            server_cores: miss_cores,
+            note: format!(
+                "{:.2} × min(echo, encoder) (target ≥ 0.6); p99 {} µs; errors {}",
+                embed_miss_rps / floor,
+                miss_rep.latency().p99,
+                miss_rep.error_total()
+            ),
+        });
+
+        // 5. half load, open loop.
+        let half = (embed_miss_rps / 2.0).max(1.0);
+        let (half_rep, half_cores) =
+            measured(&target, &g, &open("half load", half, 2.0 * secs), server_pid).await?;
+        let p99_half = half_rep.latency().p99;
+        rows.push(Row {
+            name: "embed_miss_p99_us_at_half_load",
+            value: format!("{p99_half}"),
+            client_cores: half_rep.client_cores(),
+            server_cores: half_cores,
+            note: format!(
+                "open loop {half:.0}/s (target ≤ 2000 µs); p50 {} µs; send lag p99 {} µs; errors {}",
+                half_rep.latency().p50,
+                half_rep
+                    .send_lag
+                    .as_ref()
+                    .map_or(0, |h| h.value_at_quantile(0.99)),
+                half_rep.error_total()
+            ),
+        });
+
+        // 6. swap at the same rate.
+        let swap_secs = if quick { 6.0 } else { 12.0 };
+        let mut sc = open("swap", half, swap_secs);
+        sc.swap = Some(SwapPlan {
+            at: Duration::from_secs_f64(swap_secs / 3.0),
+            src: v2.clone(),
+            repo: repo.clone(),
+            model: MODEL.into(),
+            settle: Duration::from_secs(1),
+        });
+        let (swap_rep, swap_cores) = measured(&target, &g, &sc, server_pid).await?;
+        let sw = swap_rep.stats.swap.clone().context("swap stats")?;
+        let before_p99 = sw.before.summary().p99.max(1);
+        let swap_p99_ratio = sw.during.summary().p99 as f64 / before_p99 as f64;
+        let swap_errors = swap_rep.error_total();
+        let seen_ms = sw
+            .started
+            .zip(sw.seen)
+            .map(|(a, b)| b.saturating_duration_since(a).as_millis() as u64);
+        rows.push(Row {
+            name: "swap_p99_ratio",
+            value: format!("{swap_p99_ratio:.2}"),
+            client_cores: swap_rep.client_cores(),
+            server_cores: swap_cores,
+            note: format!(
+                "p99 before {} / during {} / after {} µs (target ≤ 1.5); new version answering {} ms after publish",
+                sw.before.summary().p99,
+                sw.during.summary().p99,
+                sw.after.summary().p99,
+                seen_ms.map_or("never".into(), |m| m.to_string())
+            ),
+        });
+        rows.push(Row {
+            name: "swap_errors",
+            value: swap_errors.to_string(),
+            client_cores: None,
+            server_cores: None,
+            note: format!("{:?} (target 0)", swap_rep.stats.all.errors),
+        });
+
+        // 7. overload at 3 × miss rate.
+        let (over_rep, over_cores) =
+            measured(&target, &g, &open("overload 3x", 3.0 * embed_miss_rps, secs), server_pid).await?;
+        let other: u64 = over_rep
+            .stats
+            .all
+            .errors
+            .iter()
+            .filter(|(k, _)| k.as_str() != "RESOURCE_EXHAUSTED" && k.as_str() != "CLIENT_BACKLOG")
+            .map(|(_, v)| *v)
+            .sum();
+        rows.push(Row {
+            name: "overload_errors_other_than_resource_exhausted",
+            value: other.to_string(),
+            client_cores: over_rep.client_cores(),
+            server_cores: over_cores,
+            note: format!(
+                "{:.0}/s offered, {:.0}/s ok; errors {:?}; examples {:?} (target 0)",
+                3.0 * embed_miss_rps,
+                over_rep.ok_rps(),
+                over_rep.stats.all.errors,
+                over_rep.stats.error_examples
+            ),
+        });
+
+        let load_after = load_average();
+        let j = json!({
+            "echo_rps": echo_rps.round(),
+            "encoder_users_per_s": encoder_ups.round(),
+            "embed_hit_rps": embed_hit_rps.round(),
+            "embed_miss_rps": embed_miss_rps.round(),
+            "embed_miss_p99_us_at_half_load": p99_half,
+            "swap_p99_ratio": (swap_p99_ratio * 100.0).round() / 100.0,
+            "swap_errors": swap_errors,
+            "overload_errors_other_than_resource_exhausted": other,
+            "overload_resource_exhausted": over_rep.stats.all.errors.get("RESOURCE_EXHAUSTED").copied().unwrap_or(0),
+            "overload_client_backlog": over_rep.stats.all.errors.get("CLIENT_BACKLOG").copied().unwrap_or(0),
+            "hit_over_echo": (embed_hit_rps / echo_rps * 100.0).round() / 100.0,
+            "miss_over_floor": (embed_miss_rps / floor * 100.0).round() / 100.0,
+            "client_cores": {
+                "echo": echo_rep.client_cores(), "hit": hit_rep.client_cores(), "miss": miss_rep.client_cores(),
+                "half_load": half_rep.client_cores(), "overload": over_rep.client_cores(),
+            },
+            "server_cores": {
+                "echo": echo_cores, "encoder": enc_cores, "hit": hit_cores, "miss": miss_cores,
+                "half_load": half_cores, "overload": over_cores,
+            },
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "streams": STREAMS,
+            "connections": CONNECTIONS,
+            "load_before": load_before,
+            "load_after": load_after,
+            "targets_met": {
+                "hit": embed_hit_rps >= 0.85 * echo_rps,
+                "miss": embed_miss_rps >= 0.6 * floor,
+                "p99_half_load": p99_half <= 2000,
+                "swap_p99_ratio": swap_p99_ratio <= 1.5,
+                "swap_errors": swap_errors == 0,
+                "overload": other == 0,
+            },
+        });
+        anyhow::Ok(j)
+    })?;
+
+    println!(
+        "server report — profiled (release) on 127.0.0.1, synthetic model d=64/4 heads/2 layers/FFN 256, \
+         ≈50 events per user; {CONNECTIONS} connections, {STREAMS} closed-loop streams; {} CPUs; \
+         load average before {:?}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_before
+    );
+    println!(
+        "{:<46} {:>10} {:>8} {:>8}  notes",
+        "figure", "value", "client", "server"
+    );
+    let cores = |c: Option<f64>| c.map_or("-".to_string(), |c| format!("{c:.2}"));
+    for r in &rows {
+        println!(
+            "{:<46} {:>10} {:>8} {:>8}  {}",
+            r.name,
+            r.value,
+            cores(r.client_cores),
+            cores(r.server_cores),
+            r.note
+        );
+    }
+    println!(
+        "(client / server: CPU cores used during the measurement; load average after {:?})",
+        load_average()
+    );
+    println!("{result}");
+    drop(server);
+    Ok(())
+}
