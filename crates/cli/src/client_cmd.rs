@@ -51,10 +51,20 @@ pub struct Secure {
     #[arg(long, env = "PROFILED_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
     /// Client certificate chain (PEM) for mTLS; needs --tls-key.
-    #[arg(long, env = "PROFILED_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "PROFILED_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// Client private key (PEM) for mTLS; needs --tls-cert.
-    #[arg(long, env = "PROFILED_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "PROFILED_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
     pub tls_key: Option<PathBuf>,
     /// Server name to verify (default: the host of --addr).
     #[arg(long, value_name = "NAME")]
@@ -83,12 +93,15 @@ impl Secure {
         if tls {
             let mut cfg = ClientTlsConfig::new();
             let Some(ca) = &self.tls_ca else {
-                bail!("{addr}: TLS needs --tls-ca FILE (the CA that signed the server certificate)");
+                bail!(
+                    "{addr}: TLS needs --tls-ca FILE (the CA that signed the server certificate)"
+                );
             };
             let pem = std::fs::read(ca).with_context(|| format!("--tls-ca {}", ca.display()))?;
             cfg = cfg.ca_certificate(Certificate::from_pem(pem));
             if let (Some(c), Some(k)) = (&self.tls_cert, &self.tls_key) {
-                let cert = std::fs::read(c).with_context(|| format!("--tls-cert {}", c.display()))?;
+                let cert =
+                    std::fs::read(c).with_context(|| format!("--tls-cert {}", c.display()))?;
                 let key = std::fs::read(k).with_context(|| format!("--tls-key {}", k.display()))?;
                 cfg = cfg.identity(Identity::from_pem(cert, key));
             }
@@ -853,4 +866,40 @@ Ready. Try (in another terminal):
         bail!("profiled exited with {st}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_and_token_options() {
+        let plain = Secure::default();
+        assert!(!plain.tls("http://127.0.0.1:1"));
+        assert!(plain.endpoint("http://127.0.0.1:1").is_ok());
+        assert_eq!(plain.bearer().unwrap(), None);
+        // TLS without a CA to trust is a clear error.
+        let e = plain.endpoint("https://127.0.0.1:1").unwrap_err();
+        assert!(e.to_string().contains("--tls-ca"), "{e}");
+        let missing = Secure {
+            tls_ca: Some(PathBuf::from("/nonexistent/ca.pem")),
+            ..Secure::default()
+        };
+        assert!(missing.tls("http://127.0.0.1:1"));
+        let e = missing.endpoint("http://127.0.0.1:1").unwrap_err();
+        assert!(format!("{e:#}").contains("/nonexistent/ca.pem"), "{e:#}");
+        // The token becomes `authorization: Bearer ...`; a token that cannot
+        // be a header value is refused.
+        let t = Secure {
+            token: Some(" abc ".into()),
+            ..Secure::default()
+        };
+        assert_eq!(t.bearer().unwrap().unwrap().to_str().unwrap(), "Bearer abc");
+        let bad = Secure {
+            token: Some("a\nb".into()),
+            ..Secure::default()
+        };
+        assert!(bad.bearer().is_err());
+    }
 }

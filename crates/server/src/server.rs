@@ -16,9 +16,9 @@ use tonic_health::ServingStatus;
 
 use crate::auth::{Authenticator, RateLimits};
 use crate::config::Config;
-use crate::tls::{TlsFiles, TlsReloader, tls_incoming};
 use crate::engine::Engine;
 use crate::service::{AdminApi, ProfileApi};
+use crate::tls::{TlsFiles, TlsReloader, tls_incoming};
 
 /// Why the server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -153,9 +153,7 @@ pub async fn serve(
     let admin_auth = {
         let tokens = cfg.admin_tokens().map_err(ServeError::Config)?;
         (!tokens.is_empty())
-            .then(|| {
-                Authenticator::new(MODEL_ADMIN_NAME, true, tokens, &RateLimits::default())
-            })
+            .then(|| Authenticator::new(MODEL_ADMIN_NAME, true, tokens, &RateLimits::default()))
             .transpose()
             .map_err(ServeError::Config)?
     };
@@ -340,9 +338,7 @@ pub async fn serve(
         Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
     > = match &tls {
         Some(tls) => {
-            tls_tasks.push(
-                tls.spawn_watch(Duration::from_millis(cfg.tls.reload_interval_ms)),
-            );
+            tls_tasks.push(tls.spawn_watch(Duration::from_millis(cfg.tls.reload_interval_ms)));
             let (incoming, accept_task) = tls_incoming(
                 listener,
                 tls.clone(),
