@@ -123,10 +123,12 @@ async fn list_models(ch: Channel, token: Option<&str>) -> Result<usize, tonic::S
     c.list_models(r).await.map(|r| r.into_inner().models.len())
 }
 
+/// The health status of ProfileService (NOT_SERVING = 2 here: the
+/// repository is empty).
 async fn health(ch: Channel) -> Result<i32, tonic::Status> {
     HealthClient::new(ch)
         .check(HealthCheckRequest {
-            service: String::new(),
+            service: profiled_proto::PROFILE_SERVICE_NAME.into(),
         })
         .await
         .map(|r| r.into_inner().status)
