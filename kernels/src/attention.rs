@@ -516,10 +516,15 @@ pub(crate) fn mha_core(
     let sc = grow(scores, 2 * QB * tp_max);
     // AVX-512 with whole 16-column heads: blocks of 16 query rows in the
     // lanes (`attend_t16`); otherwise blocks of `qb` rows with Kᵀ.
+    // (AVX2: 8 rows in the lanes, `attend_t8`, head widths a multiple of 8.)
     #[cfg(target_arch = "x86_64")]
-    let lanes16 = isa == Isa::Avx512 && rows == OutputRows::All && hd.is_multiple_of(16);
+    let lanes: usize = match isa {
+        Isa::Avx512 if rows == OutputRows::All && hd.is_multiple_of(16) => 16,
+        Isa::Avx2 if rows == OutputRows::All && hd.is_multiple_of(8) => 8,
+        _ => 0,
+    };
     #[cfg(not(target_arch = "x86_64"))]
-    let lanes16 = false;
+    let lanes: usize = 0;
     let qb = if isa == Isa::Avx512 { QB } else { QB / 2 };
     let attn = grow(attn, nout * d);
     let scale = 1.0 / (hd as f32).sqrt();
@@ -534,20 +539,26 @@ pub(crate) fn mha_core(
         for h in 0..heads {
             let koff = pd + h * hd;
             #[cfg(target_arch = "x86_64")]
-            if lanes16 {
+            if lanes > 0 {
                 let voff = 2 * pd + h * hd;
                 let mut i0 = 0;
                 while i0 < nq {
-                    let nb = 16.min(nq - i0);
+                    let nb = lanes.min(nq - i0);
                     let mut lens = [0usize; 16];
                     for b in 0..nb {
                         lens[b] = seq.visible(i0 + b);
                     }
                     let lmax = lens.iter().copied().max().unwrap_or(0);
-                    // SAFETY: `isa` was checked (AVX-512); the kernel asserts
-                    // every slice bound it relies on.
+                    let kernel = if lanes == 16 {
+                        x86::attend_t16
+                    } else {
+                        x86::attend_t8
+                    };
+                    // SAFETY: `isa` was checked (AVX-512 for 16 lanes, AVX2 +
+                    // FMA for 8); the kernels assert every slice bound they
+                    // rely on.
                     unsafe {
-                        x86::attend_t16(
+                        kernel(
                             &qkv[(r0 + i0) * ldq + h * hd..],
                             ldq,
                             &lens[..nb],
@@ -558,7 +569,7 @@ pub(crate) fn mha_core(
                             hd,
                             scale,
                             kt,
-                            &mut sc[..16 * lmax],
+                            &mut sc[..lanes * lmax],
                             &mut attn[(r0 + i0) * d + h * hd..],
                             d,
                         )
@@ -568,7 +579,7 @@ pub(crate) fn mha_core(
                             let off = probs_base + (h * nq + i0 + b) * t;
                             let dst = &mut p[off..off + t];
                             for (j, o) in dst.iter_mut().enumerate() {
-                                *o = if j < lens[b] { sc[j * 16 + b] } else { 0.0 };
+                                *o = if j < lens[b] { sc[j * lanes + b] } else { 0.0 };
                             }
                         }
                     }
@@ -1492,6 +1503,211 @@ mod x86 {
         let h = _mm256_add_ps(v, _mm256_permute2f128_ps::<1>(v, v));
         let h = _mm256_add_ps(h, _mm256_shuffle_ps::<0b0100_1110>(h, h));
         _mm256_add_ps(h, _mm256_shuffle_ps::<0b1011_0001>(h, h))
+    }
+
+    /// 8×8 transpose in registers: lane `i` of `out[c]` is lane `c` of `r[i]`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn transpose8(r: &[__m256; 8]) -> [__m256; 8] {
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        // u0: columns 0 (low half) and 4 (high half) of rows 0..4, etc.
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ]
+    }
+
+    /// Scores of keys `j0..j0 + U` for the 8 query lanes: `Σ_c qt[c] · K[j, c]`.
+    ///
+    /// # Safety
+    /// `qt` holds `hd·8` values; rows `j0..j0 + U` of `k` (stride `ldk`)
+    /// hold `hd` values each.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn key_scores8<const U: usize>(
+        qt: *const f32,
+        k: *const f32,
+        ldk: usize,
+        hd: usize,
+        j0: usize,
+    ) -> [__m256; U] {
+        let mut acc = [_mm256_setzero_ps(); U];
+        for c in 0..hd {
+            // SAFETY: c < hd (caller's contract).
+            let qv = unsafe { _mm256_loadu_ps(qt.add(c * 8)) };
+            for u in 0..U {
+                // SAFETY: row j0 + u, column c < hd (caller's contract).
+                let kv = _mm256_set1_ps(unsafe { *k.add((j0 + u) * ldk + c) });
+                acc[u] = _mm256_fmadd_ps(qv, kv, acc[u]);
+            }
+        }
+        acc
+    }
+
+    /// AVX2 version of `attend_t16`: up to 8 query rows in the 8 lanes,
+    /// `hd` a multiple of 8, probabilities left in `st[j·8 + b]`. AVX2 has no
+    /// masked multiply-add, so keys some lane of the block does not see
+    /// (`j ≥` the smallest visible count) are accumulated with a blend that
+    /// keeps those lanes unchanged.
+    ///
+    /// # Safety
+    /// AVX2 and FMA are available.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn attend_t8(
+        q: &[f32],
+        ldq: usize,
+        lens: &[usize],
+        k: &[f32],
+        ldk: usize,
+        v: &[f32],
+        ldv: usize,
+        hd: usize,
+        scale: f32,
+        qt: &mut [f32],
+        st: &mut [f32],
+        out: &mut [f32],
+        ldo: usize,
+    ) {
+        let nb = lens.len();
+        assert!((1..=8).contains(&nb) && hd >= 8 && hd.is_multiple_of(8));
+        let lmax = lens.iter().copied().max().unwrap_or(0);
+        let lmin = lens.iter().copied().min().unwrap_or(0);
+        assert!(lmin >= 1);
+        assert!(q.len() >= (nb - 1) * ldq + hd && ldq >= hd);
+        assert!(k.len() >= (lmax - 1) * ldk + hd && v.len() >= (lmax - 1) * ldv + hd);
+        assert!(qt.len() >= hd * 8 && st.len() >= lmax * 8);
+        assert!(out.len() >= (nb - 1) * ldo + hd);
+        // Unused lanes (zero queries) see every key, so they never lower
+        // `lmin`.
+        let mut lv = [lmax as i32; 8];
+        for b in 0..nb {
+            lv[b] = lens[b] as i32;
+        }
+        // SAFETY: `lv` holds 8 i32.
+        let lensv = unsafe { _mm256_loadu_si256(lv.as_ptr().cast()) };
+        let visible =
+            |j: usize| _mm256_castsi256_ps(_mm256_cmpgt_epi32(lensv, _mm256_set1_epi32(j as i32)));
+        // Qᵀ: qt[c·8 + b] = q[b·ldq + c] (lanes ≥ nb zero).
+        let qp = q.as_ptr();
+        let mut c0 = 0;
+        while c0 < hd {
+            let mut r = [_mm256_setzero_ps(); 8];
+            for b in 0..nb {
+                // SAFETY: row b < nb, columns c0..c0 + 8 ≤ hd (asserted).
+                r[b] = unsafe { _mm256_loadu_ps(qp.add(b * ldq + c0)) };
+            }
+            let t = transpose8(&r);
+            for cc in 0..8 {
+                // SAFETY: c0 + cc < hd: inside qt (asserted).
+                unsafe { _mm256_storeu_ps(qt.as_mut_ptr().add((c0 + cc) * 8), t[cc]) };
+            }
+            c0 += 8;
+        }
+        let sc = _mm256_set1_ps(scale);
+        let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+        let (qtp, kp, stp) = (qt.as_ptr(), k.as_ptr(), st.as_mut_ptr());
+        // Scores (masked to −inf) and their running maximum.
+        let mut mx = ninf;
+        let mut j0 = 0;
+        while j0 < lmax {
+            let u = (lmax - j0).min(8);
+            let mut acc = [_mm256_setzero_ps(); 8];
+            // SAFETY: rows j0..j0 + u < lmax of k hold hd values (asserted).
+            unsafe {
+                if u == 8 {
+                    acc = key_scores8::<8>(qtp, kp, ldk, hd, j0);
+                } else {
+                    for jj in 0..u {
+                        acc[jj] = key_scores8::<1>(qtp, kp, ldk, hd, j0 + jj)[0];
+                    }
+                }
+            }
+            for jj in 0..u {
+                let j = j0 + jj;
+                let sv = _mm256_blendv_ps(ninf, _mm256_mul_ps(acc[jj], sc), visible(j));
+                mx = _mm256_max_ps(mx, sv);
+                // SAFETY: j < lmax: st holds lmax·8 values (asserted).
+                unsafe { _mm256_storeu_ps(stp.add(j * 8), sv) };
+            }
+            j0 += u;
+        }
+        // Exponentials, their sum, then normalisation in place.
+        let mut sum = _mm256_setzero_ps();
+        for j in 0..lmax {
+            // SAFETY: as above.
+            unsafe {
+                let e = _mm256_and_ps(
+                    exp8(_mm256_sub_ps(_mm256_loadu_ps(stp.add(j * 8)), mx)),
+                    visible(j),
+                );
+                sum = _mm256_add_ps(sum, e);
+                _mm256_storeu_ps(stp.add(j * 8), e);
+            }
+        }
+        let inv = _mm256_div_ps(_mm256_set1_ps(1.0), sum);
+        for j in 0..lmax {
+            // SAFETY: as above.
+            unsafe {
+                let p = stp.add(j * 8);
+                _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_loadu_ps(p), inv));
+            }
+        }
+        // P·V, 8 output columns at a time, then back to row layout.
+        let vp = v.as_ptr();
+        let mut c0 = 0;
+        while c0 < hd {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for j in 0..lmin {
+                // SAFETY: j < lmax (asserted st and v bounds); c0 + 8 ≤ hd.
+                unsafe {
+                    let p = _mm256_loadu_ps(stp.add(j * 8));
+                    let row = vp.add(j * ldv + c0);
+                    for cc in 0..8 {
+                        acc[cc] = _mm256_fmadd_ps(p, _mm256_set1_ps(*row.add(cc)), acc[cc]);
+                    }
+                }
+            }
+            for j in lmin..lmax {
+                let m = visible(j);
+                // SAFETY: as above.
+                unsafe {
+                    let p = _mm256_loadu_ps(stp.add(j * 8));
+                    let row = vp.add(j * ldv + c0);
+                    for cc in 0..8 {
+                        let f = _mm256_fmadd_ps(p, _mm256_set1_ps(*row.add(cc)), acc[cc]);
+                        acc[cc] = _mm256_blendv_ps(acc[cc], f, m);
+                    }
+                }
+            }
+            let rows = transpose8(&acc);
+            for b in 0..nb {
+                // SAFETY: row b < nb of out holds hd ≥ c0 + 8 values (asserted).
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(b * ldo + c0), rows[b]) };
+            }
+            c0 += 8;
+        }
     }
 
     /// AVX2 version of `attend_avx512` (up to 4 rows; rows of at most 16
