@@ -46,7 +46,10 @@
 //! operations between registers (no horizontal reductions), `P·V`
 //! broadcasts single `V` elements against probability vectors with masked
 //! multiply-adds, and a final 16×16 transpose writes the rows; no `Kᵀ` is
-//! built. Otherwise the AVX-512 and AVX2 paths fuse scores, softmax (in
+//! built. The AVX2 path does the same with 8 query rows in 8 lanes (head
+//! widths a multiple of 8; keys hidden from some lane are blended out, AVX2
+//! having no masked multiply-add). Otherwise (`LastOnly`, other head widths)
+//! the AVX-512 and AVX2 paths fuse scores, softmax (in
 //! registers for rows of at most 16 visible keys) and `P·V` per block of 8
 //! (AVX2: 4) query rows with register-resident accumulators; the portable path uses `wide`
 //! kernels and [`activation::softmax_row`]; the scalar path is the plain
