@@ -1,5 +1,6 @@
 //! The load generator against the real `profiled` binary (Embed, Search,
-//! Explain mix; the CLI's JSON report; a swap mid-run), and the open-loop
+//! Explain mix; the CLI's JSON report; a swap mid-run; TLS with a bearer
+//! token), and the open-loop
 //! scheduler against a bench-only service that stalls: latency must run from
 //! the intended send time, and the schedule must not wait for the server.
 
@@ -308,4 +309,92 @@ async fn open_loop_measures_from_the_intended_send_time() {
         h.count_between(100_000, h.max()) < 80,
         "a closed loop records the stall once, not per intended call"
     );
+}
+
+/// A CA and a `localhost` server certificate signed by it (PEMs).
+fn test_certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name
+        .push(DnType::CommonName, "loadgen test ca");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = p.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(p, ca_key);
+    let leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    (ca_pem, cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_over_tls_with_a_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("models");
+    std::fs::create_dir_all(&repo).unwrap();
+    publish_model(&repo, "m", 1, false).unwrap();
+    let (ca, cert, key) = test_certificates();
+    let path = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ca_file = path("ca.crt", &ca);
+    let cert_file = path("tls.crt", &cert).display().to_string();
+    let key_file = path("tls.key", &key).display().to_string();
+    let server = Server::start(
+        &repo,
+        &[
+            ("PROFILED__TLS__CERT_FILE", &cert_file),
+            ("PROFILED__TLS__KEY_FILE", &key_file),
+            ("PROFILED__SERVER__HEALTH_LISTEN", "127.0.0.1:0"),
+            ("PROFILED__AUTH__REQUIRED", "true"),
+            ("PROFILED__AUTH__TOKEN_ENV", "LOADGEN_TEST_TOKENS"),
+            ("LOADGEN_TEST_TOKENS", "s3cret"),
+        ],
+    )
+    .unwrap();
+    let tls = |token: Option<&str>| TargetConfig {
+        addr: server.addr.clone(),
+        tls: true,
+        ca_cert: Some(ca_file.clone()),
+        domain: Some("localhost".into()),
+        token: token.map(str::to_string),
+        connections: 1,
+        ..TargetConfig::default()
+    };
+    let mut cfg = open(50.0, 1.0);
+    cfg.warmup = false;
+    // Wait for the model: retry until GetModel answers.
+    let target = Target::connect(&tls(Some("s3cret"))).await.unwrap();
+    let start = Instant::now();
+    while target.input_kinds("m").await.is_err() && start.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let g = Generator::new(fitted(&target, "embed", 0.0).await, 4).unwrap();
+    // …and until the version is ready (UNAVAILABLE while it loads).
+    while start.elapsed() < Duration::from_secs(60) {
+        let rep = run(&target, &g, &open(20.0, 0.1)).await.unwrap();
+        if rep.stats.all.ok > 0 && rep.stats.all.errors.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rep = run(&target, &g, &cfg).await.unwrap();
+    assert_eq!(rep.stats.all.ok, 50, "{}", rep.text());
+    assert!(rep.stats.all.errors.is_empty(), "{}", rep.text());
+    // Without the token every call is refused, and counted by code.
+    let target = Target::connect(&tls(None)).await.unwrap();
+    let rep = run(&target, &g, &cfg).await.unwrap();
+    assert_eq!(rep.stats.all.ok, 0);
+    assert_eq!(
+        rep.stats.all.errors["UNAUTHENTICATED"],
+        50,
+        "{}",
+        rep.text()
+    );
+    // TLS without a CA file is refused up front.
+    let mut no_ca = tls(None);
+    no_ca.ca_cert = None;
+    assert!(Target::connect(&no_ca).await.is_err());
 }
