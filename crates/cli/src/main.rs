@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod client_cmd;
 mod data_cmd;
 mod eval_cmd;
+mod health_cmd;
 mod index_cmd;
 mod parity_cmd;
 mod train_cmd;
@@ -47,6 +48,8 @@ enum Command {
     Models(client_cmd::ModelsArgs),
     /// Copy a model version into a repository atomically (next version number).
     Publish(client_cmd::PublishArgs),
+    /// gRPC health check of a running profiled: exit 0 when SERVING, 1 otherwise.
+    Health(health_cmd::HealthArgs),
     /// Fetch ML-100K, train, publish into models/, start profiled, print calls.
     Quickstart(client_cmd::QuickstartArgs),
 }
@@ -65,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         Command::Explain(args) => client_cmd::run_explain(args),
         Command::Models(args) => client_cmd::run_models(args),
         Command::Publish(args) => client_cmd::run_publish(args),
+        Command::Health(args) => health_cmd::run(args),
         Command::Quickstart(args) => client_cmd::run_quickstart(args),
     }
 }

@@ -125,12 +125,14 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Health of the model-dependent services (ProfileService, ModelAdmin). The
+/// server as a whole (`""`, the liveness probe) is SERVING from the start and
+/// NOT_SERVING only while draining: it never depends on model state.
 async fn set_health(
     reporter: &tonic_health::server::HealthReporter,
     admin: bool,
     s: ServingStatus,
 ) {
-    reporter.set_service_status("", s).await;
     reporter.set_service_status(PROFILE_SERVICE_NAME, s).await;
     if admin {
         reporter.set_service_status(MODEL_ADMIN_NAME, s).await;
@@ -182,6 +184,9 @@ pub async fn serve(
 
     let (reporter, health_svc) = tonic_health::server::health_reporter();
     set_health(&reporter, admin_on, ServingStatus::NotServing).await;
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(profiled_proto::FILE_DESCRIPTOR_SET)
@@ -330,6 +335,9 @@ pub async fn serve(
             tracing::info!("shutdown requested: draining");
             engine.start_draining();
             set_health(&reporter, admin_on, ServingStatus::NotServing).await;
+            reporter
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
             drain_started.notify_one();
         }
     };
