@@ -23,9 +23,7 @@ use profiled_train::eval::{ProtocolConfig, Split};
 use profiled_train::export;
 use profiled_train::model::ModelConfig;
 use profiled_train::pipeline::{self, RunInfo};
-use profiled_train::schema::{
-    EventInput, FeatureConfig, FeatureValue, ProfileInput, UserTokens, user_fields,
-};
+use profiled_train::schema::{FeatureConfig, ProfileInput, UserTokens, dataset_inputs};
 use profiled_train::synthetic::{SyntheticConfig, generate};
 use profiled_train::trainer::TrainOptions;
 
@@ -43,32 +41,6 @@ fn pruned_flops(t: usize, p: usize, d: usize, ffn: usize, layers: usize, d_out: 
     let full = 2.0 * t * d * 3.0 * d + 4.0 * d * vis + 2.0 * t * d * d + 4.0 * t * d * f;
     let last = 2.0 * t * d * 2.0 * d + 2.0 * d * d + 4.0 * d * t + 2.0 * d * d + 4.0 * d * f;
     (layers.saturating_sub(1) as f64) * full + last + 2.0 * d * d_out as f64
-}
-
-fn to_features(input: &ProfileInput) -> UserFeatures {
-    UserFeatures {
-        user_id: input.user_id.clone(),
-        fields: input
-            .fields
-            .iter()
-            .map(|(k, v)| {
-                let v = match v {
-                    FeatureValue::Number(x) => profiled_model::FieldValue::Number(*x),
-                    FeatureValue::Text(s) => profiled_model::FieldValue::Categorical(s.clone()),
-                };
-                (k.clone(), v)
-            })
-            .collect(),
-        events: input
-            .events
-            .iter()
-            .map(|e| profiled_model::Event {
-                item: e.item.clone(),
-                timestamp: e.timestamp,
-                rating: e.rating,
-            })
-            .collect(),
-    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -128,41 +100,21 @@ fn main() -> anyhow::Result<()> {
     let p = meta.schema.fields.len();
 
     // 64 users with their last ≥ 50 events (the model keeps the 50 most recent).
-    let mut per_user: Vec<Vec<EventInput>> = vec![Vec::new(); ds.users.len()];
-    for e in &ds.interactions {
-        if let (Some(v), Some(item)) = (
-            per_user.get_mut(e.user as usize),
-            ds.items.get(e.item as usize),
-        ) {
-            v.push(EventInput {
-                item: item.id.clone(),
-                timestamp: e.timestamp,
-                rating: e.rating,
-            });
-        }
-    }
-    let inputs: Vec<ProfileInput> = ds
-        .users
-        .iter()
-        .zip(per_user)
-        .filter(|(_, ev)| ev.len() >= BEHAVIOUR_TOKENS)
+    let inputs: Vec<ProfileInput> = dataset_inputs(&meta.schema, &ds)
+        .into_iter()
+        .filter(|p| p.events.len() >= BEHAVIOUR_TOKENS)
         .take(64)
-        .map(|(u, events)| ProfileInput {
-            user_id: Some(u.id.clone()),
-            fields: user_fields(&meta.schema, u),
-            events,
-        })
         .collect();
     anyhow::ensure!(
         inputs.len() == 64,
         "only {} users with ≥ 50 events",
         inputs.len()
     );
-    let users: Vec<UserFeatures> = inputs.iter().map(to_features).collect();
-    let tk = cmodel.schema.tokenizer();
-    let tokens: Vec<UserTokens> = inputs
+    let users: Vec<UserFeatures> = inputs.iter().map(ProfileInput::to_features).collect();
+    let tk = cmodel.tokenizer();
+    let tokens: Vec<UserTokens> = users
         .iter()
-        .map(|i| tk.tokenize(i))
+        .map(|u| tk.tokenize(u))
         .collect::<Result<_, _>>()?;
     let t = tokens[0].len();
     anyhow::ensure!(

@@ -98,7 +98,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             .check_model(
                 &ds,
                 pipeline::split_record(&meta).as_ref(),
-                meta.saw_all_events(),
+                export::saw_all_events(&meta),
             )
             .with_context(|| format!("refusing to evaluate {}", dir.display()))?;
         let ablation = meta

@@ -22,9 +22,9 @@ use profiled_model::{Encoder, LoadOptions, UserFeatures};
 use profiled_store::generation::{ITEMS_INDEX, SEEN_ITEMS_ATTRIBUTE, USERS_INDEX};
 use profiled_train::data::{Dataset, FieldValue};
 use profiled_train::export;
-use profiled_train::schema::{EventInput, FeatureValue, ProfileInput};
+use profiled_train::schema::{FeatureSchema, ProfileInput, dataset_inputs};
 
-use crate::parity_cmd::{load_dataset, to_features};
+use crate::parity_cmd::load_dataset;
 
 /// `profilectl index …`
 #[derive(Debug, Subcommand)]
@@ -132,41 +132,12 @@ fn field_attribute_values(v: &FieldValue) -> Vec<String> {
 }
 
 /// Every user of `ds` as the serving encoder's input: the fields the model
-/// reads (same conversion as `profilectl parity`) and the full history,
-/// time-sorted.
-pub fn dataset_user_features(ds: &Dataset, columns: &[String]) -> Vec<UserFeatures> {
-    let mut per_user: Vec<Vec<EventInput>> = vec![Vec::new(); ds.users.len()];
-    for e in &ds.interactions {
-        if let (Some(v), Some(item)) = (
-            per_user.get_mut(e.user as usize),
-            ds.items.get(e.item as usize),
-        ) {
-            v.push(EventInput {
-                item: item.id.clone(),
-                timestamp: e.timestamp,
-                rating: e.rating,
-            });
-        }
-    }
-    ds.users
+/// reads and the full history, time-sorted (the same users as `profilectl
+/// parity`).
+pub fn dataset_user_features(ds: &Dataset, schema: &FeatureSchema) -> Vec<UserFeatures> {
+    dataset_inputs(schema, ds)
         .iter()
-        .zip(per_user)
-        .map(|(u, mut events)| {
-            events.sort_by_key(|e| e.timestamp);
-            let fields: BTreeMap<String, FeatureValue> = columns
-                .iter()
-                .filter_map(|c| {
-                    u.fields
-                        .get(c)
-                        .map(|v| (c.clone(), FeatureValue::from_field(v)))
-                })
-                .collect();
-            to_features(&ProfileInput {
-                user_id: Some(u.id.clone()),
-                fields,
-                events,
-            })
-        })
+        .map(ProfileInput::to_features)
         .collect()
 }
 
@@ -246,8 +217,7 @@ pub fn run_build(args: IndexBuildArgs) -> anyhow::Result<()> {
 
     // Users: profiles in chunks (progress bar); users the model cannot
     // profile are skipped and counted.
-    let columns = enc.tokenizer().input_columns().to_vec();
-    let features = dataset_user_features(&ds, &columns);
+    let features = dataset_user_features(&ds, enc.tokenizer().schema());
     let mut users = IndexBuilder::new(dims)?;
     users.meta(meta_json("users", &dir, &args.dataset, &enc));
     let pb = ProgressBar::new(features.len() as u64);

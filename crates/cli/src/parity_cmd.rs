@@ -10,7 +10,7 @@ use clap::Args;
 use profiled_kernels::Isa;
 use profiled_model::{Encoder, LoadOptions, UserFeatures, Workspace, cosine};
 use profiled_train::export;
-use profiled_train::schema::{EventInput, FeatureValue, ProfileInput, user_fields};
+use profiled_train::schema::dataset_inputs;
 use profiled_train::synthetic::{SyntheticConfig, generate};
 
 /// Arguments of `profilectl parity`.
@@ -94,34 +94,16 @@ pub fn run(args: ParityArgs) -> anyhow::Result<()> {
         load_dataset(&name, &args.data_dir).with_context(|| format!("loading dataset `{name}`"))?;
 
     // Every user with every event of the dataset, time-sorted.
-    let mut per_user: Vec<Vec<EventInput>> = vec![Vec::new(); ds.users.len()];
-    for e in &ds.interactions {
-        if let (Some(v), Some(item)) = (
-            per_user.get_mut(e.user as usize),
-            ds.items.get(e.item as usize),
-        ) {
-            v.push(EventInput {
-                item: item.id.clone(),
-                timestamp: e.timestamp,
-                rating: e.rating,
-            });
-        }
-    }
-    let tk = model.schema.tokenizer();
+    let tk = model.tokenizer();
     let mut inputs: Vec<UserFeatures> = Vec::with_capacity(ds.users.len());
     let mut tokens = Vec::with_capacity(ds.users.len());
     let mut skipped = 0usize;
-    for (u, mut events) in ds.users.iter().zip(per_user) {
-        events.sort_by_key(|e| e.timestamp);
-        let input = ProfileInput {
-            user_id: Some(u.id.clone()),
-            fields: user_fields(&model.schema, u),
-            events,
-        };
-        match tk.tokenize(&input) {
+    for input in dataset_inputs(&model.schema, &ds) {
+        let features = input.to_features();
+        match tk.tokenize(&features) {
             Ok(t) => {
                 tokens.push(t);
-                inputs.push(to_features(&input));
+                inputs.push(features);
             }
             Err(_) => skipped += 1,
         }
@@ -257,31 +239,4 @@ pub fn run(args: ParityArgs) -> anyhow::Result<()> {
         bail!("parity failed: min cosine {min:.7} < {threshold}");
     }
     Ok(())
-}
-
-/// The trainer's plain input as the serving crate's [`UserFeatures`].
-pub fn to_features(input: &ProfileInput) -> UserFeatures {
-    UserFeatures {
-        user_id: input.user_id.clone(),
-        fields: input
-            .fields
-            .iter()
-            .map(|(k, v)| {
-                let v = match v {
-                    FeatureValue::Number(x) => profiled_model::FieldValue::Number(*x),
-                    FeatureValue::Text(s) => profiled_model::FieldValue::Categorical(s.clone()),
-                };
-                (k.clone(), v)
-            })
-            .collect(),
-        events: input
-            .events
-            .iter()
-            .map(|e| profiled_model::Event {
-                item: e.item.clone(),
-                timestamp: e.timestamp,
-                rating: e.rating,
-            })
-            .collect(),
-    }
 }

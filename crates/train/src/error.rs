@@ -142,6 +142,19 @@ pub enum Error {
     /// Training cannot proceed (bad options, no training examples, …).
     #[error("training: {0}")]
     Train(String),
+    /// The shared model-format code (`profiled-model`) refused something that
+    /// is not a feature (feature errors become [`Error::Feature`]).
+    #[error("model format: {0}")]
+    Format(#[source] profiled_model::Error),
+}
+
+impl From<profiled_model::Error> for Error {
+    fn from(e: profiled_model::Error) -> Self {
+        match e {
+            profiled_model::Error::Feature { field, message } => Error::Feature { field, message },
+            other => Error::Format(other),
+        }
+    }
 }
 
 impl Error {

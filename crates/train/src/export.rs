@@ -10,69 +10,25 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use serde::{Deserialize, Serialize};
+use profiled_model::tokenizer::numeric_value;
 
 use crate::error::{Error, Result};
-use crate::model::{ModelConfig, ProfileModel};
-use crate::schema::{EventInput, FeatureSchema, ProfileInput};
+use crate::model::ProfileModel;
+use crate::schema::{
+    EventInput, FeatureSchema, FeatureValue, NumericTransform, ProfileInput, dataset_inputs,
+};
 
-/// `format` value of every model.json.
-pub const FORMAT: &str = "profiled-model";
-/// Current `format_version`.
-pub const FORMAT_VERSION: u32 = 1;
-/// File name of the weights.
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-/// File name of the metadata.
-pub const METADATA_FILE: &str = "model.json";
+pub use profiled_model::format::{
+    FORMAT, FORMAT_VERSION, Golden, METADATA_FILE, ModelJson, WEIGHTS_FILE,
+};
 
-/// One golden example: plain input features and the expected profile.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Golden {
-    /// What the example exercises (e.g. `no events`, `61 events, unsorted`).
-    pub note: String,
-    /// Input features.
-    pub input: ProfileInput,
-    /// Expected unit profile vector (`d_out` values), from the trainer's forward.
-    pub profile: Vec<f32>,
-}
-
-/// The contents of `model.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelJson {
-    /// Always [`FORMAT`].
-    pub format: String,
-    /// [`FORMAT_VERSION`].
-    pub format_version: u32,
-    /// Model name (the `models/<name>` folder).
-    pub name: String,
-    /// Version number (the folder name); 0 until written.
-    pub version: u32,
-    /// Storage dtype of the weights: `f32` or `f16`.
-    pub dtype: String,
-    /// Architecture.
-    pub architecture: ModelConfig,
-    /// Feature schema with vocabularies and statistics.
-    pub schema: FeatureSchema,
-    /// Dataset provenance (name, sizes, source).
-    pub dataset: serde_json::Value,
-    /// Training provenance (options, seed, threads, report, ablation, `all_events`).
-    pub training: serde_json::Value,
-    /// The split the model was fitted on (`all_events: true` = saw every event).
-    pub split: serde_json::Value,
-    /// Evaluation metrics (validation / test, masked / unmasked).
-    pub metrics: serde_json::Value,
-    /// Golden examples (≥ 16).
-    pub golden: Vec<Golden>,
-}
-
-impl ModelJson {
-    /// True when the model was trained on every event (eval must refuse it).
-    pub fn saw_all_events(&self) -> bool {
-        self.split
-            .get("all_events")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(true)
-    }
+/// True when the model was trained on every event (`split.all_events`, true
+/// when absent: eval must refuse such a model).
+pub fn saw_all_events(meta: &ModelJson) -> bool {
+    meta.split
+        .get("all_events")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(true)
 }
 
 /// Computes the expected profile of each input with `model` (one user per
@@ -81,10 +37,10 @@ pub fn golden_examples(
     model: &ProfileModel,
     inputs: Vec<(String, ProfileInput)>,
 ) -> Result<Vec<Golden>> {
-    let tk = model.schema.tokenizer();
+    let tk = model.tokenizer();
     let mut out = Vec::with_capacity(inputs.len());
     for (note, input) in inputs {
-        let tokens = tk.tokenize(&input)?;
+        let tokens = tk.tokenize(&input.to_features())?;
         let v = model.profiles(&[&tokens])?.to_vec2::<f32>()?;
         let profile = v.into_iter().next().unwrap_or_default();
         out.push(Golden {
@@ -160,13 +116,14 @@ pub fn golden_inputs(
     let mut p = with(pick(4), 12);
     for (k, v) in p.fields.iter_mut() {
         if k != "age" {
-            *v = crate::schema::FeatureValue::Text("__unseen__".into());
+            *v = FeatureValue::Text("__unseen__".into());
         }
     }
     out.push(("unseen categorical values".to_string(), p));
     let mut p = with(pick(6), 3);
     if let Some(v) = p.fields.get_mut("age") {
-        *v = crate::schema::FeatureValue::Number(v.as_number().unwrap_or(30.0));
+        let x = numeric_value("age", NumericTransform::Identity, &v.to_field_value());
+        *v = FeatureValue::Number(x.ok().flatten().unwrap_or(30.0));
     }
     out.push(("age given as a number, three events".to_string(), p));
     let mut p = with(pick(7), 20);
@@ -353,34 +310,11 @@ pub fn model_json(
     dataset: &crate::data::Dataset,
     info: ExportInfo,
 ) -> Result<ModelJson> {
-    let mut per_user: Vec<Vec<EventInput>> = vec![Vec::new(); dataset.users.len()];
-    let mut order: Vec<&crate::data::Interaction> = dataset.interactions.iter().collect();
-    order.sort_by_key(|e| e.timestamp);
-    for e in order {
-        if let (Some(v), Some(item)) = (
-            per_user.get_mut(e.user as usize),
-            dataset.items.get(e.item as usize),
-        ) {
-            v.push(EventInput {
-                item: item.id.clone(),
-                timestamp: e.timestamp,
-                rating: e.rating,
-            });
-        }
-    }
-    let users: Vec<(ProfileInput, Vec<EventInput>)> = dataset
-        .users
-        .iter()
-        .zip(per_user)
-        .map(|(u, ev)| {
-            (
-                ProfileInput {
-                    user_id: Some(u.id.clone()),
-                    fields: crate::schema::user_fields(&model.schema, u),
-                    events: Vec::new(),
-                },
-                ev,
-            )
+    let users: Vec<(ProfileInput, Vec<EventInput>)> = dataset_inputs(&model.schema, dataset)
+        .into_iter()
+        .map(|mut p| {
+            let events = std::mem::take(&mut p.events);
+            (p, events)
         })
         .collect();
     let mut inputs = golden_inputs(&model.schema, &users);

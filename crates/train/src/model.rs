@@ -12,138 +12,45 @@ use std::path::Path;
 use candle_core::{D, DType, Device, Tensor, Var};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::schema::{FeatureSchema, FieldKind, PrefixToken, UserTokens, VOCAB_OFFSET};
+use crate::schema::{FeatureSchema, FieldKind, FieldToken, Tokenizer, UserTokens, VOCAB_OFFSET};
 
-/// Architecture hyper-parameters (stored in `model.json` as `architecture`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelConfig {
-    /// Model width `d`.
-    pub d_model: usize,
-    /// Attention heads (`d_model % heads == 0`).
-    pub heads: usize,
-    /// Transformer layers.
-    pub layers: usize,
-    /// Feed-forward width.
-    pub ffn: usize,
-    /// Width of profile and item vectors.
-    pub d_out: usize,
-    /// LayerNorm epsilon (inside the square root, as in PyTorch).
-    pub ln_eps: f64,
-    /// Score = cosine / temperature.
-    pub temperature: f64,
-    /// Dropout rate while training (0 at inference).
-    pub dropout: f64,
-    /// Activation: always `gelu_tanh` (PyTorch `approximate="tanh"`).
-    pub activation: String,
-    /// Mask: always `prefix_visible_causal`.
-    pub mask: String,
-}
+/// Architecture hyper-parameters (`architecture` in model.json; the
+/// format's own type, defaults in its `Default`).
+pub use profiled_model::format::ModelConfig;
+/// Parameter shapes by tensor name for a schema and configuration (the
+/// format's table: the trainer creates exactly the tensors the encoder loads).
+pub use profiled_model::format::tensor_shapes as param_shapes;
 
-impl Default for ModelConfig {
-    fn default() -> Self {
-        ModelConfig {
-            d_model: 64,
-            heads: 4,
-            layers: 2,
-            ffn: 256,
-            d_out: 64,
-            ln_eps: 1e-5,
-            temperature: 0.07,
-            dropout: 0.1,
-            activation: "gelu_tanh".into(),
-            mask: "prefix_visible_causal".into(),
-        }
+/// Checks the shape constraints the trainer needs (dropout in `[0, 1)`
+/// on top of what the format requires).
+pub fn validate_config(config: &ModelConfig) -> Result<()> {
+    if config.d_model == 0 || config.heads == 0 || !config.d_model.is_multiple_of(config.heads) {
+        return Err(Error::Config(format!(
+            "d_model {} must be a positive multiple of heads {}",
+            config.d_model, config.heads
+        )));
     }
-}
-
-impl ModelConfig {
-    /// Checks the shape constraints.
-    pub fn validate(&self) -> Result<()> {
-        if self.d_model == 0 || self.heads == 0 || !self.d_model.is_multiple_of(self.heads) {
-            return Err(Error::Config(format!(
-                "d_model {} must be a positive multiple of heads {}",
-                self.d_model, self.heads
-            )));
-        }
-        if self.layers == 0 || self.ffn == 0 || self.d_out == 0 {
-            return Err(Error::Config("layers, ffn and d_out must be ≥ 1".into()));
-        }
-        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
-            return Err(Error::Config("temperature must be > 0".into()));
-        }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::Config("dropout must be in [0, 1)".into()));
-        }
-        if self.activation != "gelu_tanh" || self.mask != "prefix_visible_causal" {
-            return Err(Error::Config(
-                "only activation gelu_tanh and mask prefix_visible_causal exist".into(),
-            ));
-        }
-        Ok(())
+    if config.layers == 0 || config.ffn == 0 || config.d_out == 0 {
+        return Err(Error::Config("layers, ffn and d_out must be ≥ 1".into()));
     }
+    if !(config.temperature > 0.0 && config.temperature.is_finite()) {
+        return Err(Error::Config("temperature must be > 0".into()));
+    }
+    if !(0.0..1.0).contains(&config.dropout) {
+        return Err(Error::Config("dropout must be in [0, 1)".into()));
+    }
+    if config.activation != "gelu_tanh" || config.mask != "prefix_visible_causal" {
+        return Err(Error::Config(
+            "only activation gelu_tanh and mask prefix_visible_causal exist".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Additive mask value for forbidden attention pairs (exp underflows to exactly 0).
 pub const MASK_VALUE: f32 = -1e9;
-
-/// Parameter shapes by tensor name for a schema and configuration.
-pub fn param_shapes(schema: &FeatureSchema, cfg: &ModelConfig) -> BTreeMap<String, Vec<usize>> {
-    let d = cfg.d_model;
-    let mut m = BTreeMap::new();
-    let p = schema.fields.len();
-    m.insert("embed.type".to_string(), vec![p + 1, d]);
-    for (i, f) in schema.fields.iter().enumerate() {
-        let rows = schema.field_rows(i);
-        match f.kind {
-            FieldKind::Categorical { .. } => {
-                m.insert(format!("fields.{}.embedding", f.name), vec![rows, d]);
-            }
-            FieldKind::Numeric { .. } => {
-                m.insert(format!("fields.{}.weight", f.name), vec![d]);
-                m.insert(format!("fields.{}.missing", f.name), vec![d]);
-            }
-            FieldKind::Preference => {
-                m.insert(format!("fields.{}.embedding", f.name), vec![rows, d]);
-                m.insert(format!("fields.{}.missing", f.name), vec![d]);
-            }
-        }
-    }
-    let b = &schema.behaviour;
-    let n_items = schema.items.ids.len();
-    let g = schema.genres.len();
-    m.insert(
-        "behaviour.item".into(),
-        vec![n_items + VOCAB_OFFSET as usize, d],
-    );
-    m.insert("behaviour.genre".into(), vec![g, d]);
-    m.insert("behaviour.rating".into(), vec![b.rating_rows(), d]);
-    m.insert("behaviour.gap".into(), vec![b.gap_buckets, d]);
-    m.insert("behaviour.position".into(), vec![b.max_events, d]);
-    for l in 0..cfg.layers {
-        for ln in ["ln1", "ln2"] {
-            m.insert(format!("layers.{l}.{ln}.weight"), vec![d]);
-            m.insert(format!("layers.{l}.{ln}.bias"), vec![d]);
-        }
-        for proj in ["q", "k", "v", "o"] {
-            m.insert(format!("layers.{l}.attn.{proj}.weight"), vec![d, d]);
-            m.insert(format!("layers.{l}.attn.{proj}.bias"), vec![d]);
-        }
-        m.insert(format!("layers.{l}.ffn.up.weight"), vec![cfg.ffn, d]);
-        m.insert(format!("layers.{l}.ffn.up.bias"), vec![cfg.ffn]);
-        m.insert(format!("layers.{l}.ffn.down.weight"), vec![d, cfg.ffn]);
-        m.insert(format!("layers.{l}.ffn.down.bias"), vec![d]);
-    }
-    m.insert("final_norm.weight".into(), vec![d]);
-    m.insert("final_norm.bias".into(), vec![d]);
-    m.insert("head.weight".into(), vec![cfg.d_out, d]);
-    m.insert("head.bias".into(), vec![cfg.d_out]);
-    m.insert("items.embedding".into(), vec![n_items, cfg.d_out]);
-    m.insert("items.genre".into(), vec![g, cfg.d_out]);
-    m
-}
 
 fn normal(rng: &mut ChaCha8Rng) -> f32 {
     let u1: f64 = 1.0 - rng.random::<f64>();
@@ -176,7 +83,7 @@ impl ProfileModel {
     /// weights (the FFN down-projection scaled by 1/√(2·layers)), LayerNorm
     /// weight 1 / bias 0, linear biases 0; drawn from `rng` in tensor-name order.
     pub fn new(schema: FeatureSchema, config: ModelConfig, rng: &mut ChaCha8Rng) -> Result<Self> {
-        config.validate()?;
+        validate_config(&config)?;
         let device = Device::Cpu;
         let mut params = BTreeMap::new();
         for (name, shape) in param_shapes(&schema, &config) {
@@ -199,6 +106,11 @@ impl ProfileModel {
         Self::assemble(schema, config, params)
     }
 
+    /// A tokenizer for this model's schema (the serving encoder's own).
+    pub fn tokenizer(&self) -> Tokenizer {
+        Tokenizer::new(self.schema.clone())
+    }
+
     /// A model from named tensors (f32 or f16), checking every name and shape.
     pub fn from_tensors(
         schema: FeatureSchema,
@@ -206,7 +118,7 @@ impl ProfileModel {
         tensors: HashMap<String, Tensor>,
         origin: &Path,
     ) -> Result<Self> {
-        config.validate()?;
+        validate_config(&config)?;
         let shapes = param_shapes(&schema, &config);
         let mut params = BTreeMap::new();
         for (name, shape) in &shapes {
@@ -339,7 +251,7 @@ impl ProfileModel {
             return Err(Error::Train("empty batch".into()));
         }
         for u in batch {
-            if u.prefix.len() != p || u.events.len() > self.schema.behaviour.max_events {
+            if u.fields.len() != p || u.events.len() > self.schema.behaviour.max_events {
                 return Err(Error::Train("tokens do not match the schema".into()));
             }
             if u.is_empty() {
@@ -355,8 +267,8 @@ impl ProfileModel {
                     FieldKind::Categorical { .. } => {
                         let idx: Vec<u32> = batch
                             .iter()
-                            .map(|u| match u.prefix[fi] {
-                                PrefixToken::Categorical(r) => r,
+                            .map(|u| match u.fields[fi] {
+                                FieldToken::Categorical(r) => r,
                                 _ => 0,
                             })
                             .collect();
@@ -368,8 +280,8 @@ impl ProfileModel {
                         let mut z = Vec::with_capacity(bsz);
                         let mut m = Vec::with_capacity(bsz);
                         for u in batch {
-                            match u.prefix[fi] {
-                                PrefixToken::Numeric(Some(v)) => {
+                            match u.fields[fi] {
+                                FieldToken::Numeric(Some(v)) => {
                                     z.push(v);
                                     m.push(0.0f32);
                                 }
@@ -392,8 +304,8 @@ impl ProfileModel {
                         let mut w = vec![0f32; bsz * g];
                         let mut m = Vec::with_capacity(bsz);
                         for (bi, u) in batch.iter().enumerate() {
-                            match &u.prefix[fi] {
-                                PrefixToken::Preference(Some(ws)) if ws.len() == g => {
+                            match &u.fields[fi] {
+                                FieldToken::Preference(Some(ws)) if ws.len() == g => {
                                     w[bi * g..(bi + 1) * g].copy_from_slice(ws);
                                     m.push(0.0f32);
                                 }

@@ -2,7 +2,6 @@
 //! the model's view of a split, the model as an [`eval::Scorer`], and the
 //! whole `train → evaluate → model.json` run used by `profilectl train`.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::json;
@@ -12,9 +11,9 @@ use crate::error::{Error, Result};
 use crate::eval::{self, Event, Scorer, Split, SplitRecord, Stage};
 use crate::export::{ExportInfo, ModelJson, model_json};
 use crate::model::ProfileModel;
-use crate::schema::{FeatureValue, ResolvedEvent, UserTokens};
+use crate::schema::{ResolvedEvent, Tokenizer, UserTokens};
 use crate::trainer::{
-    Ablation, TrainOptions, Trained, UserSequence, dataset_fields, shuffle_sequence,
+    Ablation, TrainOptions, Trained, UserFields, UserSequence, dataset_fields, shuffle_sequence,
 };
 
 /// The model's view of a split: the item universe is the split's candidate
@@ -85,7 +84,8 @@ pub fn model_view(ds: &Dataset, split: &Split) -> ModelView {
 pub struct ModelScorer<'a> {
     name: String,
     model: &'a ProfileModel,
-    fields: Vec<BTreeMap<String, FeatureValue>>,
+    fields: Vec<UserFields>,
+    tokenizer: Tokenizer,
     /// Dataset item → model item.
     item_map: Vec<Option<u32>>,
     /// Model item → dataset item.
@@ -104,8 +104,12 @@ impl<'a> ModelScorer<'a> {
         meta: Option<&ModelJson>,
         ds: &Dataset,
     ) -> Result<Self> {
-        let tk = model.schema.tokenizer();
-        let item_map: Vec<Option<u32>> = ds.items.iter().map(|i| tk.item_index(&i.id)).collect();
+        let tokenizer = model.tokenizer();
+        let item_map: Vec<Option<u32>> = ds
+            .items
+            .iter()
+            .map(|i| tokenizer.item_index(&i.id))
+            .collect();
         let mut out_rows = vec![None; model.schema.items.ids.len()];
         for (d, m) in item_map.iter().enumerate() {
             if let Some(m) = m {
@@ -122,6 +126,7 @@ impl<'a> ModelScorer<'a> {
             name: name.to_string(),
             model,
             fields: dataset_fields(&model.schema, ds),
+            tokenizer,
             item_map,
             out_rows,
             items,
@@ -142,8 +147,9 @@ impl<'a> ModelScorer<'a> {
             Some(seed) => shuffle_sequence(&ev, seed, user),
             None => ev,
         };
-        let f = self.fields.get(user as usize).cloned().unwrap_or_default();
-        self.model.schema.tokenizer().tokenize_resolved(&f, &ev)
+        let none = UserFields::new();
+        let f = self.fields.get(user as usize).unwrap_or(&none);
+        Ok(self.tokenizer.tokenize_resolved(f, &ev)?)
     }
 }
 

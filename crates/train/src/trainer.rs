@@ -35,8 +35,11 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, ProfileModel};
 use crate::schema::{
-    FeatureConfig, FeatureSchema, FeatureValue, Group, ResolvedEvent, UserTokens, user_fields,
+    FeatureConfig, FeatureSchema, Group, ResolvedEvent, UserTokens, user_field_values,
 };
+
+/// Input fields of one user as the tokenizer reads them.
+pub type UserFields = BTreeMap<String, profiled_model::FieldValue>;
 
 /// Which parts of the model are used (for the ablation table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -232,15 +235,12 @@ struct Example {
     items: Arc<Vec<Option<u32>>>,
 }
 
-/// Tokenized user features per dataset user (restricted to the schema's columns).
-pub fn dataset_fields(
-    schema: &FeatureSchema,
-    dataset: &Dataset,
-) -> Vec<BTreeMap<String, FeatureValue>> {
+/// Input fields per dataset user (restricted to the schema's columns).
+pub fn dataset_fields(schema: &FeatureSchema, dataset: &Dataset) -> Vec<UserFields> {
     dataset
         .users
         .iter()
-        .map(|u| user_fields(schema, u))
+        .map(|u| user_field_values(schema, u))
         .collect()
 }
 
@@ -283,7 +283,7 @@ pub fn fit_schema(
         .iter()
         .map(|s| fit_events(s, opts.all_events).len())
         .collect();
-    FeatureSchema::fit(&features, dataset, &lengths)
+    features.fit(dataset, &lengths)
 }
 
 /// Metrics of a ranking evaluation.
@@ -304,11 +304,11 @@ pub struct RankMetrics {
 /// `mask_history`, items of the history are excluded (the target never is).
 pub fn rank_metrics(
     model: &ProfileModel,
-    dataset_fields: &[BTreeMap<String, FeatureValue>],
+    dataset_fields: &[UserFields],
     cases: &[(u32, Vec<ResolvedEvent>, u32)],
     mask_history: bool,
 ) -> Result<RankMetrics> {
-    let tk = model.schema.tokenizer();
+    let tk = model.tokenizer();
     let items = model.item_vectors()?;
     let mut m = RankMetrics::default();
     for chunk in cases.chunks(256) {
@@ -423,7 +423,7 @@ pub fn train(
             ..Default::default()
         },
     )?;
-    let tk = model.schema.tokenizer();
+    let tk = model.tokenizer();
     let mut report = TrainReport {
         epochs: Vec::new(),
         best_epoch: 0,
@@ -758,7 +758,7 @@ mod tests {
             ..tiny_opts(3)
         };
         let t = train(&ds, &seqs, &opts).expect("train");
-        let tk = t.model.schema.tokenizer();
+        let tk = t.model.tokenizer();
         let fields = dataset_fields(&t.model.schema, &ds);
         let cold = tk.tokenize_resolved(&fields[0], &[]).expect("tokens");
         let p = t
@@ -777,7 +777,7 @@ mod tests {
         };
         let t = train(&ds, &seqs, &opts).expect("train behaviour-only");
         assert!(t.model.schema.fields.is_empty());
-        let tk = t.model.schema.tokenizer();
+        let tk = t.model.tokenizer();
         assert!(tk.tokenize_resolved(&BTreeMap::new(), &[]).is_err());
     }
 }

@@ -73,7 +73,7 @@ fn export_writes_new_versions_and_never_overwrites() {
         "{} golden examples",
         meta.golden.len()
     );
-    assert!(!meta.saw_all_events());
+    assert!(!export::saw_all_events(&meta));
     assert!(meta.metrics.get("test").is_some());
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path().join("tiny");
@@ -120,7 +120,7 @@ fn export_writes_new_versions_and_never_overwrites() {
 #[test]
 fn all_events_models_are_marked_and_refused_by_the_protocol() {
     let (_, meta) = tiny(true);
-    assert!(meta.saw_all_events());
+    assert!(export::saw_all_events(&meta));
     assert!(meta.metrics.get("test").is_none());
     let ds = generate(&SyntheticConfig::small(21));
     let split = Split::new(&ds, ProtocolConfig::default()).expect("split");
@@ -128,13 +128,17 @@ fn all_events_models_are_marked_and_refused_by_the_protocol() {
     assert!(record.is_some());
     assert!(
         split
-            .check_model(&ds, record.as_ref(), meta.saw_all_events())
+            .check_model(&ds, record.as_ref(), export::saw_all_events(&meta))
             .is_err()
     );
     let (_, honest) = tiny(false);
     assert!(
         split
-            .check_model(&ds, split_record(&honest).as_ref(), honest.saw_all_events())
+            .check_model(
+                &ds,
+                split_record(&honest).as_ref(),
+                export::saw_all_events(&honest)
+            )
             .is_ok()
     );
 }
