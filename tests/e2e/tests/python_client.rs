@@ -4,6 +4,8 @@
 //! and Explain on the real `profiled` binary and checks the results, plus one
 //! bad input answered INVALID_ARGUMENT naming the field.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
