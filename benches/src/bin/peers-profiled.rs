@@ -20,7 +20,6 @@
 //! (`<set>_exact.u32`, `<set>_ann.u32`, k per query) for the recall check.
 //! Search runs on one thread; the encoder at 1 and 2 threads.
 
-use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -118,16 +117,6 @@ fn golden_input(u: &UserFeatures) -> GoldenInput {
     }
 }
 
-/// A dataset attribute as a model-format input value (as `profilectl index build`).
-fn golden_value(v: &profiled_train::data::FieldValue) -> GoldenValue {
-    use profiled_train::data::FieldValue as F;
-    match v {
-        F::Token(s) => GoldenValue::Text(s.clone()),
-        F::Float(x) => GoldenValue::Number(*x),
-        F::TokenSeq(v) => GoldenValue::Text(v.join(" ")),
-    }
-}
-
 /// Every user of the model's dataset (fields the model reads + full history),
 /// when the dataset is found under `data_dir`.
 fn dataset_users(enc: &Encoder, data_dir: &Path) -> Option<(String, Vec<GoldenInput>)> {
@@ -136,37 +125,7 @@ fn dataset_users(enc: &Encoder, data_dir: &Path) -> Option<(String, Vec<GoldenIn
         return None;
     }
     let ds = profiled_train::resolve_dataset(&name, data_dir).ok()?;
-    let columns = enc.tokenizer().input_columns();
-    let mut per_user: Vec<Vec<GoldenEvent>> = vec![Vec::new(); ds.users.len()];
-    for e in &ds.interactions {
-        if let (Some(v), Some(item)) = (
-            per_user.get_mut(e.user as usize),
-            ds.items.get(e.item as usize),
-        ) {
-            v.push(GoldenEvent {
-                item: item.id.clone(),
-                timestamp: e.timestamp,
-                rating: e.rating,
-            });
-        }
-    }
-    let users = ds
-        .users
-        .iter()
-        .zip(per_user)
-        .map(|(u, mut events)| {
-            events.sort_by_key(|e| e.timestamp);
-            let fields: BTreeMap<String, GoldenValue> = columns
-                .iter()
-                .filter_map(|c| Some((c.clone(), golden_value(u.fields.get(c)?))))
-                .collect();
-            GoldenInput {
-                user_id: Some(u.id.clone()),
-                fields,
-                events,
-            }
-        })
-        .collect();
+    let users = profiled_train::schema::dataset_inputs(&enc.metadata().schema, &ds);
     Some((format!("{name} (all users)"), users))
 }
 
