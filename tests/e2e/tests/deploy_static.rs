@@ -189,6 +189,18 @@ fn check_objects(dir: &str, objs: &[Value]) {
         "{dir}: server.max_connection_age_ms must be set so clients rebalance"
     );
     let grpc_port = port_of(cfg["server"]["listen"].as_str().unwrap());
+    // Probes go to the plaintext health-only listener when there is one (the
+    // kubelet's gRPC probes cannot speak TLS), else to the gRPC port.
+    let health_listen = cfg["server"]["health_listen"].as_str().unwrap_or("");
+    let probe_port = if health_listen.is_empty() {
+        assert!(
+            cfg["tls"]["cert_file"].is_null(),
+            "{dir}: TLS on without server.health_listen: gRPC probes would fail"
+        );
+        grpc_port
+    } else {
+        port_of(health_listen)
+    };
     let metrics_port = port_of(cfg["metrics"]["listen"].as_str().unwrap());
     assert!(
         cfg["server"]["listen"]
@@ -219,14 +231,24 @@ fn check_objects(dir: &str, objs: &[Value]) {
     // readiness on ProfileService.
     for probe in ["startupProbe", "livenessProbe"] {
         let g = &c[probe]["grpc"];
-        assert_eq!(g["port"].as_u64(), Some(grpc_port), "{dir}: {probe} port");
+        assert_eq!(g["port"].as_u64(), Some(probe_port), "{dir}: {probe} port");
         assert!(
             g.get("service").is_none() || g["service"] == "",
             "{dir}: {probe} must check the server (\"\"), not a model-dependent service"
         );
     }
     let g = &c["readinessProbe"]["grpc"];
-    assert_eq!(g["port"].as_u64(), Some(grpc_port), "{dir}: readiness port");
+    assert_eq!(
+        g["port"].as_u64(),
+        Some(probe_port),
+        "{dir}: readiness port"
+    );
+    assert!(
+        ports
+            .iter()
+            .any(|p| p["containerPort"].as_u64() == Some(probe_port)),
+        "{dir}: probe port {probe_port} is no container port"
+    );
     assert_eq!(
         g["service"], "profiled.v1.ProfileService",
         "{dir}: readiness"
