@@ -140,7 +140,16 @@ fn serve_echo(template: &Path) -> Result<()> {
             .load_shed(true)
             .tcp_nodelay(true)
             .add_service(svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            // As in the server: tonic ignores `tcp_nodelay` with incoming streams.
+            .serve_with_incoming(futures::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                |s| {
+                    if let Ok(s) = &s {
+                        let _ = s.set_nodelay(true);
+                    }
+                    s
+                },
+            ))
             .await?;
         anyhow::Ok(())
     })
