@@ -21,6 +21,8 @@
 //! printed with the figures. The last line of stdout is one JSON object.
 //!
 //! `cargo run --release -p profiled-benches --bin server-report [-- --quick]`
+//! (`SERVER_REPORT_LOG=FILE SERVER_REPORT_RUST_LOG=h2=debug,info` keeps the
+//! server's log).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -384,14 +386,21 @@ fn main() -> Result<()> {
     profiled_store::publish(&v1, &repo, MODEL)?;
 
     let bin = profiled_bin()?;
-    let log = std::fs::File::create(tmp.path().join("profiled.log"))?;
+    // `SERVER_REPORT_LOG=FILE` keeps the server's log there (with
+    // `SERVER_REPORT_RUST_LOG`, e.g. `h2=debug,info`; default `warn`).
+    let log_path = std::env::var_os("SERVER_REPORT_LOG")
+        .map_or_else(|| tmp.path().join("profiled.log"), PathBuf::from);
+    let log = std::fs::File::create(&log_path)?;
     let mut cmd = Command::new(&bin);
     cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", ""])
         .arg("--models")
         .arg(&repo)
         .env("PROFILED__MODELS__POLL_INTERVAL_MS", "200")
         .env("PROFILED__MODELS__DEBOUNCE_MS", "50")
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("SERVER_REPORT_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stderr(Stdio::from(log));
     let server = spawn_listening(cmd)?;
     let server_pid = Some(server.child.id());
