@@ -354,12 +354,17 @@ pub(crate) fn numeric_label(column: &str, v: &FieldValue) -> Option<f64> {
         .flatten()
 }
 
+/// A string → row map. Its keys come from the model (fixed at load); only
+/// lookups use request strings, so a fast seeded hasher (foldhash) is safe
+/// here and cuts the per-event lookup cost against std's SipHash.
+type Lookup = HashMap<String, u32, foldhash::fast::RandomState>;
+
 /// Turns [`UserFeatures`] into tokens for one model.
 #[derive(Debug)]
 pub struct Tokenizer {
     schema: FeatureSchema,
-    vocabs: Vec<HashMap<String, u32>>,
-    items: HashMap<String, u32>,
+    vocabs: Vec<Lookup>,
+    items: Lookup,
     columns: Vec<String>,
     counters: Counters,
 }
@@ -376,7 +381,7 @@ impl Tokenizer {
                     .enumerate()
                     .map(|(i, s)| (s.clone(), VOCAB_OFFSET + i as u32))
                     .collect(),
-                _ => HashMap::new(),
+                _ => Lookup::default(),
             })
             .collect();
         let items = schema
