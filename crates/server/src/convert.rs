@@ -184,10 +184,25 @@ pub fn features(
                 (InputKind::Tags, FieldValue::Tags(tags))
             }
         };
-        if got != want {
+        // Numbers and categorical strings convert where unambiguous (see
+        // common.proto): a number for a categorical input is used in its
+        // string form, a numeric string for a numeric input is parsed (blank =
+        // missing). Tags never stand for a single value, nor the reverse.
+        let scalar = |k| matches!(k, InputKind::Categorical | InputKind::Number);
+        if got != want && !(scalar(got) && scalar(want)) {
             return Err(ApiError::invalid(
                 fpath,
                 format!("expected {}, got {}", want.name(), got.name()),
+            ));
+        }
+        if want == InputKind::Number
+            && let FieldValue::Categorical(text) = &v
+            && !text.trim().is_empty()
+            && !text.trim().parse::<f64>().is_ok_and(f64::is_finite)
+        {
+            return Err(ApiError::invalid(
+                fpath,
+                format!("{text:?} is not a number"),
             ));
         }
         fields.insert(key.clone(), v);

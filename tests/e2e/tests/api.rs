@@ -156,7 +156,38 @@ async fn every_rpc_happy_and_bad_paths() {
     assert_status(
         c.embed(embed_req(vec![bad])).await,
         Code::InvalidArgument,
-        "users[0].features.fields[\"age\"]: expected a number, got categorical",
+        "users[0].features.fields[\"age\"]: \"old\" is not a number",
+    );
+    // Unambiguous conversions (common.proto): a numeric string for a numeric
+    // input is parsed, so "34" and 34 give the same profile.
+    let mut as_text = features("engineer", 34.0);
+    as_text.fields.insert(
+        "age".into(),
+        pb::FieldValue {
+            kind: Some(pb::field_value::Kind::Categorical(" 34 ".into())),
+        },
+    );
+    let a = c
+        .embed(embed_req(vec![features("engineer", 34.0), as_text]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a.users.len(), 2);
+    let v0 = &a.users[0].vector.as_ref().unwrap().values;
+    assert!(!v0.is_empty());
+    assert_eq!(*v0, a.users[1].vector.as_ref().unwrap().values);
+    // Tags never stand for a single value.
+    let mut bad = features("engineer", 34.0);
+    bad.fields.insert(
+        "age".into(),
+        pb::FieldValue {
+            kind: Some(pb::field_value::Kind::Tags(pb::TagList { tags: vec![] })),
+        },
+    );
+    assert_status(
+        c.embed(embed_req(vec![bad])).await,
+        Code::InvalidArgument,
+        "users[0].features.fields[\"age\"]: expected a number, got tags",
     );
     assert_status(
         c.embed(embed_req(vec![features("engineer", f64::NAN)]))
