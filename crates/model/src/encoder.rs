@@ -160,9 +160,12 @@ pub struct Encoder {
     type_emb: TensorId,
     beh_item: TensorId,
     beh_genre: TensorId,
-    beh_rating: TensorId,
-    beh_gap: TensorId,
-    beh_pos: TensorId,
+    /// Position row + the behaviour type row, per position (f32, `d` wide).
+    pos_type: Vec<f32>,
+    /// Rating row + gap row, at `rating_row × gap_rows + gap_row` (f32).
+    rating_gap: Vec<f32>,
+    /// Rows of the gap table (the stride of `rating_gap`).
+    gap_rows: usize,
     layers: Vec<LayerWeights>,
     final_g: Vec<f32>,
     final_b: Vec<f32>,
@@ -186,6 +189,13 @@ fn axpy(isa: Isa, alpha: f32, x: View<'_>, y: &mut [f32]) -> Result<()> {
         View::F16(x) => vector::axpy_f16(isa, alpha, x, y)?,
     }
     Ok(())
+}
+
+/// Row `r` (width `w`) of a pre-summed f32 table.
+fn f32_row(table: &[f32], r: usize, w: usize) -> Option<View<'_>> {
+    table
+        .get(r.checked_mul(w)?..r.checked_mul(w)?.checked_add(w)?)
+        .map(View::F32)
 }
 
 /// `y = x` (f16 widened).
@@ -379,9 +389,39 @@ impl Encoder {
             vector::l2_normalize(isa, row);
         }
 
+        // Behaviour-token rows that do not depend on the item, pre-summed once
+        // so a token costs an item copy, its genres and two adds: position +
+        // type (`pos_type`, one row per position) and rating + gap
+        // (`rating_gap`, one row per rating row × gap row).
+        let (pos_type, rating_gap, gap_rows) = {
+            let d = meta.architecture.d_model;
+            let bad = || internal("behaviour table");
+            let p = meta.schema.fields.len();
+            let pos = weights.view(weights.id("behaviour.position")?);
+            let types = weights.view(weights.id("embed.type")?);
+            let rating = weights.view(weights.id("behaviour.rating")?);
+            let gap = weights.view(weights.id("behaviour.gap")?);
+            let (np, nr, ng) = (pos.len() / d, rating.len() / d, gap.len() / d);
+            let mut pos_type = vec![0.0f32; np * d];
+            for (t, row) in pos_type.chunks_exact_mut(d).enumerate() {
+                copy_row(isa, pos.row(t, d).ok_or_else(bad)?, row)?;
+                axpy(isa, 1.0, types.row(p, d).ok_or_else(bad)?, row)?;
+            }
+            let mut rating_gap = vec![0.0f32; nr * ng * d];
+            for (i, row) in rating_gap.chunks_exact_mut(d).enumerate() {
+                copy_row(isa, rating.row(i / ng, d).ok_or_else(bad)?, row)?;
+                axpy(isa, 1.0, gap.row(i % ng, d).ok_or_else(bad)?, row)?;
+            }
+            (pos_type, rating_gap, ng)
+        };
         let bytes_packed = layers.iter().map(LayerWeights::packed_bytes).sum::<usize>()
             + head.packed_bytes()
-            + 4 * (head_b.len() + final_g.len() + final_b.len() + items.len());
+            + 4 * (head_b.len()
+                + final_g.len()
+                + final_b.len()
+                + items.len()
+                + pos_type.len()
+                + rating_gap.len());
         let tokenizer = Tokenizer::new(meta.schema.clone());
         let report = LoadReport {
             name: meta.name.clone(),
@@ -399,9 +439,9 @@ impl Encoder {
             type_emb: weights.id("embed.type")?,
             beh_item: weights.id("behaviour.item")?,
             beh_genre: weights.id("behaviour.genre")?,
-            beh_rating: weights.id("behaviour.rating")?,
-            beh_gap: weights.id("behaviour.gap")?,
-            beh_pos: weights.id("behaviour.position")?,
+            pos_type,
+            rating_gap,
+            gap_rows,
             meta,
             dir: dir.to_path_buf(),
             dtype,
@@ -695,14 +735,7 @@ impl Encoder {
                 row,
             )?;
         }
-        let p = fields.len();
-        let (item, genre, rating, gap, pos) = (
-            w.view(self.beh_item),
-            w.view(self.beh_genre),
-            w.view(self.beh_rating),
-            w.view(self.beh_gap),
-            w.view(self.beh_pos),
-        );
+        let (item, genre) = (w.view(self.beh_item), w.view(self.beh_genre));
         let bad = || internal("behaviour row");
         for (t, e) in batch.user_events(u).iter().enumerate() {
             let row = rows.next().ok_or_else(|| internal("embedding rows"))?;
@@ -713,20 +746,23 @@ impl Encoder {
                     axpy(isa, 1.0, genre.row(gg as usize, d).ok_or_else(bad)?, row)?;
                 }
             }
+            let rg = (e.rating_row as usize)
+                .checked_mul(self.gap_rows)
+                .and_then(|r| r.checked_add(e.gap_row as usize))
+                .filter(|_| (e.gap_row as usize) < self.gap_rows)
+                .ok_or_else(bad)?;
             axpy(
                 isa,
                 1.0,
-                rating.row(e.rating_row as usize, d).ok_or_else(bad)?,
+                f32_row(&self.rating_gap, rg, d).ok_or_else(bad)?,
                 row,
             )?;
             axpy(
                 isa,
                 1.0,
-                gap.row(e.gap_row as usize, d).ok_or_else(bad)?,
+                f32_row(&self.pos_type, t, d).ok_or_else(bad)?,
                 row,
             )?;
-            axpy(isa, 1.0, pos.row(t, d).ok_or_else(bad)?, row)?;
-            axpy(isa, 1.0, types.row(p, d).ok_or_else(bad)?, row)?;
         }
         Ok(())
     }
