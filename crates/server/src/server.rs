@@ -241,7 +241,7 @@ pub async fn serve(
         }
         let svc = health_svc.clone();
         Some(tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+            let incoming = nodelay(tokio_stream::wrappers::TcpListenerStream::new(l));
             if let Err(e) = tonic::transport::Server::builder()
                 .add_service(svc)
                 .serve_with_incoming(incoming)
@@ -356,17 +356,7 @@ pub async fn serve(
             Box::pin(router.serve_with_incoming_shutdown(incoming, on_shutdown))
         }
         None => {
-            // tonic ignores its `tcp_nodelay` with `serve_with_incoming`: set it
-            // per connection, or Nagle + delayed ACKs add ~40 ms to small calls.
-            let incoming = futures::StreamExt::map(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                |s| {
-                    if let Ok(s) = &s {
-                        let _ = s.set_nodelay(true);
-                    }
-                    s
-                },
-            );
+            let incoming = nodelay(tokio_stream::wrappers::TcpListenerStream::new(listener));
             Box::pin(router.serve_with_incoming_shutdown(incoming, on_shutdown))
         }
     };
@@ -391,4 +381,18 @@ pub async fn serve(
     watcher.stop();
     tracing::info!("profiled stopped");
     result
+}
+
+/// Sets TCP_NODELAY on every accepted connection: tonic ignores its
+/// `tcp_nodelay` with `serve_with_incoming`, and without it Nagle + delayed
+/// ACKs add ~40 ms to small calls.
+fn nodelay(
+    incoming: tokio_stream::wrappers::TcpListenerStream,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::StreamExt::map(incoming, |s| {
+        if let Ok(s) = &s {
+            let _ = s.set_nodelay(true);
+        }
+        s
+    })
 }
