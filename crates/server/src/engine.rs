@@ -208,19 +208,47 @@ impl Engine {
             });
         }
         let timings: Arc<Mutex<(u64, u64)>> = Arc::new(Mutex::new((0, 0)));
-        let t2 = timings.clone();
-        let g = generation.clone();
-        let entry = cache
-            .entry(key)
-            .or_try_insert_with(async move {
-                let c = batcher.compute(g, features, path, deadline).await?;
-                if let Ok(mut t) = t2.lock() {
-                    *t = (c.queue_us, c.compute_us);
+        // Concurrent misses for one key share one computation, run under the
+        // deadline of whichever request started it. When that shared run fails
+        // on *its* deadline, this request may still have time: try again (a
+        // few times, then compute alone) rather than pass on another request's
+        // deadline error.
+        let mut shared_deadline_failures = 0;
+        let entry = loop {
+            let (t2, g, b) = (timings.clone(), generation.clone(), batcher.clone());
+            let (f, p) = (features.clone(), path.clone());
+            let r = cache
+                .entry(key.clone())
+                .or_try_insert_with(async move {
+                    let c = b.compute(g, f, p, deadline).await?;
+                    if let Ok(mut t) = t2.lock() {
+                        *t = (c.queue_us, c.compute_us);
+                    }
+                    Ok::<_, ApiError>(c.vector)
+                })
+                .await;
+            match r {
+                Ok(entry) => break entry,
+                Err(e)
+                    if matches!(*e, ApiError::DeadlineExceeded(_))
+                        && remaining(deadline).is_ok() =>
+                {
+                    shared_deadline_failures += 1;
+                    if shared_deadline_failures >= 3 {
+                        let c = batcher
+                            .compute(generation.clone(), features, path, deadline)
+                            .await?;
+                        return Ok(Profile {
+                            vector: c.vector,
+                            cache_hit: false,
+                            queue_us: c.queue_us,
+                            compute_us: c.compute_us,
+                        });
+                    }
                 }
-                Ok::<_, ApiError>(c.vector)
-            })
-            .await
-            .map_err(|e| (*e).clone())?;
+                Err(e) => return Err((*e).clone()),
+            }
+        };
         let hit = !entry.is_fresh();
         metrics::counter!(if hit { "profiled_cache_hits_total" } else { "profiled_cache_misses_total" },
             "model" => model)
