@@ -207,6 +207,16 @@ impl Engine {
                 compute_us: c.compute_us,
             });
         }
+        // Hits first: the miss path below clones the features for retries.
+        if let Some(vector) = cache.get(&key).await {
+            metrics::counter!("profiled_cache_hits_total", "model" => model).increment(1);
+            return Ok(Profile {
+                vector,
+                cache_hit: true,
+                queue_us: 0,
+                compute_us: 0,
+            });
+        }
         let timings: Arc<Mutex<(u64, u64)>> = Arc::new(Mutex::new((0, 0)));
         // Concurrent misses for one key share one computation, run under the
         // deadline of whichever request started it. When that shared run fails
