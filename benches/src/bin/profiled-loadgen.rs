@@ -150,6 +150,11 @@ struct Args {
     json: Option<PathBuf>,
 }
 
+/// The server's allocator (see the workspace Cargo.toml), also in the load
+/// client and the echo floor so both sides of every comparison use it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let a = Args::parse();
     let token = match (&a.token, &a.token_file) {

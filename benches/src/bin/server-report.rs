@@ -46,6 +46,11 @@ use prost::Message;
 use serde_json::json;
 use tonic::{Request, Response, Status, Streaming};
 
+/// The server's allocator (see the workspace Cargo.toml), also in the load
+/// client and the echo floor so both sides of every comparison use it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const MODEL: &str = "bench";
 const ITEMS: usize = 400;
 const MAX_EVENTS: usize = 50;

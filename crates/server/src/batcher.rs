@@ -5,10 +5,12 @@
 //! deadline passed are answered DEADLINE_EXCEEDED before any compute; a full
 //! queue answers RESOURCE_EXHAUSTED at once.
 
+use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use metrics::{Counter, Gauge, Histogram};
 use profiled_model::{UserFeatures, Workspace};
 use profiled_store::Generation;
 use tokio::sync::oneshot;
@@ -50,6 +52,40 @@ pub struct Batcher {
     model: String,
     tx: SyncSender<Job>,
     capacity: usize,
+    queued: Gauge,
+    shed: Counter,
+}
+
+/// The worker side's metric handles (looked up once, not per batch).
+struct WorkerMetrics {
+    queued: Gauge,
+    deadline_dropped: Counter,
+    /// Per generation id: batch size, compute seconds, queue seconds.
+    by_generation: HashMap<u64, [Histogram; 3]>,
+}
+
+impl WorkerMetrics {
+    fn new(model: &str) -> WorkerMetrics {
+        WorkerMetrics {
+            queued: metrics::gauge!("profiled_batcher_queued", "model" => model.to_string()),
+            deadline_dropped: metrics::counter!("profiled_deadline_dropped_total", "model" => model.to_string()),
+            by_generation: HashMap::new(),
+        }
+    }
+
+    fn of(&mut self, g: &Generation) -> &[Histogram; 3] {
+        if self.by_generation.len() > 64 && !self.by_generation.contains_key(&g.id) {
+            self.by_generation.clear();
+        }
+        self.by_generation.entry(g.id).or_insert_with(|| {
+            let (model, version) = (g.model.clone(), g.version.to_string());
+            [
+                metrics::histogram!("profiled_batch_size", "model" => model.clone(), "version" => version.clone()),
+                metrics::histogram!("profiled_compute_seconds", "model" => model.clone(), "version" => version.clone()),
+                metrics::histogram!("profiled_queue_seconds", "model" => model, "version" => version),
+            ]
+        })
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -80,6 +116,8 @@ impl Batcher {
             model: model.to_string(),
             tx,
             capacity: cfg.queue_capacity,
+            queued: metrics::gauge!("profiled_batcher_queued", "model" => model.to_string()),
+            shed: metrics::counter!("profiled_shed_total", "model" => model.to_string(), "reason" => "queue_full"),
         })
     }
 
@@ -87,13 +125,11 @@ impl Batcher {
     pub fn submit(&self, job: Job) -> Result<(), ApiError> {
         match self.tx.try_send(job) {
             Ok(()) => {
-                metrics::gauge!("profiled_batcher_queued", "model" => self.model.clone())
-                    .increment(1.0);
+                self.queued.increment(1.0);
                 Ok(())
             }
             Err(TrySendError::Full(_)) => {
-                metrics::counter!("profiled_shed_total", "model" => self.model.clone(), "reason" => "queue_full")
-                    .increment(1);
+                self.shed.increment(1);
                 Err(ApiError::Overloaded(format!(
                     "model {:?}: the batcher queue is full (batcher.queue_capacity = {}); retry with backoff",
                     self.model, self.capacity
@@ -157,15 +193,14 @@ fn collect(rx: &Mutex<Receiver<Job>>, max_batch: usize, max_delay: Duration) -> 
 
 fn worker(model: &str, rx: &Mutex<Receiver<Job>>, max_batch: usize, max_delay: Duration) {
     let mut ws = Workspace::new();
+    let mut m = WorkerMetrics::new(model);
     while let Some(batch) = collect(rx, max_batch, max_delay) {
-        metrics::gauge!("profiled_batcher_queued", "model" => model.to_string())
-            .decrement(batch.len() as f64);
+        m.queued.decrement(batch.len() as f64);
         let now = Instant::now();
         let mut live = Vec::with_capacity(batch.len());
         for job in batch {
             if job.deadline.is_some_and(|d| d <= now) {
-                metrics::counter!("profiled_deadline_dropped_total", "model" => model.to_string())
-                    .increment(1);
+                m.deadline_dropped.increment(1);
                 let waited = now.duration_since(job.enqueued).as_micros();
                 let _ = job.reply.send(Err(ApiError::DeadlineExceeded(format!(
                     "{}: deadline exceeded after {waited} µs in the queue; dropped before compute",
@@ -183,29 +218,31 @@ fn worker(model: &str, rx: &Mutex<Receiver<Job>>, max_batch: usize, max_delay: D
             let (group, rest): (Vec<Job>, Vec<Job>) =
                 live.into_iter().partition(|j| j.generation.id == gid);
             live = rest;
-            run_group(model, group, &mut ws);
+            run_group(group, &mut ws, &mut m);
         }
     }
 }
 
-fn run_group(model: &str, group: Vec<Job>, ws: &mut Workspace) {
+fn run_group(mut group: Vec<Job>, ws: &mut Workspace, m: &mut WorkerMetrics) {
     let Some(first) = group.first() else {
         return;
     };
     let generation = first.generation.clone();
     let started = Instant::now();
-    let feats: Vec<UserFeatures> = group.iter().map(|j| j.features.clone()).collect();
+    // The features move into the batch (no copy) and back if a user of a
+    // failed batch has to be isolated below.
+    let feats: Vec<UserFeatures> = group
+        .iter_mut()
+        .map(|j| std::mem::take(&mut j.features))
+        .collect();
     let result = generation
         .encoder
         .forward_batch(&feats, ws)
         .map(|p| p.to_vecs());
     let compute_us = started.elapsed().as_micros() as u64;
-    let version = generation.version.to_string();
-    metrics::histogram!("profiled_batch_size", "model" => model.to_string(), "version" => version.clone())
-        .record(group.len() as f64);
-    metrics::histogram!("profiled_compute_seconds", "model" => model.to_string(), "version" => version.clone())
-        .record(started.elapsed().as_secs_f64());
-    let queue_hist = metrics::histogram!("profiled_queue_seconds", "model" => model.to_string(), "version" => version);
+    let [batch_hist, compute_hist, queue_hist] = m.of(&generation);
+    batch_hist.record(group.len() as f64);
+    compute_hist.record(started.elapsed().as_secs_f64());
     for job in &group {
         queue_hist.record(started.duration_since(job.enqueued).as_secs_f64());
     }
@@ -229,8 +266,9 @@ fn run_group(model: &str, group: Vec<Job>, ws: &mut Workspace) {
         }
         Err(_) if group.len() > 1 => {
             // Isolate the failing user(s): one forward each.
-            for job in group {
-                run_group(model, vec![job], ws);
+            for (mut job, f) in group.into_iter().zip(feats) {
+                job.features = f;
+                run_group(vec![job], ws, m);
             }
         }
         Err(e) => {

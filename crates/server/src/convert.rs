@@ -49,6 +49,16 @@ pub fn field_input_kind(f: &profiled_model::format::FieldSchema) -> Option<Input
     })
 }
 
+/// The kind the input `name` accepts (first schema field reading it), without
+/// building the whole map: the request path calls this once per field.
+fn input_kind_of(meta: &ModelJson, name: &str) -> Option<InputKind> {
+    meta.schema
+        .fields
+        .iter()
+        .filter(|f| f.source == name)
+        .find_map(field_input_kind)
+}
+
 /// Input name → accepted kind, for a model.
 pub fn input_kinds(meta: &ModelJson) -> BTreeMap<String, InputKind> {
     let mut out = BTreeMap::new();
@@ -82,10 +92,12 @@ pub fn selector(spec: Option<&pb::ModelSpec>) -> Result<(String, Selector), ApiE
     Ok((spec.name.clone(), sel))
 }
 
-fn check_str(path: &str, s: &str, limits: &Limits) -> Result<(), ApiError> {
+/// `path` is built only when the check fails (the happy path allocates no
+/// request paths).
+fn check_str(path: impl FnOnce() -> String, s: &str, limits: &Limits) -> Result<(), ApiError> {
     if s.len() > limits.max_string_bytes {
         return Err(ApiError::Limit {
-            field: path.to_string(),
+            field: path(),
             got: format!("{} bytes", s.len()),
             limit: "max_string_bytes",
             value: limits.max_string_bytes as u64,
@@ -103,8 +115,7 @@ pub fn features(
     limits: &Limits,
 ) -> Result<UserFeatures, ApiError> {
     let meta = generation.encoder.metadata();
-    let kinds = input_kinds(meta);
-    check_str(&format!("{path}.user_id"), &p.user_id, limits)?;
+    check_str(|| format!("{path}.user_id"), &p.user_id, limits)?;
     if p.fields.len() > limits.max_fields_per_user {
         return Err(ApiError::Limit {
             field: format!("{path}.fields"),
@@ -123,30 +134,31 @@ pub fn features(
     }
     let mut fields = BTreeMap::new();
     for (key, value) in &p.fields {
-        let fpath = format!("{path}.fields[{key:?}]");
-        check_str(&fpath, key, limits)?;
-        let Some(&want) = kinds.get(key) else {
+        let fpath = || format!("{path}.fields[{key:?}]");
+        check_str(fpath, key, limits)?;
+        let Some(want) = input_kind_of(meta, key) else {
+            let kinds = input_kinds(meta);
             let known: Vec<&str> = kinds.keys().map(String::as_str).collect();
             return Err(ApiError::invalid(
-                fpath,
+                fpath(),
                 format!("unknown field (the model reads: {})", known.join(", ")),
             ));
         };
         let (got, v) = match &value.kind {
             None => {
                 return Err(ApiError::invalid(
-                    fpath,
+                    fpath(),
                     "no value set (set one of categorical, number, tags)",
                 ));
             }
             Some(pb::field_value::Kind::Categorical(s)) => {
-                check_str(&fpath, s, limits)?;
+                check_str(fpath, s, limits)?;
                 (InputKind::Categorical, FieldValue::Categorical(s.clone()))
             }
             Some(pb::field_value::Kind::Number(x)) => {
                 if !x.is_finite() {
                     return Err(ApiError::invalid(
-                        fpath,
+                        fpath(),
                         format!("{x} is not a finite number"),
                     ));
                 }
@@ -155,7 +167,7 @@ pub fn features(
             Some(pb::field_value::Kind::Tags(list)) => {
                 if list.tags.len() > limits.max_tags_per_field {
                     return Err(ApiError::Limit {
-                        field: format!("{fpath}.tags"),
+                        field: format!("{}.tags", fpath()),
                         got: format!("{} tags", list.tags.len()),
                         limit: "max_tags_per_field",
                         value: limits.max_tags_per_field as u64,
@@ -164,18 +176,18 @@ pub fn features(
                 let mut seen = std::collections::BTreeSet::new();
                 let mut tags = Vec::with_capacity(list.tags.len());
                 for (i, t) in list.tags.iter().enumerate() {
-                    let tpath = format!("{fpath}.tags[{i}]");
-                    check_str(&tpath, &t.tag, limits)?;
+                    let tpath = || format!("{}.tags[{i}]", fpath());
+                    check_str(tpath, &t.tag, limits)?;
                     let w = t.weight.unwrap_or(1.0);
                     if !w.is_finite() || w < 0.0 {
                         return Err(ApiError::invalid(
-                            format!("{tpath}.weight"),
+                            format!("{}.weight", tpath()),
                             format!("{w} is not a finite weight >= 0"),
                         ));
                     }
                     if !seen.insert(t.tag.as_str()) {
                         return Err(ApiError::invalid(
-                            tpath,
+                            tpath(),
                             format!("duplicate tag {:?}", t.tag),
                         ));
                     }
@@ -191,7 +203,7 @@ pub fn features(
         let scalar = |k| matches!(k, InputKind::Categorical | InputKind::Number);
         if got != want && !(scalar(got) && scalar(want)) {
             return Err(ApiError::invalid(
-                fpath,
+                fpath(),
                 format!("expected {}, got {}", want.name(), got.name()),
             ));
         }
@@ -201,7 +213,7 @@ pub fn features(
             && !text.trim().parse::<f64>().is_ok_and(f64::is_finite)
         {
             return Err(ApiError::invalid(
-                fpath,
+                fpath(),
                 format!("{text:?} is not a number"),
             ));
         }
@@ -209,13 +221,12 @@ pub fn features(
     }
     let mut events = Vec::with_capacity(p.events.len());
     for (i, e) in p.events.iter().enumerate() {
-        let epath = format!("{path}.events[{i}]");
-        check_str(&format!("{epath}.item_id"), &e.item_id, limits)?;
+        check_str(|| format!("{path}.events[{i}].item_id"), &e.item_id, limits)?;
         if let Some(r) = e.rating
             && !r.is_finite()
         {
             return Err(ApiError::invalid(
-                format!("{epath}.rating"),
+                format!("{path}.events[{i}].rating"),
                 format!("{r} is not finite"),
             ));
         }

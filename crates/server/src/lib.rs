@@ -10,6 +10,7 @@
 //!   and Explain.
 //! - [`batcher`]: per-model bounded queue + worker threads outside the tokio
 //!   runtime, deadline-aware.
+//! - [`handles`]: per-thread cache of the per-call metric handles.
 //! - [`error`]: [`ApiError`](error::ApiError) and its one mapping to `Status`.
 //! - [`config`]: defaults → TOML → `PROFILED__A__B` env → flags.
 //! - [`server`]: wiring, health, reflection, metrics, graceful drain.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod convert;
 pub mod engine;
 pub mod error;
+pub mod handles;
 pub mod server;
 pub mod service;
 pub mod telemetry;

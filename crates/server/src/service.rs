@@ -98,6 +98,19 @@ fn observe<T: Answered>(
     start: Instant,
     r: &Result<T, ApiError>,
 ) {
+    // Answered calls: a cached handle, and span fields only when a layer
+    // records the span (no label strings built per call).
+    if let Ok(resp) = r
+        && let Some(m) = resp.answered_by()
+    {
+        if !span.is_disabled() {
+            span.record("model", m.name.as_str());
+            span.record("version", m.version.to_string().as_str());
+            span.record("code", "OK");
+        }
+        crate::handles::request_ok(rpc, m).record(start.elapsed().as_secs_f64());
+        return;
+    }
     let (model, version) = match r {
         Ok(resp) => resp.answered_by().map_or_else(
             || (error_model_label(engine, spec), String::new()),
