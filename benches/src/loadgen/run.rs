@@ -207,6 +207,7 @@ impl RunReport {
             "error_examples": self.stats.error_examples,
             "latency": self.latency().to_json(),
             "send_lag": self.send_lag.as_ref().map(|h| Summary::of(h).to_json()),
+            "server_work": self.stats.server_work.as_ref().map(|h| Summary::of(h).to_json()),
             "peak_in_flight": self.peak_in_flight,
             "by_kind": by_kind,
             "versions": self.stats.versions.iter().map(|(v, n)| (v.to_string(), *n)).collect::<BTreeMap<_, _>>(),
@@ -246,6 +247,12 @@ impl RunReport {
         if let Some(h) = &self.send_lag {
             out += &format!(
                 "   send lag (client late vs intended, included above): {}\n",
+                Summary::of(h).text()
+            );
+        }
+        if let Some(h) = &self.stats.server_work {
+            out += &format!(
+                "   server queue + compute (reported by the server, calls that computed): {}\n",
                 Summary::of(h).text()
             );
         }

@@ -219,6 +219,10 @@ pub struct Stats {
     pub last_done: Option<Instant>,
     /// The first message seen for each error code.
     pub error_examples: BTreeMap<&'static str, String>,
+    /// Server-reported queue + compute time of answered calls that did work
+    /// (Embed/Explain with `server_us > 0`), µs: the server's own share of
+    /// the latency, next to the client-measured one.
+    pub server_work: Option<Histogram<u64>>,
 }
 
 impl Stats {
@@ -235,11 +239,17 @@ impl Stats {
         self.window.record(lat, outcome);
         self.by_kind.entry(kind).or_default().record(lat, outcome);
         self.last_done = Some(self.last_done.map_or(done, |d| d.max(done)));
-        if let Outcome::Ok { version } = outcome {
+        if let Outcome::Ok { version, server_us } = outcome {
             *self.versions.entry(version).or_insert(0) += 1;
+            if server_us > 0 {
+                let _ = self
+                    .server_work
+                    .get_or_insert_with(histogram)
+                    .record(server_us.min(MAX_US));
+            }
         }
         if let Some(s) = &mut self.swap {
-            if let Outcome::Ok { version } = outcome
+            if let Outcome::Ok { version, .. } = outcome
                 && s.seen.is_none()
                 && s.new_version == Some(version)
             {
@@ -276,7 +286,13 @@ mod tests {
     fn percentiles_and_errors() {
         let mut b = Bucket::default();
         for i in 1..=1000u64 {
-            b.record(Duration::from_micros(i), Outcome::Ok { version: 1 });
+            b.record(
+                Duration::from_micros(i),
+                Outcome::Ok {
+                    version: 1,
+                    server_us: 0,
+                },
+            );
         }
         b.record(
             Duration::from_micros(5),
@@ -304,8 +320,14 @@ mod tests {
             }),
             ..Stats::default()
         };
-        let ok1 = Outcome::Ok { version: 1 };
-        let ok2 = Outcome::Ok { version: 2 };
+        let ok1 = Outcome::Ok {
+            version: 1,
+            server_us: 0,
+        };
+        let ok2 = Outcome::Ok {
+            version: 2,
+            server_us: 0,
+        };
         st.record("embed", ms(0), ms(5), ok1);
         if let Some(s) = &mut st.swap {
             s.started = Some(ms(10));

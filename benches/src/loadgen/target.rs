@@ -72,6 +72,9 @@ pub enum Outcome {
     Ok {
         /// `ModelRef.version` of the response.
         version: u64,
+        /// `queue_us + compute_us` the server reported (Embed and Explain;
+        /// 0 for Search and cache hits): its own share of the latency.
+        server_us: u64,
     },
     /// Failed with this gRPC code.
     Err(tonic::Code),
@@ -182,21 +185,21 @@ impl Target {
         let mut c = self.clients[i % self.clients.len()].clone();
         let version = |m: Option<&pb::ModelRef>| m.map_or(0, |m| m.version);
         let r = match call {
-            Call::Embed(r) => c
-                .embed(self.request(r))
-                .await
-                .map(|r| version(r.get_ref().model.as_ref())),
+            Call::Embed(r) => c.embed(self.request(r)).await.map(|r| {
+                let r = r.get_ref();
+                (version(r.model.as_ref()), r.queue_us + r.compute_us)
+            }),
             Call::Search(r) => c
                 .search(self.request(r))
                 .await
-                .map(|r| version(r.get_ref().model.as_ref())),
-            Call::Explain(r) => c
-                .explain(self.request(r))
-                .await
-                .map(|r| version(r.get_ref().model.as_ref())),
+                .map(|r| (version(r.get_ref().model.as_ref()), 0)),
+            Call::Explain(r) => c.explain(self.request(r)).await.map(|r| {
+                let r = r.get_ref();
+                (version(r.model.as_ref()), r.queue_us + r.compute_us)
+            }),
         };
         match r {
-            Ok(version) => (Outcome::Ok { version }, None),
+            Ok((version, server_us)) => (Outcome::Ok { version, server_us }, None),
             Err(s) => (Outcome::Err(s.code()), Some(s.message().to_string())),
         }
     }

@@ -107,9 +107,13 @@ impl Batcher {
             let max_batch = cfg.max_batch.max(1);
             let max_delay = Duration::from_micros(cfg.max_delay_us);
             let model_name = model.to_string();
+            let nice = cfg.worker_nice;
             std::thread::Builder::new()
                 .name(format!("profiled-worker-{model}-{i}"))
-                .spawn(move || worker(&model_name, &rx, max_batch, max_delay))
+                .spawn(move || {
+                    profiled_store::lower_thread_priority(nice);
+                    worker(&model_name, &rx, max_batch, max_delay)
+                })
                 .map_err(|e| ApiError::Internal(format!("cannot start a worker thread: {e}")))?;
         }
         Ok(Batcher {

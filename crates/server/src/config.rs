@@ -97,6 +97,9 @@ pub struct ModelsConfig {
     pub poll_interval_ms: u64,
     /// Debounce of file-system events (milliseconds).
     pub debounce_ms: u64,
+    /// Nice increment (0–19) of the thread that loads a new version: a load
+    /// under traffic takes the CPU the requests leave (0 = same priority).
+    pub load_nice: i32,
 }
 
 impl Default for ModelsConfig {
@@ -108,6 +111,7 @@ impl Default for ModelsConfig {
             policies: BTreeMap::new(),
             poll_interval_ms: 5_000,
             debounce_ms: 300,
+            load_nice: 10,
         }
     }
 }
@@ -195,6 +199,10 @@ pub struct BatcherConfig {
     pub queue_capacity: usize,
     /// Worker threads per model (0 = available cores).
     pub workers: usize,
+    /// Nice increment (0–19) of the worker threads: the async threads that
+    /// read requests and write answers preempt the encoder promptly, which
+    /// keeps tail latency low when the CPU is saturated (0 = same priority).
+    pub worker_nice: i32,
 }
 
 impl Default for BatcherConfig {
@@ -204,6 +212,7 @@ impl Default for BatcherConfig {
             max_delay_us: 200,
             queue_capacity: 1024,
             workers: 0,
+            worker_nice: 5,
         }
     }
 }
@@ -446,6 +455,12 @@ impl Config {
         }
         if self.batcher.max_batch == 0 {
             return bad("batcher.max_batch", "must be >= 1");
+        }
+        if !(0..=19).contains(&self.batcher.worker_nice) {
+            return bad("batcher.worker_nice", "must be between 0 and 19");
+        }
+        if !(0..=19).contains(&self.models.load_nice) {
+            return bad("models.load_nice", "must be between 0 and 19");
         }
         if self.batcher.queue_capacity == 0 {
             return bad("batcher.queue_capacity", "must be >= 1");

@@ -38,3 +38,21 @@ pub use store::{
     ModelSnapshot, Selector, Store, StoreConfig, VersionSnapshot, VersionState, VersionStatus,
 };
 pub use watch::WatcherHandle;
+
+/// Lowers the calling thread's CPU priority by `by` nice steps (at most to
+/// 19), so background work yields to request handling. On Linux the nice
+/// value is per thread. Best effort: without the means (other systems, a
+/// refusing kernel) the thread keeps its priority and a debug line says why.
+pub fn lower_thread_priority(by: i32) {
+    if by <= 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let tid = rustix::thread::gettid();
+        let current = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), (current + by).min(19)) {
+            tracing::debug!(error = %e, "cannot lower the thread priority");
+        }
+    }
+}

@@ -32,6 +32,10 @@ pub struct StoreConfig {
     pub debounce: Duration,
     /// Run the golden examples at load (always true in production).
     pub verify_golden: bool,
+    /// Nice increment of the thread that loads a version (0 = same priority
+    /// as the requests), so a load under traffic takes the CPU the requests
+    /// leave instead of competing with them.
+    pub load_nice: i32,
 }
 
 impl StoreConfig {
@@ -46,6 +50,7 @@ impl StoreConfig {
             poll_interval: Duration::from_secs(5),
             debounce: Duration::from_millis(300),
             verify_golden: true,
+            load_nice: 10,
         }
     }
 }
@@ -521,14 +526,28 @@ impl Store {
         let verify = self.inner.cfg.verify_golden;
         let root = self.inner.cfg.root.clone();
         tracing::info!(model = %name, version, dir = %dir.display(), "loading version");
-        let res = tokio::task::spawn_blocking(move || {
-            // Nothing outside the repository is opened (symlinks resolved).
-            repo::check_version_dir(&root, &dir)?;
-            Generation::load(&name, version, &dir, verify)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("loading task failed: {e}")))
-        .and_then(|r| r);
+        let nice = self.inner.cfg.load_nice;
+        // A thread of its own (not the blocking pool, whose threads are
+        // shared with request work) so its priority can be lowered for good.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("profiled-load".into())
+            .spawn(move || {
+                crate::lower_thread_priority(nice);
+                // Nothing outside the repository is opened (symlinks resolved).
+                let r = repo::check_version_dir(&root, &dir)
+                    .and_then(|()| Generation::load(&name, version, &dir, verify));
+                let _ = tx.send(r);
+            });
+        let res = match spawned {
+            Ok(_) => rx
+                .await
+                .map_err(|_| Error::Internal("the loading thread ended without an answer".into()))
+                .and_then(|r| r),
+            Err(e) => Err(Error::Internal(format!(
+                "cannot start a loading thread: {e}"
+            ))),
+        };
         let ok = match res {
             Ok(g) => {
                 let g = Arc::new(g);
