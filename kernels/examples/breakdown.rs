@@ -193,6 +193,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 black_box(gemm_ex(isa, &x, n, &w1, e, &mut hid).is_ok());
             });
             row(&format!("B{b} T{tl} ffn1 gemm"), fl(D, FFN), th2);
+            let mut gbuf = hid.clone();
+            let tg = median(|| {
+                profiled_kernels::activation::gelu(isa, &mut gbuf);
+                black_box(&gbuf);
+            });
+            row(&format!("B{b} T{tl} gelu alone"), 0.0, tg);
             let t2 = median(|| {
                 let e = Epilogue {
                     bias: Some(&f2b),

@@ -575,6 +575,7 @@ pub(crate) fn mha_core(
                             &mut sc[..lanes * lmax],
                             &mut attn[(r0 + i0) * d + h * hd..],
                             d,
+                            probs.is_some(),
                         )
                     };
                     if let Some(p) = probs.as_deref_mut() {
@@ -932,7 +933,7 @@ mod portable {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::QB;
-    use crate::simd::expc;
+    use crate::simd::{exp2c, expc};
     use std::arch::x86_64::*;
 
     /// Signature shared by `attend_avx512` and `attend_avx2`.
@@ -985,6 +986,23 @@ mod x86 {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(expc::C2));
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
+        _mm512_scalef_ps(p, n)
+    }
+
+    /// `2^y` in 16 lanes for `y ∈ [−151, 0]` (or NaN): `n = round(y)`,
+    /// `2^(y − n)` by the degree-6 polynomial of `simd::exp2c`,
+    /// `vscalefps` for `2^n` (gradual underflow to 0).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    fn exp2_16(y: __m512) -> __m512 {
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y);
+        let f = _mm512_sub_ps(y, n);
+        let mut p = _mm512_fmadd_ps(_mm512_set1_ps(exp2c::P6), f, _mm512_set1_ps(exp2c::P5));
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::P4));
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::P3));
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::P2));
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::P1));
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0));
         _mm512_scalef_ps(p, n)
     }
 
@@ -1272,8 +1290,9 @@ mod x86 {
     /// elements against probability vectors. `q[b·ldq + c]` (`b < nb`,
     /// `c < hd`) are the queries, `k`/`v` (strides `ldk`/`ldv`) the keys and
     /// values from the sequence's first token, `lens[b]` the keys query `b`
-    /// sees (a prefix); `hd` is a multiple of 16. Leaves the probabilities in
-    /// `st[j·16 + b]` (hidden keys 0) and writes `out[b·ldo + c]`.
+    /// sees (a prefix); `hd` is a multiple of 16. Writes `out[b·ldo + c]`
+    /// and leaves in `st[j·16 + b]` (hidden keys 0) the probabilities when
+    /// `norm`, the unnormalised exponentials otherwise.
     ///
     /// Hidden keys never reach a query's lanes: their scores are replaced by
     /// `−inf` and their exponentials by 0 under a mask, and the `P·V`
@@ -1297,6 +1316,7 @@ mod x86 {
         st: &mut [f32],
         out: &mut [f32],
         ldo: usize,
+        norm: bool,
     ) {
         let nb = lens.len();
         assert!((1..=16).contains(&nb) && hd >= 16 && hd.is_multiple_of(16));
@@ -1316,7 +1336,9 @@ mod x86 {
         // SAFETY: `lv` holds 16 i32.
         let lensv = unsafe { _mm512_loadu_si512(lv.as_ptr().cast()) };
         let visible = |j: usize| _mm512_cmpgt_epi32_mask(lensv, _mm512_set1_epi32(j as i32));
-        let sc = _mm512_set1_ps(scale);
+        // Scores in log₂ units (`scale·log₂e` folded in), so that the
+        // softmax takes `2^(s − max)` directly.
+        let sc = _mm512_set1_ps(scale * std::f32::consts::LOG2_E);
         let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
         let (qtp, kp, stp) = (qt.as_ptr(), k.as_ptr(), st.as_mut_ptr());
         // Scores (masked to −inf) and their running maximum.
@@ -1344,27 +1366,23 @@ mod x86 {
             }
             j0 += u;
         }
-        // Exponentials, their sum, then normalisation in place.
+        // Exponentials and their sum; `P·V` runs on the unnormalised
+        // exponentials and its rows are scaled by 1/sum, and the
+        // probabilities are normalised in place afterwards only when the
+        // caller reads them (`norm`), so they cannot change the outputs.
         let mut sum = _mm512_setzero_ps();
+        let lo = _mm512_set1_ps(-151.0);
         for j in 0..lmax {
             // SAFETY: as above.
             unsafe {
-                let e = _mm512_maskz_mov_ps(
-                    visible(j),
-                    exp16(_mm512_sub_ps(_mm512_loadu_ps(stp.add(j * 16)), mx)),
-                );
+                // `max` keeps a NaN (second operand); −inf − max → 0.
+                let y = _mm512_max_ps(lo, _mm512_sub_ps(_mm512_loadu_ps(stp.add(j * 16)), mx));
+                let e = _mm512_maskz_mov_ps(visible(j), exp2_16(y));
                 sum = _mm512_add_ps(sum, e);
                 _mm512_storeu_ps(stp.add(j * 16), e);
             }
         }
         let inv = _mm512_div_ps(_mm512_set1_ps(1.0), sum);
-        for j in 0..lmax {
-            // SAFETY: as above.
-            unsafe {
-                let p = stp.add(j * 16);
-                _mm512_storeu_ps(p, _mm512_mul_ps(_mm512_loadu_ps(p), inv));
-            }
-        }
         // P·V, 16 output columns at a time, then back to row layout.
         let vp = v.as_ptr();
         let mut c0 = 0;
@@ -1382,12 +1400,24 @@ mod x86 {
                     }
                 }
             }
+            for a in acc.iter_mut() {
+                *a = _mm512_mul_ps(*a, inv);
+            }
             let rows = transpose16(&acc);
             for b in 0..nb {
                 // SAFETY: row b < nb of out holds hd ≥ c0 + 16 values (asserted).
                 unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(b * ldo + c0), rows[b]) };
             }
             c0 += 16;
+        }
+        if norm {
+            for j in 0..lmax {
+                // SAFETY: as above.
+                unsafe {
+                    let p = stp.add(j * 16);
+                    _mm512_storeu_ps(p, _mm512_mul_ps(_mm512_loadu_ps(p), inv));
+                }
+            }
         }
     }
 
@@ -1490,6 +1520,28 @@ mod x86 {
         _mm256_mul_ps(p, _mm256_castsi256_ps(e))
     }
 
+    /// `2^y` in 8 lanes for `y ∈ [−126, 0]` (or NaN): magic-number
+    /// rounding, the degree-6 polynomial of `simd::exp2c`, `2^n` built in
+    /// the exponent bits.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn exp2_8(y: __m256) -> __m256 {
+        let magic = _mm256_set1_ps(expc::MAGIC);
+        let t = _mm256_add_ps(y, magic);
+        let f = _mm256_sub_ps(y, _mm256_sub_ps(t, magic));
+        let mut p = _mm256_fmadd_ps(_mm256_set1_ps(exp2c::P6), f, _mm256_set1_ps(exp2c::P5));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(exp2c::P4));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(exp2c::P3));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(exp2c::P2));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(exp2c::P1));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0));
+        let s = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_castps_si256(t),
+            _mm256_set1_epi32(127),
+        ));
+        _mm256_mul_ps(p, _mm256_castsi256_ps(s))
+    }
+
     /// Maximum of the 8 lanes, in every lane.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -1569,7 +1621,7 @@ mod x86 {
     }
 
     /// AVX2 version of `attend_t16`: up to 8 query rows in the 8 lanes,
-    /// `hd` a multiple of 8, probabilities left in `st[j·8 + b]`. AVX2 has no
+    /// `hd` a multiple of 8, probabilities (when `norm`) left in `st[j·8 + b]`. AVX2 has no
     /// masked multiply-add, so keys some lane of the block does not see
     /// (`j ≥` the smallest visible count) are accumulated with a blend that
     /// keeps those lanes unchanged.
@@ -1592,6 +1644,7 @@ mod x86 {
         st: &mut [f32],
         out: &mut [f32],
         ldo: usize,
+        norm: bool,
     ) {
         let nb = lens.len();
         assert!((1..=8).contains(&nb) && hd >= 8 && hd.is_multiple_of(8));
@@ -1628,7 +1681,8 @@ mod x86 {
             }
             c0 += 8;
         }
-        let sc = _mm256_set1_ps(scale);
+        // Scores in log₂ units (see `attend_t16`).
+        let sc = _mm256_set1_ps(scale * std::f32::consts::LOG2_E);
         let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
         let (qtp, kp, stp) = (qt.as_ptr(), k.as_ptr(), st.as_mut_ptr());
         // Scores (masked to −inf) and their running maximum.
@@ -1656,27 +1710,22 @@ mod x86 {
             }
             j0 += u;
         }
-        // Exponentials, their sum, then normalisation in place.
+        // Exponentials and their sum; unnormalised `P·V` scaled by 1/sum,
+        // probabilities normalised afterwards when read (see `attend_t16`).
         let mut sum = _mm256_setzero_ps();
+        let lo = _mm256_set1_ps(-126.0);
         for j in 0..lmax {
             // SAFETY: as above.
             unsafe {
-                let e = _mm256_and_ps(
-                    exp8(_mm256_sub_ps(_mm256_loadu_ps(stp.add(j * 8)), mx)),
-                    visible(j),
-                );
+                // `max` keeps a NaN (second operand); −inf − max → 2^−126,
+                // which the visibility mask zeroes.
+                let y = _mm256_max_ps(lo, _mm256_sub_ps(_mm256_loadu_ps(stp.add(j * 8)), mx));
+                let e = _mm256_and_ps(exp2_8(y), visible(j));
                 sum = _mm256_add_ps(sum, e);
                 _mm256_storeu_ps(stp.add(j * 8), e);
             }
         }
         let inv = _mm256_div_ps(_mm256_set1_ps(1.0), sum);
-        for j in 0..lmax {
-            // SAFETY: as above.
-            unsafe {
-                let p = stp.add(j * 8);
-                _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_loadu_ps(p), inv));
-            }
-        }
         // P·V, 8 output columns at a time, then back to row layout.
         let vp = v.as_ptr();
         let mut c0 = 0;
@@ -1704,12 +1753,24 @@ mod x86 {
                     }
                 }
             }
+            for a in acc.iter_mut() {
+                *a = _mm256_mul_ps(*a, inv);
+            }
             let rows = transpose8(&acc);
             for b in 0..nb {
                 // SAFETY: row b < nb of out holds hd ≥ c0 + 8 values (asserted).
                 unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(b * ldo + c0), rows[b]) };
             }
             c0 += 8;
+        }
+        if norm {
+            for j in 0..lmax {
+                // SAFETY: as above.
+                unsafe {
+                    let p = stp.add(j * 8);
+                    _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_loadu_ps(p), inv));
+                }
+            }
         }
     }
 

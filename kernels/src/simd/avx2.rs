@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 
 use half::slice::HalfFloatSliceExt;
 
-use super::{MAX_QUERIES, expc, geluc};
+use super::{MAX_QUERIES, exp2c, expc, geluc};
 use crate::f16;
 
 /// Lanes `< n` set (all-ones), lanes `≥ n` clear; `n ≤ 8`.
@@ -624,22 +624,49 @@ pub(crate) fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: 
     }
 }
 
-/// Tanh-GELU of 8 lanes as `x·sigmoid(2u)` (see [`super::geluc`]).
+/// `2^y` for `y` already clamped to `[−126, 128]` (or NaN): `n = round(y)`
+/// by magic-number rounding, `2^(y − n)` by the [`super::exp2c`]
+/// polynomial, `2^n` built in the exponent bits (`n = 128` gives `+inf`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn exp2_8(y: __m256) -> __m256 {
+    let magic = _mm256_set1_ps(expc::MAGIC);
+    let t = _mm256_add_ps(y, magic);
+    let f = _mm256_sub_ps(y, _mm256_sub_ps(t, magic));
+    let mut p = _mm256_fmadd_ps(_mm256_set1_ps(exp2c::P6), f, _mm256_set1_ps(exp2c::P5));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(exp2c::P4));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(exp2c::P3));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(exp2c::P2));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(exp2c::P1));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0));
+    // (n + 127) << 23: the magic's own bits shift out of the word.
+    let s = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_castps_si256(t),
+        _mm256_set1_epi32(127),
+    )));
+    _mm256_mul_ps(p, s)
+}
+
+/// Tanh-GELU of 8 lanes as `x / (1 + e^(−t))` (see [`super::geluc`]), with
+/// `e^(−t) = 2^y`, `y = x·(K0 + K1·x²)` clamped to `[−126, 128]`: at the top
+/// `2^128 = +inf` (very negative `x` give `∓0`, true value below 1e-37;
+/// `gelu(−inf) = −inf / inf = NaN`), at the bottom `2^−126` vanishes
+/// against the 1 (`gelu(+inf) = inf / 1`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn gelu8(x: __m256) -> __m256 {
-    let x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
-    let t = _mm256_mul_ps(
-        _mm256_fmadd_ps(x3, _mm256_set1_ps(geluc::A), x),
-        _mm256_set1_ps(geluc::TWO_C),
+    let x2 = _mm256_mul_ps(x, x);
+    let y = _mm256_mul_ps(
+        x,
+        _mm256_fmadd_ps(x2, _mm256_set1_ps(geluc::K1), _mm256_set1_ps(geluc::K0)),
     );
-    // -|t|: set the sign bit.
-    let neg_abs = _mm256_or_ps(t, _mm256_set1_ps(-0.0));
-    let e = exp_neg8(neg_abs);
-    let one = _mm256_set1_ps(1.0);
-    let pos = _mm256_cmp_ps::<_CMP_GE_OQ>(t, _mm256_setzero_ps());
-    let num = _mm256_blendv_ps(e, one, pos);
-    _mm256_mul_ps(x, _mm256_div_ps(num, _mm256_add_ps(one, e)))
+    // `max`/`min` return their second operand on NaN: NaN is kept.
+    let y = _mm256_min_ps(
+        _mm256_set1_ps(128.0),
+        _mm256_max_ps(_mm256_set1_ps(-126.0), y),
+    );
+    let e = exp2_8(y);
+    _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e))
 }
 
 /// Tanh-GELU in place.

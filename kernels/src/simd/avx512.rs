@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 use half::slice::HalfFloatSliceExt;
 
 use super::avx2::{hsum, hsum8};
-use super::{MAX_QUERIES, expc, geluc};
+use super::{MAX_QUERIES, exp2c, expc, geluc};
 use crate::f16;
 
 /// The first `n ≤ 16` lanes.
@@ -465,24 +465,44 @@ pub(crate) fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: 
     }
 }
 
-/// Tanh-GELU of 16 lanes as `x·sigmoid(2u)` (see [`super::geluc`]).
+/// `2^y` for `y` already clamped to `[−151, 129]` (or NaN): `n = round(y)`,
+/// `2^(y − n)` by the [`super::exp2c`] polynomial, `vscalefps` for `2^n`
+/// (overflow to `+inf`, gradual underflow to 0).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) fn exp2_16(y: __m512) -> __m512 {
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y);
+    let f = _mm512_sub_ps(y, n);
+    let mut p = _mm512_fmadd_ps(_mm512_set1_ps(exp2c::P6), f, _mm512_set1_ps(exp2c::P5));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::P4));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::P3));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::P2));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2c::P1));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0));
+    _mm512_scalef_ps(p, n)
+}
+
+/// Tanh-GELU of 16 lanes as `x / (1 + e^(−t))` (see [`super::geluc`]), with
+/// `e^(−t) = 2^y`, `y = x·(K0 + K1·x²)` clamped to `[−151, 129]`: for very
+/// negative `x` the power overflows to `+inf` and the quotient is `∓0` (the
+/// true value is below 1e-37); `gelu(−inf) = −inf / inf = NaN`,
+/// `gelu(+inf) = inf / 1`. `y` carries a relative error of a few ulp, i.e.
+/// `e^(−t)` one of about `|t|` ulp, inside the documented tolerance.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub(crate) fn gelu16(x: __m512) -> __m512 {
-    let x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
-    let t = _mm512_mul_ps(
-        _mm512_fmadd_ps(x3, _mm512_set1_ps(geluc::A), x),
-        _mm512_set1_ps(geluc::TWO_C),
+    let x2 = _mm512_mul_ps(x, x);
+    let y = _mm512_mul_ps(
+        x,
+        _mm512_fmadd_ps(x2, _mm512_set1_ps(geluc::K1), _mm512_set1_ps(geluc::K0)),
     );
-    let neg_abs = _mm512_castsi512_ps(_mm512_or_si512(
-        _mm512_castps_si512(t),
-        _mm512_set1_epi32(i32::MIN),
-    ));
-    let e = exp16(neg_abs);
-    let one = _mm512_set1_ps(1.0);
-    let pos = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(t, _mm512_setzero_ps());
-    let num = _mm512_mask_blend_ps(pos, e, one);
-    _mm512_mul_ps(x, _mm512_div_ps(num, _mm512_add_ps(one, e)))
+    // NaN-preserving operand order (second operand returned on NaN).
+    let y = _mm512_min_ps(
+        _mm512_set1_ps(129.0),
+        _mm512_max_ps(_mm512_set1_ps(-151.0), y),
+    );
+    let e = exp2_16(y);
+    _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0), e))
 }
 
 /// Tanh-GELU in place.
