@@ -48,6 +48,11 @@ struct Args {
     /// HTTP/2 connections (calls spread round-robin).
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Calls in flight per connection, 0 = unlimited (keep it below the
+    /// server's `max_concurrent_streams`, else HTTP/2 may refuse a stream at
+    /// the limit); further calls wait in the client, counted in their latency.
+    #[arg(long, default_value_t = 200)]
+    max_streams_per_connection: usize,
     /// Per-call deadline in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
@@ -216,6 +221,7 @@ fn main() -> Result<()> {
         token,
         connections: a.connections,
         timeout: Duration::from_millis(a.timeout_ms),
+        max_streams_per_connection: a.max_streams_per_connection,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,6 +1,7 @@
 //! Connections to a profiled server and the calls made on them.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use profiled_proto::v1 as pb;
@@ -27,6 +28,13 @@ pub struct TargetConfig {
     pub connections: usize,
     /// Per-call deadline (sent as `grpc-timeout`).
     pub timeout: Duration,
+    /// Calls in flight per connection (0 = as many as HTTP/2 allows). Keep
+    /// it below the server's `max_concurrent_streams` (256 by default): the
+    /// two ends count a finishing stream as closed at slightly different
+    /// moments, and a client at the very limit can open one stream too many,
+    /// which the server refuses (REFUSED_STREAM → UNAVAILABLE). Further calls
+    /// wait in the client, and that wait counts in their latency.
+    pub max_streams_per_connection: usize,
 }
 
 impl Default for TargetConfig {
@@ -39,6 +47,7 @@ impl Default for TargetConfig {
             token: None,
             connections: 4,
             timeout: Duration::from_secs(10),
+            max_streams_per_connection: 200,
         }
     }
 }
@@ -86,6 +95,8 @@ pub struct Target {
     clients: Vec<ProfileServiceClient<Channel>>,
     token: Option<MetadataValue<Ascii>>,
     timeout: Duration,
+    /// Per-connection in-flight permits (`max_streams_per_connection`).
+    permits: Option<Vec<Arc<tokio::sync::Semaphore>>>,
 }
 
 fn url_of(cfg: &TargetConfig) -> String {
@@ -153,10 +164,16 @@ impl Target {
                     .max_encoding_message_size(64 << 20),
             );
         }
+        let permits = (cfg.max_streams_per_connection > 0).then(|| {
+            (0..clients.len())
+                .map(|_| Arc::new(tokio::sync::Semaphore::new(cfg.max_streams_per_connection)))
+                .collect()
+        });
         Ok(Target {
             clients,
             token,
             timeout: cfg.timeout,
+            permits,
         })
     }
 
@@ -183,6 +200,12 @@ impl Target {
     /// on failure.
     pub async fn call_full(&self, i: usize, call: Call) -> (Outcome, Option<String>) {
         let mut c = self.clients[i % self.clients.len()].clone();
+        // Never closed, so `acquire` only fails if that changes: then the
+        // call goes without a permit.
+        let _permit = match &self.permits {
+            Some(p) => p[i % p.len()].acquire().await.ok(),
+            None => None,
+        };
         let version = |m: Option<&pb::ModelRef>| m.map_or(0, |m| m.version);
         let r = match call {
             Call::Embed(r) => c.embed(self.request(r)).await.map(|r| {
