@@ -13,7 +13,8 @@
 //!
 //! Then `embed_hit_rps` / `embed_miss_rps` (closed loop, one user per call;
 //! misses are unique users), `embed_miss_p99_us_at_half_load` (open loop at
-//! half of `embed_miss_rps`, latency from the intended send time),
+//! half of `embed_miss_rps`, latency from the intended send time, with
+//! `echo_p99_us_at_half_load`, the echo at the same rate, as its baseline),
 //! `swap_p99_ratio` / `swap_errors` (same open-loop rate, a new version
 //! published mid-run) and `overload_errors_other_than_resource_exhausted`
 //! (open loop at 3 × `embed_miss_rps`). Client and server CPU use
@@ -472,7 +473,6 @@ fn main() -> Result<()> {
             server_cores: echo_cores,
             note: format!("gRPC + protobuf floor, p99 {} µs", echo_rep.latency().p99),
         });
-        drop(echo);
 
         // 2. encoder floor.
         let (encoder_ups, enc_cores) = encoder_floor(&repo, &pool, secs).await?;
@@ -552,6 +552,29 @@ fn main() -> Result<()> {
             ),
         });
 
+        // 5b. The same open-loop rate against the echo: the transport's own
+        // p99 on this machine at this rate (an in-run baseline for 5).
+        let (echo_half_rep, echo_half_cores) = measured(
+            &echo_target,
+            &g,
+            &open("echo at half load", half, 2.0 * secs),
+            Some(echo.child.id()),
+        )
+        .await?;
+        drop(echo);
+        let echo_p99_half = echo_half_rep.latency().p99;
+        rows.push(Row {
+            name: "echo_p99_us_at_half_load",
+            value: format!("{echo_p99_half}"),
+            client_cores: echo_half_rep.client_cores(),
+            server_cores: echo_half_cores,
+            note: format!(
+                "baseline: the echo at the same open-loop rate; p50 {} µs; errors {}",
+                echo_half_rep.latency().p50,
+                echo_half_rep.error_total()
+            ),
+        });
+
         // 6. swap at the same rate.
         let swap_secs = if quick { 6.0 } else { 12.0 };
         let mut sc = open("swap", half, swap_secs);
@@ -624,6 +647,7 @@ fn main() -> Result<()> {
             "embed_hit_rps": embed_hit_rps.round(),
             "embed_miss_rps": embed_miss_rps.round(),
             "embed_miss_p99_us_at_half_load": p99_half,
+            "echo_p99_us_at_half_load": echo_p99_half,
             "swap_p99_ratio": (swap_p99_ratio * 100.0).round() / 100.0,
             "swap_errors": swap_errors,
             "overload_errors_other_than_resource_exhausted": other,
