@@ -546,7 +546,13 @@ pub(crate) fn mha_core(
                 let voff = 2 * pd + h * hd;
                 let mut i0 = 0;
                 while i0 < nq {
-                    let nb = lanes.min(nq - i0);
+                    // The partial block (nq mod lanes queries) goes first:
+                    // under a causal mask the first queries see the fewest
+                    // keys, so its lanes wait on fewer keys than at the end.
+                    let nb = match nq % lanes {
+                        r if i0 == 0 && r != 0 => r,
+                        _ => lanes.min(nq - i0),
+                    };
                     let mut lens = [0usize; 16];
                     for b in 0..nb {
                         lens[b] = seq.visible(i0 + b);

@@ -68,6 +68,38 @@ pub fn axpy_f16(isa: Isa, alpha: f32, x: &[f16], y: &mut [f32]) -> Result<(), Ke
     Ok(())
 }
 
+/// `out[i] = rows[0][i] + rows[1][i] + …`, added left to right (so the
+/// result is bit-identical to copying `rows[0]` and applying
+/// [`axpy_f32`] with `alpha = 1` for each further row). One pass over `out`
+/// with the partial sums in registers: the encoder's embedding rows (item,
+/// genres, rating + gap, position + type). Every row must have
+/// `out.len()` elements; no rows writes zeros.
+pub fn sum_rows_f32(isa: Isa, rows: &[&[f32]], out: &mut [f32]) -> Result<(), KernelError> {
+    for r in rows {
+        check_len("sum_rows_f32 row", out.len(), r.len())?;
+    }
+    let Some((first, rest)) = rows.split_first() else {
+        out.fill(0.0);
+        return Ok(());
+    };
+    dispatch!(isa,
+        scalar => sum_rows_plain(first, rest, out),
+        portable => sum_rows_plain(first, rest, out),
+        avx2 => crate::simd::avx2::sum_rows(first, rest, out),
+        avx512 => crate::simd::avx512::sum_rows(first, rest, out),
+    );
+    Ok(())
+}
+
+fn sum_rows_plain(first: &[f32], rest: &[&[f32]], out: &mut [f32]) {
+    out.copy_from_slice(first);
+    for r in rest {
+        for (o, v) in out.iter_mut().zip(r.iter()) {
+            *o += v;
+        }
+    }
+}
+
 /// Scales `x` to unit L2 norm in place and returns the norm before scaling.
 ///
 /// A zero vector (norm exactly 0) is left unchanged and 0 is returned. A NaN

@@ -309,6 +309,36 @@ proptest! {
     }
 
     #[test]
+    fn sum_rows_is_the_axpy_chain(
+        (rows, n) in (0usize..=90).prop_flat_map(|n| (prop::collection::vec(vecf(n, 4.0), 0..8), Just(n))),
+    ) {
+        // Bit-identical to copying the first row and adding the others with
+        // axpy_f32(1.0) in order, on every path; nothing written past `n`.
+        let refs: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
+        for isa in paths() {
+            let mut want = vec![0.0f32; n];
+            if let Some((first, rest)) = rows.split_first() {
+                want.copy_from_slice(first);
+                for r in rest {
+                    vector::axpy_f32(isa, 1.0, r, &mut want).unwrap();
+                }
+            }
+            let mut got = vec![f32::NAN; n + 3];
+            vector::sum_rows_f32(isa, &refs, &mut got[..n]).unwrap();
+            prop_assert_eq!(
+                got[..n].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{}", isa
+            );
+            prop_assert!(got[n..].iter().all(|v| v.is_nan()), "{isa}: wrote past the end");
+        }
+        if n > 0 && !rows.is_empty() {
+            let mut short = vec![0.0f32; n - 1];
+            prop_assert!(vector::sum_rows_f32(Isa::Scalar, &refs, &mut short).is_err());
+        }
+    }
+
+    #[test]
     fn l2_normalize_matches_reference(x in len().prop_flat_map(|n| vecf(n, 8.0))) {
         let norm: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt();
         let n = x.len() as f64;

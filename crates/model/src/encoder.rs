@@ -176,6 +176,10 @@ pub struct Encoder {
     max_tokens_per_call: usize,
 }
 
+/// Most rows summed into one behaviour-token embedding in one pass (item,
+/// up to `MAX_PARTS − 3` genres, rating + gap, position + type).
+const MAX_PARTS: usize = 16;
+
 pub(crate) fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     if v.len() < n {
         v.resize(n, 0.0);
@@ -739,30 +743,45 @@ impl Encoder {
         let bad = || internal("behaviour row");
         for (t, e) in batch.user_events(u).iter().enumerate() {
             let row = rows.next().ok_or_else(|| internal("embedding rows"))?;
-            copy_row(isa, item.row(e.item_row as usize, d).ok_or_else(bad)?, row)?;
-            if e.item_row >= VOCAB_OFFSET {
+            let irow = item.row(e.item_row as usize, d).ok_or_else(bad)?;
+            let genres = if e.item_row >= VOCAB_OFFSET {
                 let k = (e.item_row - VOCAB_OFFSET) as usize;
-                for &gg in self.meta.schema.items.genres.get(k).map_or(&[][..], |v| v) {
-                    axpy(isa, 1.0, genre.row(gg as usize, d).ok_or_else(bad)?, row)?;
-                }
-            }
+                self.meta.schema.items.genres.get(k).map_or(&[][..], |v| v)
+            } else {
+                &[][..]
+            };
             let rg = (e.rating_row as usize)
                 .checked_mul(self.gap_rows)
                 .and_then(|r| r.checked_add(e.gap_row as usize))
                 .filter(|_| (e.gap_row as usize) < self.gap_rows)
                 .ok_or_else(bad)?;
-            axpy(
-                isa,
-                1.0,
-                f32_row(&self.rating_gap, rg, d).ok_or_else(bad)?,
-                row,
-            )?;
-            axpy(
-                isa,
-                1.0,
-                f32_row(&self.pos_type, t, d).ok_or_else(bad)?,
-                row,
-            )?;
+            let rg = f32_row(&self.rating_gap, rg, d).ok_or_else(bad)?;
+            let pt = f32_row(&self.pos_type, t, d).ok_or_else(bad)?;
+            // f32 tables: item + genres + rating/gap + position/type summed in
+            // one pass (same order as below, so the same bits).
+            if let (View::F32(ir), View::F32(gt), View::F32(rg), View::F32(pt)) =
+                (irow, genre, rg, pt)
+                && genres.len() + 3 <= MAX_PARTS
+            {
+                let mut parts: [&[f32]; MAX_PARTS] = [&[]; MAX_PARTS];
+                parts[0] = ir;
+                let mut np = 1;
+                for &gg in genres {
+                    let g0 = gg as usize * d;
+                    parts[np] = gt.get(g0..g0 + d).ok_or_else(bad)?;
+                    np += 1;
+                }
+                parts[np] = rg;
+                parts[np + 1] = pt;
+                vector::sum_rows_f32(isa, &parts[..np + 2], row)?;
+                continue;
+            }
+            copy_row(isa, irow, row)?;
+            for &gg in genres {
+                axpy(isa, 1.0, genre.row(gg as usize, d).ok_or_else(bad)?, row)?;
+            }
+            axpy(isa, 1.0, rg, row)?;
+            axpy(isa, 1.0, pt, row)?;
         }
         Ok(())
     }

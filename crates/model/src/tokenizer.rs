@@ -557,7 +557,10 @@ impl Tokenizer {
     ) -> Result<TokenStats> {
         let s = &self.schema;
         let b = &s.behaviour;
-        batch.order.sort_unstable();
+        // Events usually arrive in time order: check before sorting.
+        if !batch.order.is_sorted() {
+            batch.order.sort_unstable();
+        }
         let n = batch.order.len();
         batch.p = s.fields.len();
         let g = s.genres.len();

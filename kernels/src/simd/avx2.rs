@@ -293,6 +293,39 @@ pub(crate) fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `out = first + rest[0] + …` left to right, over `out.len()` elements
+/// (every row holds at least that many: checked by the caller).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn sum_rows(first: &[f32], rest: &[&[f32]], out: &mut [f32]) {
+    let n = out.len();
+    assert!(first.len() >= n && rest.iter().all(|r| r.len() >= n));
+    let po = out.as_mut_ptr();
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: 8 elements from `i` are inside every row (asserted) and
+        // inside `out`.
+        unsafe {
+            let mut v = _mm256_loadu_ps(first.as_ptr().add(i));
+            for r in rest {
+                v = _mm256_add_ps(v, _mm256_loadu_ps(r.as_ptr().add(i)));
+            }
+            _mm256_storeu_ps(po.add(i), v);
+        }
+        i += 8;
+    }
+    if i < n {
+        let w = n - i;
+        // SAFETY: `w` elements from `i` are inside every row and `out`.
+        unsafe {
+            let mut v = load_tail(first.as_ptr().add(i), w);
+            for r in rest {
+                v = _mm256_add_ps(v, load_tail(r.as_ptr().add(i), w));
+            }
+            store_tail(po.add(i), w, v);
+        }
+    }
+}
+
 /// `y += alpha·x` with `x` in f16 over the common prefix.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn axpy_f16(alpha: f32, x: &[f16], y: &mut [f32]) {

@@ -237,6 +237,29 @@ pub(crate) fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `out = first + rest[0] + …` left to right, over `out.len()` elements
+/// (every row holds at least that many: checked by the caller).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) fn sum_rows(first: &[f32], rest: &[&[f32]], out: &mut [f32]) {
+    let n = out.len();
+    assert!(first.len() >= n && rest.iter().all(|r| r.len() >= n));
+    let po = out.as_mut_ptr();
+    let mut i = 0;
+    while i < n {
+        let w = (n - i).min(16);
+        // SAFETY: `w` elements from `i < n` are inside every row (asserted)
+        // and inside `out`.
+        unsafe {
+            let mut v = load(first.as_ptr().add(i), w);
+            for r in rest {
+                v = _mm512_add_ps(v, load(r.as_ptr().add(i), w));
+            }
+            store(po.add(i), w, v);
+        }
+        i += 16;
+    }
+}
+
 /// `y += alpha·x` with `x` in f16, over the common prefix.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub(crate) fn axpy_f16(alpha: f32, x: &[f16], y: &mut [f32]) {
