@@ -13,6 +13,12 @@
 //! - Each token has its own GCRA limiter (`governor`): over the limit the call
 //!   answers RESOURCE_EXHAUSTED naming the token, the limit and the wait.
 //!
+//! - Tokens rotate without a restart: [`Authenticator::reload`] swaps in a
+//!   new token list atomically (the server re-reads the token sources every
+//!   `auth.reload_interval_ms`); a bad new list is refused and the previous
+//!   one stays. A token kept under the same name and limit keeps its
+//!   limiter's state.
+//!
 //! Health and reflection are not wrapped: they stay reachable without a token.
 
 use std::collections::BTreeMap;
@@ -20,6 +26,7 @@ use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use subtle::ConstantTimeEq;
@@ -140,11 +147,13 @@ pub struct RateLimits {
     pub per_token: BTreeMap<String, u32>,
 }
 
+/// A token's limiter with its rate and burst (shared across reloads).
+type Limit = Arc<(DefaultDirectRateLimiter, u32, u32)>;
+
 struct Token {
     name: String,
     secret: Vec<u8>,
-    /// (limiter, rate, burst)
-    limit: Option<(DefaultDirectRateLimiter, u32, u32)>,
+    limit: Option<Limit>,
 }
 
 struct Inner {
@@ -154,21 +163,21 @@ struct Inner {
 }
 
 /// The interceptor: checks the bearer token and the token's rate limit.
-/// Cheap to clone (one `Arc`).
+/// Cheap to clone (one `Arc`); clones share reloads.
 #[derive(Clone)]
 pub struct Authenticator {
-    inner: Arc<Inner>,
+    inner: Arc<ArcSwap<Inner>>,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.inner.load();
         f.debug_struct("Authenticator")
-            .field("service", &self.inner.service)
-            .field("required", &self.inner.required)
+            .field("service", &inner.service)
+            .field("required", &inner.required)
             .field(
                 "tokens",
-                &self
-                    .inner
+                &inner
                     .tokens
                     .iter()
                     .map(|t| t.name.as_str())
@@ -193,6 +202,58 @@ impl Authenticator {
         tokens: Vec<TokenEntry>,
         limits: &RateLimits,
     ) -> Result<Authenticator, String> {
+        let inner = Inner::build(service, required, tokens, limits, None)?;
+        Ok(Authenticator {
+            inner: Arc::new(ArcSwap::from_pointee(inner)),
+        })
+    }
+
+    /// Replaces the token list (and limits) atomically: calls already checked
+    /// keep their result, the next call sees the new list. Tokens whose name,
+    /// rate and burst are unchanged keep their limiter's state. On error
+    /// (e.g. no token while one is required, a rate for an unknown name) the
+    /// current list stays in force. Returns whether anything changed.
+    pub fn reload(&self, tokens: Vec<TokenEntry>, limits: &RateLimits) -> Result<bool, String> {
+        let current = self.inner.load_full();
+        let unchanged = current.tokens.len() == tokens.len()
+            && current
+                .tokens
+                .iter()
+                .zip(&tokens)
+                .all(|(a, b)| a.name == b.name && a.secret == b.secret.as_bytes());
+        let next = Inner::build(
+            current.service,
+            current.required,
+            tokens,
+            limits,
+            Some(&current),
+        )?;
+        let limits_unchanged =
+            current
+                .tokens
+                .iter()
+                .zip(&next.tokens)
+                .all(|(a, b)| match (&a.limit, &b.limit) {
+                    (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+                    (None, None) => true,
+                    _ => false,
+                });
+        if unchanged && limits_unchanged {
+            return Ok(false);
+        }
+        self.inner.store(Arc::new(next));
+        Ok(true)
+    }
+}
+
+impl Inner {
+    fn build(
+        service: &'static str,
+        required: bool,
+        tokens: Vec<TokenEntry>,
+        limits: &RateLimits,
+        previous: Option<&Inner>,
+    ) -> Result<Inner, String> {
         if required && tokens.is_empty() {
             return Err(format!(
                 "{service}: a token is required but no token is configured"
@@ -223,12 +284,18 @@ impl Authenticator {
                 } else {
                     limits.burst
                 };
+                let kept = previous
+                    .and_then(|p| p.tokens.iter().find(|o| o.name == t.name))
+                    .and_then(|o| o.limit.clone())
+                    .filter(|l| l.1 == rate && l.2 == burst);
                 let limit = match (NonZeroU32::new(rate), NonZeroU32::new(burst)) {
-                    (Some(r), Some(b)) => Some((
-                        RateLimiter::direct(Quota::per_second(r).allow_burst(b)),
-                        rate,
-                        burst,
-                    )),
+                    (Some(r), Some(b)) => Some(kept.unwrap_or_else(|| {
+                        Arc::new((
+                            RateLimiter::direct(Quota::per_second(r).allow_burst(b)),
+                            rate,
+                            burst,
+                        ))
+                    })),
                     _ => None,
                 };
                 Token {
@@ -238,39 +305,45 @@ impl Authenticator {
                 }
             })
             .collect();
-        Ok(Authenticator {
-            inner: Arc::new(Inner {
-                service,
-                required,
-                tokens,
-            }),
+        Ok(Inner {
+            service,
+            required,
+            tokens,
         })
     }
+}
 
+impl Authenticator {
     /// Number of configured tokens.
     pub fn len(&self) -> usize {
-        self.inner.tokens.len()
+        self.inner.load().tokens.len()
     }
 
     /// True when no token is configured.
     pub fn is_empty(&self) -> bool {
-        self.inner.tokens.is_empty()
+        self.inner.load().tokens.is_empty()
     }
 
-    fn reject(&self, reason: &'static str, message: String) -> Status {
-        metrics::counter!("profiled_auth_rejected_total", "service" => self.inner.service, "reason" => reason)
+    /// The gRPC name of the service this authenticator guards.
+    pub fn service(&self) -> &'static str {
+        self.inner.load().service
+    }
+
+    fn reject(&self, service: &'static str, reason: &'static str, message: String) -> Status {
+        metrics::counter!("profiled_auth_rejected_total", "service" => service, "reason" => reason)
             .increment(1);
-        tracing::debug!(service = self.inner.service, reason, "call refused");
+        tracing::debug!(service, reason, "call refused");
         Status::unauthenticated(message)
     }
 
     /// Checks the metadata of a call; `Ok(Some(name))` = authenticated with
     /// that token, `Ok(None)` = no token and none required.
     pub fn check(&self, md: &tonic::metadata::MetadataMap) -> Result<Option<String>, Status> {
-        let inner = &self.inner;
+        let inner = self.inner.load();
         let Some(value) = md.get("authorization") else {
             if inner.required {
                 return Err(self.reject(
+                    inner.service,
                     "missing",
                     format!(
                         "missing `authorization: Bearer <token>` metadata: {} requires a token",
@@ -290,6 +363,7 @@ impl Authenticator {
             .filter(|t| !t.is_empty());
         let Some(given) = given else {
             return Err(self.reject(
+                inner.service,
                 "malformed",
                 "malformed `authorization` metadata: expected `Bearer <token>`".into(),
             ));
@@ -303,6 +377,7 @@ impl Authenticator {
         }
         let Some(t) = hit else {
             return Err(self.reject(
+                inner.service,
                 "wrong",
                 format!(
                     "wrong bearer token: not a token configured for {}",
@@ -310,7 +385,8 @@ impl Authenticator {
                 ),
             ));
         };
-        if let Some((limiter, rate, burst)) = &t.limit
+        if let Some(limit) = &t.limit
+            && let (limiter, rate, burst) = &**limit
             && let Err(not_until) = limiter.check()
         {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -405,6 +481,59 @@ mod tests {
         assert_eq!(opt.check(&md(None)).unwrap(), None);
         assert!(opt.check(&md(Some("Bearer nope"))).is_err());
         assert!(Authenticator::new("svc", true, vec![], &RateLimits::default()).is_err());
+    }
+
+    #[test]
+    fn reload_rotates_tokens_keeps_limiter_state_and_refuses_bad_lists() {
+        let limits = RateLimits {
+            per_sec: 1,
+            burst: 2,
+            per_token: BTreeMap::new(),
+        };
+        let a = Authenticator::new("svc", true, tokens(), &limits).unwrap();
+        let clone = a.clone();
+        // Spend alice's burst of 2.
+        let mut spent = 0;
+        while a.check(&md(Some("Bearer s3cret-a"))).is_ok() {
+            spent += 1;
+            assert!(spent < 10, "the limiter never refused");
+        }
+        // The same list again: nothing changes.
+        assert!(!a.reload(tokens(), &limits).unwrap());
+        // Rotate: alice keeps her name (and limiter), f-4's secret is gone,
+        // a new token appears.
+        let next =
+            parse_token_file("alice s3cret-a\nbob s3cret-new\n", "auth.token_file", "f").unwrap();
+        assert!(a.reload(next, &limits).unwrap());
+        assert_eq!(clone.len(), 2, "clones share the reload");
+        let e = clone.check(&md(Some("Bearer s3cret-b"))).unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+        assert_eq!(
+            clone
+                .check(&md(Some("Bearer s3cret-new")))
+                .unwrap()
+                .as_deref(),
+            Some("bob")
+        );
+        // alice's bucket was not refilled by the reload (unless a second
+        // passed, which refills one call).
+        let mut passed = 0;
+        for _ in 0..3 {
+            if a.check(&md(Some("Bearer s3cret-a"))).is_ok() {
+                passed += 1;
+            }
+        }
+        assert!(passed <= 1, "alice's limiter was reset by the reload");
+        // An empty list while a token is required is refused: bob stays.
+        assert!(a.reload(vec![], &limits).is_err());
+        assert!(a.check(&md(Some("Bearer s3cret-new"))).is_ok());
+        // So is a rate for a token that no longer exists.
+        let bad = RateLimits {
+            per_token: [("carol".to_string(), 5)].into_iter().collect(),
+            ..limits.clone()
+        };
+        assert!(a.reload(tokens(), &bad).is_err());
+        assert_eq!(a.len(), 2);
     }
 
     #[test]

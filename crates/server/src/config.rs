@@ -302,7 +302,7 @@ impl TlsConfig {
 }
 
 /// Bearer tokens and per-token rate limits of `ProfileService`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Bearer tokens, one a line (`TOKEN` or `NAME TOKEN`, `#` comments).
@@ -318,6 +318,24 @@ pub struct AuthConfig {
     pub rate_limit_burst: u32,
     /// Requests per second per token name, overriding `rate_limit_per_sec`.
     pub token_rates: BTreeMap<String, u32>,
+    /// How often the token files (`auth.token_file`, `admin.token_file`)
+    /// are re-read, so tokens rotate without a restart (milliseconds; 0 =
+    /// never). A file that cannot be used keeps the previous tokens.
+    pub reload_interval_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            token_file: None,
+            token_env: None,
+            required: false,
+            rate_limit_per_sec: 0,
+            rate_limit_burst: 0,
+            token_rates: BTreeMap::new(),
+            reload_interval_ms: 5_000,
+        }
+    }
 }
 
 /// OpenTelemetry span export over OTLP/gRPC. Only builds with the cargo

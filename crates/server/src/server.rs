@@ -294,7 +294,8 @@ pub async fn serve(
     };
 
     // Token checks (and per-token rate limits) wrap the two services;
-    // health and reflection stay open.
+    // health and reflection stay open. The handles share reloads.
+    let (data_auth_handle, admin_auth_handle) = (data_auth.clone(), admin_auth.clone());
     let profile = InterceptedService::new(
         ProfileServiceServer::new(ProfileApi::new(engine.clone()))
             .max_decoding_message_size(cfg.server.max_request_bytes)
@@ -343,6 +344,23 @@ pub async fn serve(
         }
     };
     let mut tls_tasks = Vec::new();
+    if cfg.auth.reload_interval_ms > 0 {
+        let every = Duration::from_millis(cfg.auth.reload_interval_ms);
+        if cfg.auth.token_file.is_some() {
+            let c = cfg.clone();
+            tls_tasks.push(spawn_token_reload(
+                data_auth_handle.clone(),
+                every,
+                move || Ok((c.auth_tokens()?, c.rate_limits())),
+            ));
+        }
+        if let (Some(a), Some(_)) = (&admin_auth_handle, &cfg.admin.token_file) {
+            let c = cfg.clone();
+            tls_tasks.push(spawn_token_reload(a.clone(), every, move || {
+                Ok((c.admin_tokens()?, RateLimits::default()))
+            }));
+        }
+    }
     let server: std::pin::Pin<
         Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
     > = match &tls {
@@ -395,5 +413,59 @@ fn nodelay(
             let _ = s.set_nodelay(true);
         }
         s
+    })
+}
+
+/// Re-reads a service's tokens every `every` (on the blocking pool) and
+/// swaps them in when they changed; a source that cannot be used keeps the
+/// previous tokens (warned once per distinct error, counted in
+/// `profiled_token_reloads_total{service, outcome}`).
+fn spawn_token_reload(
+    auth: Authenticator,
+    every: Duration,
+    read: impl Fn() -> Result<(Vec<crate::auth::TokenEntry>, RateLimits), String>
+    + Send
+    + Sync
+    + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let read = Arc::new(read);
+    tokio::spawn(async move {
+        let service = auth.service();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let mut last_err: Option<String> = None;
+        loop {
+            tick.tick().await;
+            let (a, r) = (auth.clone(), read.clone());
+            let outcome = tokio::task::spawn_blocking(move || {
+                let (tokens, limits) = r()?;
+                let n = tokens.len();
+                a.reload(tokens, &limits).map(|changed| (changed, n))
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("token reload task: {e}")));
+            match outcome {
+                Ok((true, n)) => {
+                    last_err = None;
+                    metrics::counter!("profiled_token_reloads_total", "service" => service, "outcome" => "loaded")
+                        .increment(1);
+                    tracing::info!(
+                        service,
+                        tokens = n,
+                        "tokens changed: the new list is in force"
+                    );
+                }
+                Ok((false, _)) => last_err = None,
+                Err(e) => {
+                    if last_err.as_deref() != Some(e.as_str()) {
+                        metrics::counter!("profiled_token_reloads_total", "service" => service, "outcome" => "refused")
+                            .increment(1);
+                        tracing::warn!(service, error = %e, "token source changed but cannot be used: keeping the previous tokens");
+                        last_err = Some(e);
+                    }
+                }
+            }
+        }
     })
 }
