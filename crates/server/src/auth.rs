@@ -145,6 +145,9 @@ pub struct RateLimits {
     pub burst: u32,
     /// Per token name: requests per second overriding `per_sec` (0 = unlimited).
     pub per_token: BTreeMap<String, u32>,
+    /// Requests per second shared by all calls *without* a token, where
+    /// tokens are optional (0 = unlimited); burst as `burst`.
+    pub anonymous_per_sec: u32,
 }
 
 /// A token's limiter with its rate and burst (shared across reloads).
@@ -160,6 +163,8 @@ struct Inner {
     service: &'static str,
     required: bool,
     tokens: Vec<Token>,
+    /// The shared limiter of calls without a token (optional tokens only).
+    anonymous: Option<Limit>,
 }
 
 /// The interceptor: checks the bearer token and the token's rate limit.
@@ -305,10 +310,28 @@ impl Inner {
                 }
             })
             .collect();
+        let anonymous = {
+            let (rate, burst) = (limits.anonymous_per_sec, limits.burst);
+            let burst = if burst == 0 { rate } else { burst };
+            let kept = previous
+                .and_then(|p| p.anonymous.clone())
+                .filter(|l| l.1 == rate && l.2 == burst);
+            match (required, NonZeroU32::new(rate), NonZeroU32::new(burst)) {
+                (false, Some(r), Some(b)) => Some(kept.unwrap_or_else(|| {
+                    Arc::new((
+                        RateLimiter::direct(Quota::per_second(r).allow_burst(b)),
+                        rate,
+                        burst,
+                    ))
+                })),
+                _ => None,
+            }
+        };
         Ok(Inner {
             service,
             required,
             tokens,
+            anonymous,
         })
     }
 }
@@ -350,6 +373,18 @@ impl Authenticator {
                         inner.service
                     ),
                 ));
+            }
+            if let Some(limit) = &inner.anonymous
+                && let (limiter, rate, burst) = &**limit
+                && let Err(not_until) = limiter.check()
+            {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                metrics::counter!("profiled_rate_limited_total", "service" => inner.service, "token" => "")
+                    .increment(1);
+                return Err(Status::resource_exhausted(format!(
+                    "calls without a token are over their shared rate limit of {rate} requests/s (burst {burst}; auth.anonymous_rate_limit_per_sec): retry in {} ms, or send a token",
+                    wait.as_millis().max(1)
+                )));
             }
             return Ok(None);
         };
@@ -488,7 +523,7 @@ mod tests {
         let limits = RateLimits {
             per_sec: 1,
             burst: 2,
-            per_token: BTreeMap::new(),
+            ..RateLimits::default()
         };
         let a = Authenticator::new("svc", true, tokens(), &limits).unwrap();
         let clone = a.clone();
@@ -542,6 +577,7 @@ mod tests {
             per_sec: 1,
             burst: 3,
             per_token: [("alice".to_string(), 0)].into_iter().collect(),
+            anonymous_per_sec: 0,
         };
         let a = Authenticator::new("svc", true, tokens(), &limits).unwrap();
         // f-4: a burst of 3, then refused (a 1/s refill cannot happen within
@@ -567,5 +603,37 @@ mod tests {
             ..RateLimits::default()
         };
         assert!(Authenticator::new("svc", true, tokens(), &bad).is_err());
+    }
+
+    #[test]
+    fn calls_without_a_token_share_their_own_limit() {
+        let limits = RateLimits {
+            burst: 2,
+            anonymous_per_sec: 1,
+            ..RateLimits::default()
+        };
+        let a = Authenticator::new("svc", false, tokens(), &limits).unwrap();
+        let mut refused = None;
+        for _ in 0..6 {
+            if let Err(e) = a.check(&md(None)) {
+                refused = Some(e);
+                break;
+            }
+        }
+        let e = refused.expect("tokenless calls were never limited");
+        assert_eq!(e.code(), Code::ResourceExhausted);
+        assert!(
+            e.message().contains("auth.anonymous_rate_limit_per_sec"),
+            "{}",
+            e.message()
+        );
+        // Tokens are not charged to the anonymous bucket.
+        for _ in 0..2 {
+            assert!(a.check(&md(Some("Bearer s3cret-a"))).is_ok());
+        }
+        // Where tokens are required, there is no anonymous bucket to speak of.
+        let r = Authenticator::new("svc", true, tokens(), &limits).unwrap();
+        let e = r.check(&md(None)).unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
     }
 }

@@ -318,6 +318,10 @@ pub struct AuthConfig {
     pub rate_limit_burst: u32,
     /// Requests per second per token name, overriding `rate_limit_per_sec`.
     pub token_rates: BTreeMap<String, u32>,
+    /// Requests per second shared by all ProfileService calls without a
+    /// token (when `required = false`; 0 = unlimited; burst
+    /// `rate_limit_burst`).
+    pub anonymous_rate_limit_per_sec: u32,
     /// How often the token files (`auth.token_file`, `admin.token_file`)
     /// are re-read, so tokens rotate without a restart (milliseconds; 0 =
     /// never). A file that cannot be used keeps the previous tokens.
@@ -333,6 +337,7 @@ impl Default for AuthConfig {
             rate_limit_per_sec: 0,
             rate_limit_burst: 0,
             token_rates: BTreeMap::new(),
+            anonymous_rate_limit_per_sec: 0,
             reload_interval_ms: 5_000,
         }
     }
@@ -545,6 +550,7 @@ impl Config {
             per_sec: self.auth.rate_limit_per_sec,
             burst: self.auth.rate_limit_burst,
             per_token: self.auth.token_rates.clone(),
+            anonymous_per_sec: self.auth.anonymous_rate_limit_per_sec,
         }
     }
 }
