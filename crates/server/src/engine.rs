@@ -555,6 +555,27 @@ impl Engine {
                 .map_err(|e| ApiError::Internal(format!("explain task: {e}")))?
                 .map_err(|e| model_error("features", e))?;
         let compute_us = c0.elapsed().as_micros() as u64;
+        // The unmasked profile computed on the way fills the cache (USE: if
+        // absent; REFRESH: overwrite; BYPASS: untouched), so an Embed of the
+        // same user after an Explain is a hit.
+        if let Some(cache) = &self.cache
+            && ex.profile.len() == generation.dim()
+        {
+            let mode = CacheUse::from_proto(r.cache);
+            if mode != CacheUse::Bypass {
+                let key = CacheKey {
+                    model: Arc::from(generation.model.as_str()),
+                    generation: generation.id,
+                    features: features.canonical_bytes().into_boxed_slice(),
+                };
+                let vector: Arc<[f32]> = Arc::from(ex.profile.as_slice());
+                if mode == CacheUse::Refresh {
+                    cache.insert(key, vector).await;
+                } else {
+                    let _ = cache.entry(key).or_insert(vector).await;
+                }
+            }
+        }
         Ok(explain_response(
             &generation,
             &features,
