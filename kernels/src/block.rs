@@ -360,8 +360,9 @@ fn ffn_residual(
 }
 
 /// LayerNorm of every `d`-wide row of `x` into `out` (same shape). The
-/// AVX-512 path normalises four rows at a time so that their reduction
-/// chains overlap; the other paths call [`activation::layer_norm`] per row.
+/// AVX-512 and AVX2 paths normalise four rows at a time so that their
+/// reduction chains overlap; the other paths call [`activation::layer_norm`]
+/// per row.
 fn layer_norm_rows(
     isa: Isa,
     x: &[f32],
@@ -384,6 +385,12 @@ fn layer_norm_rows(
     if isa == Isa::Avx512 {
         // SAFETY: the caller checked the ISA (AVX-512 F/BW/VL + FMA).
         unsafe { x86::ln_rows_avx512(x, d, g, b, eps, out) };
+        return Ok(());
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        // SAFETY: the caller checked the ISA (AVX2 + FMA).
+        unsafe { x86::ln_rows_avx2(x, d, g, b, eps, out) };
         return Ok(());
     }
     for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
@@ -500,6 +507,123 @@ mod x86 {
                 }
             }
             c += 16;
+        }
+    }
+
+    /// The AVX2 version of `ln_rows_avx512` (8 lanes, masked tails).
+    ///
+    /// # Safety
+    /// AVX2 and FMA are available.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn ln_rows_avx2(
+        x: &[f32],
+        d: usize,
+        g: &[f32],
+        b: &[f32],
+        eps: f32,
+        out: &mut [f32],
+    ) {
+        assert!(d > 0 && x.len().is_multiple_of(d) && out.len() == x.len());
+        assert!(g.len() == d && b.len() == d);
+        let n = x.len() / d;
+        let mut i = 0;
+        while i + 4 <= n {
+            rows8::<4>(x, i, d, g, b, eps, out);
+            i += 4;
+        }
+        while i < n {
+            rows8::<1>(x, i, d, g, b, eps, out);
+            i += 1;
+        }
+    }
+
+    /// Lanes `< n` (of 8) set, as an AVX2 load/store mask.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn mask8(n: usize) -> __m256i {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n.min(8) as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
+
+    /// Sum of the 8 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum8(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    /// Normalises rows `i..i + R` (`i + R ≤ rows`, checked by the caller).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn rows8<const R: usize>(
+        x: &[f32],
+        i: usize,
+        d: usize,
+        g: &[f32],
+        b: &[f32],
+        eps: f32,
+        out: &mut [f32],
+    ) {
+        assert!((i + R) * d <= x.len() && x.len() == out.len() && g.len() == d && b.len() == d);
+        let xp = x.as_ptr();
+        let op = out.as_mut_ptr();
+        let inv_d = 1.0 / d as f32;
+        let mut sum = [_mm256_setzero_ps(); R];
+        let mut c = 0;
+        while c < d {
+            let m = mask8(d - c);
+            for r in 0..R {
+                // SAFETY: row i + r < rows, columns c.. < d under the mask.
+                let v = unsafe { _mm256_maskload_ps(xp.add((i + r) * d + c), m) };
+                sum[r] = _mm256_add_ps(sum[r], v);
+            }
+            c += 8;
+        }
+        let mut mean = [_mm256_setzero_ps(); R];
+        for r in 0..R {
+            mean[r] = _mm256_set1_ps(hsum8(sum[r]) * inv_d);
+        }
+        let mut sq = [_mm256_setzero_ps(); R];
+        let mut c = 0;
+        while c < d {
+            let m = mask8(d - c);
+            for r in 0..R {
+                // SAFETY: as above.
+                let v = unsafe { _mm256_maskload_ps(xp.add((i + r) * d + c), m) };
+                let t = _mm256_and_ps(_mm256_sub_ps(v, mean[r]), _mm256_castsi256_ps(m));
+                sq[r] = _mm256_fmadd_ps(t, t, sq[r]);
+            }
+            c += 8;
+        }
+        let mut inv = [_mm256_setzero_ps(); R];
+        for r in 0..R {
+            let var = hsum8(sq[r]) * inv_d;
+            inv[r] = _mm256_set1_ps(1.0 / (var + eps).sqrt());
+        }
+        let mut c = 0;
+        while c < d {
+            let m = mask8(d - c);
+            // SAFETY: columns c.. < d under the mask, inside gamma and beta.
+            let (gv, bv) = unsafe {
+                (
+                    _mm256_maskload_ps(g.as_ptr().add(c), m),
+                    _mm256_maskload_ps(b.as_ptr().add(c), m),
+                )
+            };
+            for r in 0..R {
+                // SAFETY: as above, for x and out.
+                unsafe {
+                    let v = _mm256_maskload_ps(xp.add((i + r) * d + c), m);
+                    let y =
+                        _mm256_fmadd_ps(_mm256_mul_ps(_mm256_sub_ps(v, mean[r]), inv[r]), gv, bv);
+                    _mm256_maskstore_ps(op.add((i + r) * d + c), m, y);
+                }
+            }
+            c += 8;
         }
     }
 }
