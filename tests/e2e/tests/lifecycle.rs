@@ -6,59 +6,31 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use profiled_e2e::{Server, publish_model};
+use profiled_e2e::{
+    Server, event, get_model, input, occupation_and_age, publish_model, search_user, synth_repo,
+    temp_repo, version_of, wait_model,
+};
 use profiled_proto::v1 as pb;
 use tonic::Code;
 
+/// A user given by features: [`occupation_and_age`] and one event (item
+/// `2`, rated 5).
 fn user(occupation: &str, age: f64) -> pb::UserInput {
-    let mut fields = std::collections::HashMap::new();
-    fields.insert(
-        "occupation".to_string(),
-        pb::FieldValue {
-            kind: Some(pb::field_value::Kind::Categorical(occupation.into())),
-        },
-    );
-    fields.insert(
-        "age".to_string(),
-        pb::FieldValue {
-            kind: Some(pb::field_value::Kind::Number(age)),
-        },
-    );
-    pb::UserInput {
-        source: Some(pb::user_input::Source::Features(pb::UserFeatures {
-            user_id: String::new(),
-            fields,
-            events: vec![pb::BehaviourEvent {
-                item_id: "2".into(),
-                timestamp: 880_000_000,
-                rating: Some(5.0),
-            }],
-        })),
-    }
-}
-
-async fn default_version(
-    c: &mut pb::profile_service_client::ProfileServiceClient<tonic::transport::Channel>,
-) -> pb::ModelInfo {
-    c.get_model(pb::GetModelRequest {
-        name: "synth".into(),
+    input(pb::UserFeatures {
+        user_id: String::new(),
+        fields: occupation_and_age(occupation, age),
+        events: vec![event("2", 880_000_000, Some(5.0))],
     })
-    .await
-    .unwrap()
-    .into_inner()
-    .model
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swap_under_load_has_no_failed_requests_and_never_serves_a_broken_version() {
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = tmp.path().join("models");
-    publish_model(&repo, "synth", 1, false).unwrap();
-    let server = Server::start(&repo, &[]).unwrap();
-    server.wait_serving(Duration::from_secs(30)).await.unwrap();
+    let (_tmp, repo) = synth_repo(1).unwrap();
+    let server = Server::start_serving(&repo, &[], Duration::from_secs(30))
+        .await
+        .unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -98,37 +70,23 @@ async fn swap_under_load_has_no_failed_requests_and_never_serves_a_broken_versio
 
     // A new good version: the default switches to it.
     assert_eq!(publish_model(&repo, "synth", 2, false).unwrap(), 2);
-    let t0 = Instant::now();
-    while default_version(&mut c).await.default_version != 2 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "{}",
-            server.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_model(&mut c, "synth", Duration::from_secs(30), |m| {
+        m.default_version == 2
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", server.log_text()));
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // A broken version: refused, recorded, never serves.
     assert_eq!(publish_model(&repo, "synth", 3, true).unwrap(), 3);
-    let t0 = Instant::now();
-    loop {
-        let m = default_version(&mut c).await;
-        let v3 = m.versions.iter().find(|v| v.version == 3);
-        if let Some(v3) = v3
-            && v3.state == pb::VersionState::Failed as i32
-        {
-            assert!(v3.reason.contains("golden"), "{}", v3.reason);
-            assert_eq!(m.default_version, 2);
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "{}",
-            server.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let m = wait_model(&mut c, "synth", Duration::from_secs(30), |m| {
+        version_of(m, 3).is_some_and(|v3| v3.state == pb::VersionState::Failed as i32)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", server.log_text()));
+    let v3 = version_of(&m, 3).unwrap();
+    assert!(v3.reason.contains("golden"), "{}", v3.reason);
+    assert_eq!(m.default_version, 2);
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
 
@@ -161,31 +119,26 @@ async fn swap_under_load_has_no_failed_requests_and_never_serves_a_broken_versio
         versions.contains(&1) && versions.contains(&2),
         "{versions:?}"
     );
-    let v1 = default_version(&mut c)
-        .await
-        .versions
-        .into_iter()
-        .find(|v| v.version == 1)
-        .unwrap();
+    let m = get_model(&mut c, "synth").await.unwrap();
+    let v1 = version_of(&m, 1).unwrap();
     assert_eq!(v1.state, pb::VersionState::Unloaded as i32);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_calls_then_exits() {
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = tmp.path().join("models");
-    publish_model(&repo, "synth", 1, false).unwrap();
+    let (_tmp, repo) = synth_repo(1).unwrap();
     // Slow batches: each call waits ~400 ms in the batcher.
-    let mut server = Server::start(
+    let mut server = Server::start_serving(
         &repo,
         &[
             ("PROFILED__BATCHER__MAX_DELAY_US", "400000"),
             ("PROFILED__BATCHER__MAX_BATCH", "1000"),
             ("PROFILED__SERVER__GRACE_PERIOD_MS", "5000"),
         ],
+        Duration::from_secs(30),
     )
+    .await
     .unwrap();
-    server.wait_serving(Duration::from_secs(30)).await.unwrap();
     let c = server.client().await.unwrap();
     let mut calls = Vec::new();
     for i in 0..6 {
@@ -213,10 +166,8 @@ async fn sigterm_drains_in_flight_calls_then_exits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_answers_resource_exhausted_only() {
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = tmp.path().join("models");
-    publish_model(&repo, "synth", 1, false).unwrap();
-    let server = Server::start(
+    let (_tmp, repo) = synth_repo(1).unwrap();
+    let server = Server::start_serving(
         &repo,
         &[
             ("PROFILED__BATCHER__MAX_DELAY_US", "200000"),
@@ -224,9 +175,10 @@ async fn overload_answers_resource_exhausted_only() {
             ("PROFILED__BATCHER__QUEUE_CAPACITY", "8"),
             ("PROFILED__SERVER__CONCURRENCY_PER_CONNECTION", "16"),
         ],
+        Duration::from_secs(30),
     )
+    .await
     .unwrap();
-    server.wait_serving(Duration::from_secs(30)).await.unwrap();
     let c = server.client().await.unwrap();
     let mut calls = Vec::new();
     for i in 0..120 {
@@ -271,11 +223,11 @@ async fn overload_answers_resource_exhausted_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_with_a_corrupt_index_is_refused_and_the_old_one_keeps_serving() {
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = tmp.path().join("models");
+    let (_tmp, repo) = temp_repo().unwrap();
     assert_eq!(publish_model(&repo, "synth", 1, false).unwrap(), 1);
-    let server = Server::start(&repo, &[]).unwrap();
-    server.wait_serving(Duration::from_secs(30)).await.unwrap();
+    let server = Server::start_serving(&repo, &[], Duration::from_secs(30))
+        .await
+        .unwrap();
     let mut c = server.client().await.unwrap();
 
     // Version 2: a valid model whose items.index has one flipped byte in
@@ -291,32 +243,18 @@ async fn a_version_with_a_corrupt_index_is_refused_and_the_old_one_keeps_serving
     std::fs::write(&index, &bytes).unwrap();
     assert_eq!(profiled_store::publish(&dir, &repo, "synth").unwrap().0, 2);
 
-    let t0 = Instant::now();
-    loop {
-        let m = default_version(&mut c).await;
-        if let Some(v2) = m.versions.iter().find(|v| v.version == 2)
-            && v2.state == pb::VersionState::Failed as i32
-        {
-            assert!(v2.reason.contains("items.index"), "{}", v2.reason);
-            assert_eq!(m.default_version, 1);
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "{}",
-            server.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let m = wait_model(&mut c, "synth", Duration::from_secs(30), |m| {
+        version_of(m, 2).is_some_and(|v2| v2.state == pb::VersionState::Failed as i32)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", server.log_text()));
+    let v2 = version_of(&m, 2).unwrap();
+    assert!(v2.reason.contains("items.index"), "{}", v2.reason);
+    assert_eq!(m.default_version, 1);
 
     // The serving version still answers Search over its own (valid) index.
     let r = c
-        .search(pb::SearchRequest {
-            query: Some(pb::search_request::Query::UserId("u3".into())),
-            target: pb::TargetIndex::Items as i32,
-            k: 3,
-            ..Default::default()
-        })
+        .search(search_user("u3", pb::TargetIndex::Items, 3))
         .await
         .unwrap()
         .into_inner();

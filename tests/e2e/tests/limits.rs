@@ -14,28 +14,27 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use profiled_e2e::{Server, publish_model};
+use profiled_e2e::{
+    ProfileClient, Server, assert_status, categorical, embed_req, event, get_model, synth_repo,
+    users_target,
+};
 use profiled_proto::v1 as pb;
 use tonic::Code;
 
 fn user(events: usize) -> pb::UserFeatures {
-    let mut fields = std::collections::HashMap::new();
-    fields.insert(
-        "occupation".to_string(),
-        pb::FieldValue {
-            kind: Some(pb::field_value::Kind::Categorical("engineer".into())),
-        },
-    );
     pb::UserFeatures {
         user_id: "u".into(),
-        fields,
+        fields: HashMap::from([("occupation".to_string(), categorical("engineer"))]),
         events: (0..events)
-            .map(|i| pb::BehaviourEvent {
-                item_id: (1 + i % 30).to_string(),
-                timestamp: 880_000_000 + i as i64 * 60,
-                rating: Some(4.0),
+            .map(|i| {
+                event(
+                    &(1 + i % 30).to_string(),
+                    880_000_000 + i as i64 * 60,
+                    Some(4.0),
+                )
             })
             .collect(),
     }
@@ -50,39 +49,22 @@ fn explain(events: usize, method: pb::ExplainMethod, top_n: u32) -> pb::ExplainR
     }
 }
 
-fn assert_limit<T: std::fmt::Debug>(r: Result<T, tonic::Status>, needle: &str) {
-    let s = r.expect_err("expected a limit error");
-    assert_eq!(s.code(), Code::InvalidArgument, "{}", s.message());
-    assert!(
-        s.message().contains(needle),
-        "{:?} lacks {needle:?}",
-        s.message()
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_variants_are_bounded() {
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = tmp.path().join("models");
-    publish_model(&repo, "synth", 1, false).unwrap();
-    let server = Server::start(
+    let (_tmp, repo) = synth_repo(1).unwrap();
+    let server = Server::start_serving(
         &repo,
         &[
             ("PROFILED__LIMITS__MAX_EVENTS_PER_USER", "100"),
             ("PROFILED__LIMITS__MAX_EXPLAIN_TOP_N", "8"),
             ("PROFILED__LIMITS__MAX_SEEDS", "3"),
         ],
+        Duration::from_secs(60),
     )
+    .await
     .unwrap();
-    server.wait_serving(Duration::from_secs(60)).await.unwrap();
     let mut c = server.client().await.unwrap();
-    let info = c
-        .get_model(pb::GetModelRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .model
-        .unwrap();
+    let info = get_model(&mut c, "").await.unwrap();
     let arch = info.versions[0].architecture.clone().unwrap();
     let max_tokens = arch.max_tokens as usize;
     assert!(max_tokens > 0 && max_tokens < 100, "{arch:?}");
@@ -111,26 +93,23 @@ async fn explain_variants_are_bounded() {
         }
     }
     // One event more is refused before any work.
-    assert_limit(
+    assert_status(
         c.explain(explain(101, pb::ExplainMethod::Occlusion, 8))
             .await,
+        Code::InvalidArgument,
         "features.events: 101 events exceeds limits.max_events_per_user = 100",
     );
     // top_n above the limit.
-    assert_limit(
+    assert_status(
         c.explain(explain(3, pb::ExplainMethod::Occlusion, 9)).await,
+        Code::InvalidArgument,
         "top_n: 9 exceeds limits.max_explain_top_n = 8",
     );
     // USERS targets: seed count and vector width.
     let dim = arch.dim as usize;
-    let users_target = |vectors: Vec<pb::Vector>| {
+    let with_seeds = |vectors: Vec<pb::Vector>| {
         let mut r = explain(3, pb::ExplainMethod::Occlusion, 4);
-        r.target = Some(pb::ExplainTarget {
-            kind: Some(pb::explain_target::Kind::Users(pb::UsersTarget {
-                seed_user_ids: Vec::new(),
-                vectors,
-            })),
-        });
+        r.target = Some(users_target(&[], vectors));
         r
     };
     let unit = |d: usize| {
@@ -138,22 +117,18 @@ async fn explain_variants_are_bounded() {
         v[0] = 1.0;
         pb::Vector::from_f32(v)
     };
-    assert_limit(
-        c.explain(users_target(vec![unit(dim); 4])).await,
+    assert_status(
+        c.explain(with_seeds(vec![unit(dim); 4])).await,
+        Code::InvalidArgument,
         "target.users: 4 seeds exceeds limits.max_seeds = 3",
     );
-    let s = c
-        .explain(users_target(vec![unit(dim + 1)]))
-        .await
-        .expect_err("wrong width");
-    assert_eq!(s.code(), Code::InvalidArgument, "{}", s.message());
-    assert!(
-        s.message().contains("target.users.vectors[0]"),
-        "{}",
-        s.message()
+    assert_status(
+        c.explain(with_seeds(vec![unit(dim + 1)])).await,
+        Code::InvalidArgument,
+        "target.users.vectors[0]",
     );
     let r = c
-        .explain(users_target(vec![unit(dim); 3]))
+        .explain(with_seeds(vec![unit(dim); 3]))
         .await
         .unwrap()
         .into_inner();
@@ -162,7 +137,7 @@ async fn explain_variants_are_bounded() {
 
 /// An open EmbedStream on `c`: a sender for its requests and its answers.
 async fn open_stream(
-    c: &mut pb::profile_service_client::ProfileServiceClient<tonic::transport::Channel>,
+    c: &mut ProfileClient,
 ) -> (
     tokio::sync::mpsc::Sender<pb::EmbedRequest>,
     tonic::Streaming<pb::EmbedStreamResponse>,
@@ -178,11 +153,8 @@ async fn open_stream(
 
 fn one(id: &str) -> pb::EmbedRequest {
     pb::EmbedRequest {
-        users: vec![pb::UserInput {
-            source: Some(pb::user_input::Source::Features(user(3))),
-        }],
         request_id: id.into(),
-        ..Default::default()
+        ..embed_req(vec![user(3)])
     }
 }
 
@@ -200,18 +172,17 @@ async fn answered(s: &mut tonic::Streaming<pb::EmbedStreamResponse>, id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_streams_per_connection_are_capped() {
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = tmp.path().join("models");
-    publish_model(&repo, "synth", 1, false).unwrap();
-    let server = Server::start(
+    let (_tmp, repo) = synth_repo(1).unwrap();
+    let server = Server::start_serving(
         &repo,
         &[
             ("PROFILED__SERVER__MAX_CONCURRENT_STREAMS", "3"),
             ("PROFILED__SERVER__CONCURRENCY_PER_CONNECTION", "3"),
         ],
+        Duration::from_secs(60),
     )
+    .await
     .unwrap();
-    server.wait_serving(Duration::from_secs(60)).await.unwrap();
     let mut a = server.client().await.unwrap();
 
     // Three open streams on connection A, each answering.

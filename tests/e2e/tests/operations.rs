@@ -8,90 +8,17 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use profiled_e2e::{Server, free_port, publish_model, sample, scrape};
+use profiled_e2e::{
+    ADMIN_TOKEN, Server, assert_status, categorical, condition, embed_req, features, free_port,
+    get_model, input, input_by_id, publish_model, sample, scrape, scrape_until, search_features,
+    search_user, synth_repo, users_target, version_of, wait_model, with_bearer, write_admin_token,
+};
 use profiled_proto::v1 as pb;
 use tonic::Code;
 
-fn features(occupation: &str, age: f64) -> pb::UserFeatures {
-    let mut fields = std::collections::HashMap::new();
-    fields.insert(
-        "occupation".to_string(),
-        pb::FieldValue {
-            kind: Some(pb::field_value::Kind::Categorical(occupation.into())),
-        },
-    );
-    fields.insert(
-        "age".to_string(),
-        pb::FieldValue {
-            kind: Some(pb::field_value::Kind::Number(age)),
-        },
-    );
-    pb::UserFeatures {
-        user_id: String::new(),
-        fields,
-        events: vec![
-            pb::BehaviourEvent {
-                item_id: "3".into(),
-                timestamp: 880_000_000,
-                rating: Some(4.0),
-            },
-            pb::BehaviourEvent {
-                item_id: "7".into(),
-                timestamp: 880_000_100,
-                rating: None,
-            },
-        ],
-    }
-}
-
-fn embed_req(users: Vec<pb::UserFeatures>) -> pb::EmbedRequest {
-    pb::EmbedRequest {
-        users: users
-            .into_iter()
-            .map(|f| pb::UserInput {
-                source: Some(pb::user_input::Source::Features(f)),
-            })
-            .collect(),
-        ..Default::default()
-    }
-}
-
-fn assert_status<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, needle: &str) {
-    let s = r.expect_err("expected an error");
-    assert_eq!(s.code(), code, "message: {}", s.message());
-    assert!(
-        s.message().contains(needle),
-        "message {:?} does not contain {needle:?}",
-        s.message()
-    );
-}
-
-fn admin_req<T>(msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", "Bearer s3cret".parse().unwrap());
-    r
-}
-
-/// Scrapes until `pred` holds (metrics and moka's eviction housekeeping are
-/// asynchronous); fails with the last scrape after `tries` attempts.
-async fn scrape_until(addr: &str, tries: usize, pred: impl Fn(&str) -> bool) -> String {
-    let mut last = String::new();
-    for _ in 0..tries {
-        last = scrape(addr).unwrap_or_default();
-        if pred(&last) {
-            return last;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("metrics never satisfied the condition; last scrape:\n{last}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_endpoint_exports_labelled_series() {
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = tmp.path().join("models");
-    publish_model(&repo, "synth", 1, false).unwrap();
+    let (_tmp, repo) = synth_repo(1).unwrap();
     let metrics = free_port().unwrap();
     let server = Server::start_with_metrics(
         &repo,
@@ -119,15 +46,9 @@ async fn metrics_endpoint_exports_labelled_series() {
             .await
             .unwrap();
     }
-    c.search(pb::SearchRequest {
-        query: Some(pb::search_request::Query::Features(features(
-            "doctor", 50.0,
-        ))),
-        k: 3,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    c.search(search_features(features("doctor", 50.0), 3))
+        .await
+        .unwrap();
     c.explain(pb::ExplainRequest {
         features: Some(features("doctor", 50.0)),
         groups_only: true,
@@ -255,43 +176,28 @@ async fn metrics_endpoint_exports_labelled_series() {
     );
     assert!(count("profiled_model_swaps_total", &m) >= 1.0);
     // Mapped bytes of the serving generation: what GetModel reports.
-    let info = c
-        .get_model(pb::GetModelRequest {
-            name: "synth".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .model
-        .unwrap();
-    let v1 = info.versions.iter().find(|v| v.version == 1).unwrap();
+    let info = get_model(&mut c, "synth").await.unwrap();
+    let v1 = version_of(&info, 1).unwrap();
     assert!(v1.mapped_bytes > 0);
     assert_eq!(
         count("profiled_mapped_bytes", &m),
         v1.mapped_bytes as f64,
         "{text}"
     );
-    let v2 = info.versions.iter().find(|v| v.version == 2).unwrap();
+    let v2 = version_of(&info, 2).unwrap();
     assert_eq!(v2.state, pb::VersionState::Failed as i32);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_attributes_titles_seen_items_and_explain_seed_users() {
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = tmp.path().join("models");
-    publish_model(&repo, "synth", 1, false).unwrap();
-    let server = Server::start(&repo, &[]).unwrap();
-    server.wait_serving(Duration::from_secs(30)).await.unwrap();
+    let (_tmp, repo) = synth_repo(1).unwrap();
+    let server = Server::start_serving(&repo, &[], Duration::from_secs(30))
+        .await
+        .unwrap();
     let mut c = server.client().await.unwrap();
 
     // GetModel lists the index attributes and the users' histories.
-    let info = c
-        .get_model(pb::GetModelRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .model
-        .unwrap();
+    let info = get_model(&mut c, "").await.unwrap();
     let v = &info.versions[0];
     let items = v.items_index.as_ref().unwrap();
     assert_eq!(items.attributes, ["parity"]);
@@ -304,12 +210,8 @@ async fn search_attributes_titles_seen_items_and_explain_seed_users() {
     // "Movie K (year)", none for every 7th item from the 4th).
     let r = c
         .search(pb::SearchRequest {
-            query: Some(pb::search_request::Query::Features(features(
-                "doctor", 50.0,
-            ))),
-            k: 30,
             include_attributes: true,
-            ..Default::default()
+            ..search_features(features("doctor", 50.0), 30)
         })
         .await
         .unwrap()
@@ -338,13 +240,7 @@ async fn search_attributes_titles_seen_items_and_explain_seed_users() {
     }
     // Without the flag: neither.
     let r = c
-        .search(pb::SearchRequest {
-            query: Some(pb::search_request::Query::Features(features(
-                "doctor", 50.0,
-            ))),
-            k: 3,
-            ..Default::default()
-        })
+        .search(search_features(features("doctor", 50.0), 3))
         .await
         .unwrap()
         .into_inner();
@@ -356,11 +252,8 @@ async fn search_attributes_titles_seen_items_and_explain_seed_users() {
     // Users: their attributes (histories are not returned).
     let r = c
         .search(pb::SearchRequest {
-            query: Some(pb::search_request::Query::UserId("u3".into())),
-            target: pb::TargetIndex::Users as i32,
-            k: 5,
             include_attributes: true,
-            ..Default::default()
+            ..search_user("u3", pb::TargetIndex::Users, 5)
         })
         .await
         .unwrap()
@@ -395,13 +288,11 @@ async fn search_attributes_titles_seen_items_and_explain_seed_users() {
     let seen_known = seen.intersection(&known).count();
     assert!(seen_known > 0, "u3 has seen no known item: {seen:?}");
     let search_u3 = |exclude: bool| pb::SearchRequest {
-        query: Some(pb::search_request::Query::UserId("u3".into())),
-        k: 30,
         filter: Some(pb::Filter {
             exclude_seen_items: exclude,
             ..Default::default()
         }),
-        ..Default::default()
+        ..search_user("u3", pb::TargetIndex::Unspecified, 30)
     };
     let all = c.search(search_u3(false)).await.unwrap().into_inner();
     assert_eq!(all.hits.len(), 30);
@@ -423,15 +314,9 @@ async fn search_attributes_titles_seen_items_and_explain_seed_users() {
     let emb = c
         .embed(pb::EmbedRequest {
             users: vec![
-                pb::UserInput {
-                    source: Some(pb::user_input::Source::Features(features("doctor", 50.0))),
-                },
-                pb::UserInput {
-                    source: Some(pb::user_input::Source::UserId("u1".into())),
-                },
-                pb::UserInput {
-                    source: Some(pb::user_input::Source::UserId("u2".into())),
-                },
+                input(features("doctor", 50.0)),
+                input_by_id("u1"),
+                input_by_id("u2"),
             ],
             ..Default::default()
         })
@@ -454,16 +339,10 @@ async fn search_attributes_titles_seen_items_and_explain_seed_users() {
         .zip(&centroid)
         .map(|(x, y)| x * y)
         .sum();
-    let users_target = |ids: Vec<&str>| pb::ExplainTarget {
-        kind: Some(pb::explain_target::Kind::Users(pb::UsersTarget {
-            seed_user_ids: ids.into_iter().map(String::from).collect(),
-            vectors: vec![],
-        })),
-    };
     let r = c
         .explain(pb::ExplainRequest {
             features: Some(features("doctor", 50.0)),
-            target: Some(users_target(vec!["u1", "u2"])),
+            target: Some(users_target(&["u1", "u2"], vec![])),
             ..Default::default()
         })
         .await
@@ -479,7 +358,7 @@ async fn search_attributes_titles_seen_items_and_explain_seed_users() {
     assert_status(
         c.explain(pb::ExplainRequest {
             features: Some(features("doctor", 50.0)),
-            target: Some(users_target(vec!["u1", "nobody"])),
+            target: Some(users_target(&["u1", "nobody"], vec![])),
             ..Default::default()
         })
         .await,
@@ -490,12 +369,9 @@ async fn search_attributes_titles_seen_items_and_explain_seed_users() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unloaded_version_is_unloading_until_its_last_request_ends() {
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = tmp.path().join("models");
-    publish_model(&repo, "synth", 1, false).unwrap();
+    let (tmp, repo) = synth_repo(1).unwrap();
     publish_model(&repo, "synth", 2, false).unwrap();
-    let token = tmp.path().join("token");
-    std::fs::write(&token, "s3cret\n").unwrap();
+    let token = write_admin_token(tmp.path()).unwrap();
     let metrics = free_port().unwrap();
     // One worker that waits 1.5 s for company before computing a lone job:
     // a request stays in flight (holding its generation) long enough.
@@ -516,16 +392,19 @@ async fn an_unloaded_version_is_unloading_until_its_last_request_ends() {
     let mut admin = pb::model_admin_client::ModelAdminClient::new(ch.clone());
     // Both versions READY.
     let snap = admin
-        .reload(admin_req(pb::ReloadRequest {
-            model: "synth".into(),
-            version: None,
-            wait: true,
-        }))
+        .reload(with_bearer(
+            pb::ReloadRequest {
+                model: "synth".into(),
+                version: None,
+                wait: true,
+            },
+            Some(ADMIN_TOKEN),
+        ))
         .await
         .unwrap()
         .into_inner();
     let state = |m: &pb::ModelInfo, v: u64| {
-        let x = m.versions.iter().find(|x| x.version == v).unwrap();
+        let x = version_of(m, v).unwrap();
         (
             pb::VersionState::try_from(x.state).unwrap(),
             x.generation_id,
@@ -545,15 +424,19 @@ async fn an_unloaded_version_is_unloading_until_its_last_request_ends() {
     scrape_until(&metrics, 100, |t| {
         sample(t, "profiled_batcher_queued", &[("model", "synth")]) == Some(1.0)
     })
-    .await;
+    .await
+    .unwrap();
 
     // Unload version 1 while the call holds it: UNLOADING, same generation.
     let m = admin
-        .unload(admin_req(pb::UnloadRequest {
-            model: "synth".into(),
-            version: 1,
-            force: false,
-        }))
+        .unload(with_bearer(
+            pb::UnloadRequest {
+                model: "synth".into(),
+                version: 1,
+                force: false,
+            },
+            Some(ADMIN_TOKEN),
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -569,34 +452,19 @@ async fn an_unloaded_version_is_unloading_until_its_last_request_ends() {
     let r = call.await.unwrap().unwrap().into_inner();
     assert_eq!(r.model.as_ref().unwrap().version, 1);
     assert_eq!(r.model.as_ref().unwrap().generation_id, gen1);
-    let mut m = None;
-    for _ in 0..100 {
-        let info = c
-            .get_model(pb::GetModelRequest {
-                name: "synth".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .model
-            .unwrap();
-        if state(&info, 1).0 == pb::VersionState::Unloaded {
-            m = Some(info);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let m = m.expect("version 1 never became UNLOADED");
+    let m = wait_model(&mut c, "synth", Duration::from_secs(2), |info| {
+        state(info, 1).0 == pb::VersionState::Unloaded
+    })
+    .await
+    .expect("version 1 never became UNLOADED");
     assert_eq!(state(&m, 1), (pb::VersionState::Unloaded, 0));
     assert_eq!(state(&m, 2).0, pb::VersionState::Ready);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_limit_error_names_the_limit_and_its_value() {
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = tmp.path().join("models");
-    publish_model(&repo, "synth", 1, false).unwrap();
-    let server = Server::start(
+    let (_tmp, repo) = synth_repo(1).unwrap();
+    let server = Server::start_serving(
         &repo,
         &[
             ("PROFILED__SERVER__MAX_RESPONSE_BYTES", "2000"),
@@ -607,32 +475,22 @@ async fn every_limit_error_names_the_limit_and_its_value() {
             ("PROFILED__LIMITS__MAX_FIELDS_PER_USER", "2"),
             ("PROFILED__LIMITS__MAX_STRING_BYTES", "16"),
         ],
+        Duration::from_secs(30),
     )
+    .await
     .unwrap();
-    server.wait_serving(Duration::from_secs(30)).await.unwrap();
     let mut c = server.client().await.unwrap();
     let search = |filter: pb::Filter| pb::SearchRequest {
-        query: Some(pb::search_request::Query::Features(features(
-            "doctor", 50.0,
-        ))),
         filter: Some(filter),
-        ..Default::default()
+        ..search_features(features("doctor", 50.0), 0)
     };
-    let cond = |values: &[&str]| pb::AttributeCondition {
-        attribute: "parity".into(),
-        op: pb::AttributeOp::In as i32,
-        values: values.iter().map(|s| s.to_string()).collect(),
-    };
+    let cond = |values: &[&str]| condition("parity", pb::AttributeOp::In, values);
 
     // Response size: Search hits with vectors (16 floats each) overflow 2000 bytes.
     assert_status(
         c.search(pb::SearchRequest {
-            query: Some(pb::search_request::Query::Features(features(
-                "doctor", 50.0,
-            ))),
-            k: 30,
             include_vectors: true,
-            ..Default::default()
+            ..search_features(features("doctor", 50.0), 30)
         })
         .await,
         Code::OutOfRange,
@@ -640,12 +498,8 @@ async fn every_limit_error_names_the_limit_and_its_value() {
     );
     // The same search within the limit works.
     c.search(pb::SearchRequest {
-        query: Some(pb::search_request::Query::Features(features(
-            "doctor", 50.0,
-        ))),
-        k: 3,
         include_vectors: true,
-        ..Default::default()
+        ..search_features(features("doctor", 50.0), 3)
     })
     .await
     .unwrap();
@@ -695,12 +549,10 @@ async fn every_limit_error_names_the_limit_and_its_value() {
     assert_status(
         c.explain(pb::ExplainRequest {
             features: Some(features("doctor", 50.0)),
-            target: Some(pb::ExplainTarget {
-                kind: Some(pb::explain_target::Kind::Users(pb::UsersTarget {
-                    seed_user_ids: vec!["u1".into(), "u2".into()],
-                    vectors: vec![pb::Vector::from_f32(vec![1.0; 16])],
-                })),
-            }),
+            target: Some(users_target(
+                &["u1", "u2"],
+                vec![pb::Vector::from_f32(vec![1.0; 16])],
+            )),
             ..Default::default()
         })
         .await,
@@ -709,12 +561,7 @@ async fn every_limit_error_names_the_limit_and_its_value() {
     );
     // Fields per user and string sizes.
     let mut f = features("doctor", 50.0);
-    f.fields.insert(
-        "gender".into(),
-        pb::FieldValue {
-            kind: Some(pb::field_value::Kind::Categorical("F".into())),
-        },
-    );
+    f.fields.insert("gender".into(), categorical("F"));
     assert_status(
         c.embed(embed_req(vec![f])).await,
         Code::InvalidArgument,

@@ -10,27 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use profiled_e2e::{Server, publish_model};
-
-fn python() -> PathBuf {
-    let p = std::env::var_os("PROFILED_TEST_PYTHON").unwrap_or_else(|| {
-        panic!(
-            "PROFILED_TEST_PYTHON is not set: run the suite with tests/run \
-             (it creates .venv with grpcio + grpcio-tools via tests/setup-python and sets it)"
-        )
-    });
-    let p = PathBuf::from(p);
-    assert!(
-        p.exists(),
-        "PROFILED_TEST_PYTHON={} does not exist: run tests/setup-python",
-        p.display()
-    );
-    p
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use profiled_e2e::{Server, publish_model, repo_root, temp_repo, test_python};
 
 /// Generates `profiled/v1/*_pb2{,_grpc}.py` from `proto/` into `out`.
 fn generate(py: &Path, out: &Path) {
@@ -60,16 +40,16 @@ fn generate(py: &Path, out: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_client_calls_embed_search_explain() {
-    let py = python();
-    let tmp = tempfile::tempdir().unwrap();
+    let py = test_python();
+    let (tmp, repo) = temp_repo().unwrap();
     let gen_dir = tmp.path().join("gen");
     std::fs::create_dir_all(&gen_dir).unwrap();
     generate(&py, &gen_dir);
 
-    let repo = tmp.path().join("models");
     let version = publish_model(&repo, "synth", 11, false).unwrap();
-    let server = Server::start(&repo, &[]).unwrap();
-    server.wait_serving(Duration::from_secs(30)).await.unwrap();
+    let server = Server::start_serving(&repo, &[], Duration::from_secs(30))
+        .await
+        .unwrap();
 
     let script = repo_root().join("tests/e2e/python/client.py");
     let addr = server.addr.clone();

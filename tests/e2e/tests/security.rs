@@ -7,7 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use profiled_e2e::{Server, profiled_bin};
+use profiled_e2e::{
+    Server, assert_status, health_status, list_services, profiled_bin, temp_repo, with_bearer,
+};
+use profiled_proto::PROFILE_SERVICE_NAME;
 use profiled_proto::v1 as pb;
 use profiled_proto::v1::model_admin_client::ModelAdminClient;
 use profiled_proto::v1::profile_service_client::ProfileServiceClient;
@@ -17,8 +20,6 @@ use rcgen::{
 };
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_client::HealthClient;
 
 /// A test certificate authority.
 struct Ca {
@@ -115,23 +116,14 @@ async fn tls_channel(
 
 async fn list_models(ch: Channel, token: Option<&str>) -> Result<usize, tonic::Status> {
     let mut c = ProfileServiceClient::new(ch);
-    let mut r = tonic::Request::new(pb::ListModelsRequest::default());
-    if let Some(t) = token {
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {t}").parse().unwrap());
-    }
+    let r = with_bearer(pb::ListModelsRequest::default(), token);
     c.list_models(r).await.map(|r| r.into_inner().models.len())
 }
 
 /// The health status of ProfileService (NOT_SERVING = 2 here: the
 /// repository is empty).
 async fn health(ch: Channel) -> Result<i32, tonic::Status> {
-    HealthClient::new(ch)
-        .check(HealthCheckRequest {
-            service: profiled_proto::PROFILE_SERVICE_NAME.into(),
-        })
-        .await
-        .map(|r| r.into_inner().status)
+    health_status(ch, PROFILE_SERVICE_NAME).await
 }
 
 /// True when a call over TLS with this trust/identity gets an answer.
@@ -148,7 +140,7 @@ fn tls_env<'a>(f: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_h2_and_refuses_plaintext_and_untrusted_clients() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, repo) = temp_repo().unwrap();
     let f = Files {
         dir: tmp.path().to_path_buf(),
     };
@@ -161,8 +153,6 @@ async fn tls_serves_h2_and_refuses_plaintext_and_untrusted_clients() {
         ("PROFILED__TLS__HANDSHAKE_TIMEOUT_MS", "60000".to_string()),
         ("PROFILED__SERVER__HEALTH_LISTEN", "127.0.0.1:0".to_string()),
     ];
-    let repo = tmp.path().join("models");
-    std::fs::create_dir_all(&repo).unwrap();
     let server = Server::start(&repo, &tls_env(&env)).unwrap();
 
     // A connection that never finishes its handshake, and one that sends
@@ -221,19 +211,18 @@ async fn tls_serves_h2_and_refuses_plaintext_and_untrusted_clients() {
 
 /// The address of the plaintext health listener, from the server's log.
 async fn health_listen_addr(server: &Server) -> String {
-    for _ in 0..200 {
-        let log = server.log_text();
-        if let Some(rest) = log.split("plaintext health listener on ").nth(1) {
-            return rest.split_whitespace().next().unwrap().to_string();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no health listener in the log:\n{}", server.log_text());
+    server
+        .find_in_log(|log| {
+            let rest = log.split("plaintext health listener on ").nth(1)?;
+            Some(rest.split_whitespace().next().unwrap().to_string())
+        })
+        .await
+        .unwrap_or_else(|| panic!("no health listener in the log:\n{}", server.log_text()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_refuses_missing_unknown_and_expired_client_certificates() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, repo) = temp_repo().unwrap();
     let f = Files {
         dir: tmp.path().to_path_buf(),
     };
@@ -249,8 +238,6 @@ async fn mtls_refuses_missing_unknown_and_expired_client_certificates() {
             f.write("ca.crt", &clients.pem),
         ),
     ];
-    let repo = tmp.path().join("models");
-    std::fs::create_dir_all(&repo).unwrap();
     let server = Server::start(&repo, &tls_env(&env)).unwrap();
 
     let good = clients.leaf("svc-a", false, false);
@@ -277,7 +264,7 @@ async fn mtls_refuses_missing_unknown_and_expired_client_certificates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_reload_without_restart() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, repo) = temp_repo().unwrap();
     let f = Files {
         dir: tmp.path().to_path_buf(),
     };
@@ -289,8 +276,6 @@ async fn certificates_reload_without_restart() {
         ("PROFILED__TLS__KEY_FILE", f.write("tls.key", &key1)),
         ("PROFILED__TLS__RELOAD_INTERVAL_MS", "100".to_string()),
     ];
-    let repo = tmp.path().join("models");
-    std::fs::create_dir_all(&repo).unwrap();
     let server = Server::start(&repo, &tls_env(&env)).unwrap();
     let pid = server.child.id();
 
@@ -320,48 +305,33 @@ async fn certificates_reload_without_restart() {
     // A broken certificate file is refused (logged) and the last good one
     // stays in use.
     put(&f.path("tls.crt"), "not a certificate\n");
-    let mut logged = false;
-    for _ in 0..200 {
-        if server
-            .log_text()
-            .contains("keeping the previous certificate")
-        {
-            logged = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let logged = server
+        .find_in_log(|log| {
+            log.contains("keeping the previous certificate")
+                .then_some(())
+        })
+        .await
+        .is_some();
     assert!(logged, "log:\n{}", server.log_text());
     assert!(tls_call_ok(&server, &ca2.pem, None).await);
 }
 
 async fn admin_reload(ch: Channel, token: Option<&str>) -> Result<(), tonic::Status> {
     let mut a = ModelAdminClient::new(ch);
-    let mut r = tonic::Request::new(pb::ReloadRequest {
-        model: String::new(),
-        version: None,
-        wait: true,
-    });
-    if let Some(t) = token {
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {t}").parse().unwrap());
-    }
-    a.reload(r).await.map(|_| ())
-}
-
-fn assert_code<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, needle: &str) {
-    let s = r.expect_err("expected an error");
-    assert_eq!(s.code(), code, "message: {}", s.message());
-    assert!(
-        s.message().contains(needle),
-        "message {:?} does not contain {needle:?}",
-        s.message()
+    let r = with_bearer(
+        pb::ReloadRequest {
+            model: String::new(),
+            version: None,
+            wait: true,
+        },
+        token,
     );
+    a.reload(r).await.map(|_| ())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_required_checked_and_rate_limited() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, repo) = temp_repo().unwrap();
     let f = Files {
         dir: tmp.path().to_path_buf(),
     };
@@ -383,50 +353,29 @@ async fn tokens_are_required_checked_and_rate_limited() {
         ),
         ("TEST_ADMIN_TOKENS", "s3cret-admin".to_string()),
     ];
-    let repo = tmp.path().join("models");
-    std::fs::create_dir_all(&repo).unwrap();
     let server = Server::start(&repo, &tls_env(&env)).unwrap();
     let ch = server.channel().await.unwrap();
 
     // Health and reflection need no token.
     assert!(health(ch.clone()).await.is_ok());
-    {
-        use tonic_reflection::pb::v1::ServerReflectionRequest;
-        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-        let req = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut r = ServerReflectionClient::new(ch.clone())
-            .server_reflection_info(tokio_stream::iter(vec![req]))
-            .await
-            .unwrap()
-            .into_inner();
-        let msg = r.message().await.unwrap().unwrap();
-        let Some(MessageResponse::ListServicesResponse(l)) = msg.message_response else {
-            panic!("unexpected reflection answer {msg:?}");
-        };
-        assert!(
-            l.service
-                .iter()
-                .any(|s| s.name == "profiled.v1.ProfileService")
-        );
-    }
+    let services = list_services(ch.clone()).await.unwrap();
+    assert!(
+        services.iter().any(|s| s == "profiled.v1.ProfileService"),
+        "{services:?}"
+    );
 
     // No token, a wrong token, a malformed header: UNAUTHENTICATED.
-    assert_code(
+    assert_status(
         list_models(ch.clone(), None).await,
         Code::Unauthenticated,
         "requires a token",
     );
-    assert_code(
+    assert_status(
         list_models(ch.clone(), Some("s3cret-alicf")).await,
         Code::Unauthenticated,
         "wrong bearer token",
     );
-    assert_code(
+    assert_status(
         list_models(ch.clone(), Some("")).await,
         Code::Unauthenticated,
         "malformed",
@@ -458,12 +407,12 @@ async fn tokens_are_required_checked_and_rate_limited() {
     }
 
     // ModelAdmin: its own tokens only.
-    assert_code(
+    assert_status(
         admin_reload(ch.clone(), None).await,
         Code::Unauthenticated,
         "profiled.v1.ModelAdmin requires a token",
     );
-    assert_code(
+    assert_status(
         admin_reload(ch.clone(), Some("s3cret-bob")).await,
         Code::Unauthenticated,
         "wrong bearer token",
@@ -479,7 +428,7 @@ async fn tokens_are_required_checked_and_rate_limited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optional_auth_lets_anonymous_calls_through_but_not_wrong_tokens() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, repo) = temp_repo().unwrap();
     let f = Files {
         dir: tmp.path().to_path_buf(),
     };
@@ -488,19 +437,17 @@ async fn optional_auth_lets_anonymous_calls_through_but_not_wrong_tokens() {
         ("TEST_TOKENS", "s3cret-1, s3cret-2".to_string()),
     ];
     let _ = &f;
-    let repo = tmp.path().join("models");
-    std::fs::create_dir_all(&repo).unwrap();
     let server = Server::start(&repo, &tls_env(&env)).unwrap();
     let ch = server.channel().await.unwrap();
     assert_eq!(list_models(ch.clone(), None).await.unwrap(), 0);
     assert_eq!(list_models(ch.clone(), Some("s3cret-2")).await.unwrap(), 0);
-    assert_code(
+    assert_status(
         list_models(ch.clone(), Some("nope")).await,
         Code::Unauthenticated,
         "wrong bearer token",
     );
     // ModelAdmin is off without admin tokens.
-    assert_code(
+    assert_status(
         admin_reload(ch, Some("s3cret-1")).await,
         Code::Unimplemented,
         "",

@@ -39,13 +39,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use profiled_e2e::Server;
+use profiled_e2e::{
+    ProfileClient, Server, get_model, input, load_unverified, negate_golden, search_features,
+    search_user, temp_repo, version_of, wait_model, write_indexes,
+};
 use profiled_model::testing::{Rng, SyntheticSpec, random_user, write_synthetic_model};
-use profiled_model::{Encoder, FieldValue, LoadOptions, UserFeatures, Workspace};
+use profiled_model::{FieldValue, UserFeatures, Workspace};
 use profiled_proto::v1 as pb;
-use profiled_proto::v1::profile_service_client::ProfileServiceClient;
 use tonic::Code;
-use tonic::transport::Channel;
 
 const MODEL: &str = "soak";
 const PROBES: usize = 8;
@@ -122,27 +123,12 @@ fn to_pb(u: &UserFeatures) -> pb::UserFeatures {
 /// profiles so the server must refuse it. Returns the probes' profiles.
 fn make_version(dir: &Path, seed: u64, broken: bool, probes: &[UserFeatures]) -> Vec<Vec<f32>> {
     write_synthetic_model(dir, &spec(seed)).unwrap();
-    profiled_e2e::write_indexes(dir, seed).unwrap();
-    let enc = Encoder::load_with(
-        dir,
-        &LoadOptions {
-            verify_golden: false,
-            ..LoadOptions::default()
-        },
-    )
-    .unwrap();
+    write_indexes(dir, seed).unwrap();
+    let enc = load_unverified(dir).unwrap();
     let mut ws = Workspace::new();
     let expected = enc.forward_batch(probes, &mut ws).unwrap().to_vecs();
     if broken {
-        let p = dir.join("model.json");
-        let mut j: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-        for g in j["golden"].as_array_mut().unwrap() {
-            for x in g["profile"].as_array_mut().unwrap() {
-                *x = serde_json::json!(-x.as_f64().unwrap());
-            }
-        }
-        std::fs::write(&p, serde_json::to_string(&j).unwrap()).unwrap();
+        negate_golden(dir).unwrap();
     }
     expected
 }
@@ -270,22 +256,12 @@ fn embed_req(
 ) -> pb::EmbedRequest {
     pb::EmbedRequest {
         model,
-        users: which
-            .iter()
-            .map(|&i| pb::UserInput {
-                source: Some(pb::user_input::Source::Features(to_pb(&probes[i]))),
-            })
-            .collect(),
+        users: which.iter().map(|&i| input(to_pb(&probes[i]))).collect(),
         ..Default::default()
     }
 }
 
-async fn worker(
-    id: u64,
-    mut c: ProfileServiceClient<Channel>,
-    sh: Arc<Shared>,
-    probes: Arc<Vec<UserFeatures>>,
-) {
+async fn worker(id: u64, mut c: ProfileClient, sh: Arc<Shared>, probes: Arc<Vec<UserFeatures>>) {
     let mut rng = Rng::new(1000 + id);
     while !sh.stop.load(Ordering::Relaxed) {
         let floor = sh.min_default.load(Ordering::SeqCst);
@@ -368,23 +344,10 @@ async fn worker(
             4 => {
                 let users = rng.below(2) == 0;
                 let req = if users {
-                    pb::SearchRequest {
-                        query: Some(pb::search_request::Query::UserId(format!(
-                            "u{}",
-                            rng.below(20)
-                        ))),
-                        target: pb::TargetIndex::Users as i32,
-                        k: 5,
-                        ..Default::default()
-                    }
+                    let id = format!("u{}", rng.below(20));
+                    search_user(&id, pb::TargetIndex::Users, 5)
                 } else {
-                    pb::SearchRequest {
-                        query: Some(pb::search_request::Query::Features(to_pb(
-                            &probes[which[0]],
-                        ))),
-                        k: 1 + rng.below(20) as u32,
-                        ..Default::default()
-                    }
+                    search_features(to_pb(&probes[which[0]]), 1 + rng.below(20) as u32)
                 };
                 match c.search(req).await {
                     Ok(r) => {
@@ -447,9 +410,7 @@ async fn worker(
                         );
                         let r = c
                             .embed(pb::EmbedRequest {
-                                users: vec![pb::UserInput {
-                                    source: Some(pb::user_input::Source::Features(f)),
-                                }],
+                                users: vec![input(f)],
                                 ..Default::default()
                             })
                             .await
@@ -458,36 +419,22 @@ async fn worker(
                     }
                     1 => {
                         let r = c
-                            .search(pb::SearchRequest {
-                                query: Some(pb::search_request::Query::Features(to_pb(&probes[0]))),
-                                k: 1_000_000,
-                                ..Default::default()
-                            })
+                            .search(search_features(to_pb(&probes[0]), 1_000_000))
                             .await
                             .map(|_| ());
                         ("k too large", r, Code::InvalidArgument)
                     }
-                    2 => {
+                    bad @ (2 | 3) => {
+                        let (what, spec) = if bad == 2 {
+                            ("unknown model", pb::ModelSpec::default_version("nope"))
+                        } else {
+                            ("unknown version", pb::ModelSpec::pinned(MODEL, 999_999))
+                        };
                         let r = c
-                            .embed(embed_req(
-                                &probes,
-                                &[0],
-                                Some(pb::ModelSpec::default_version("nope")),
-                            ))
+                            .embed(embed_req(&probes, &[0], Some(spec)))
                             .await
                             .map(|_| ());
-                        ("unknown model", r, Code::NotFound)
-                    }
-                    3 => {
-                        let r = c
-                            .embed(embed_req(
-                                &probes,
-                                &[0],
-                                Some(pb::ModelSpec::pinned(MODEL, 999_999)),
-                            ))
-                            .await
-                            .map(|_| ());
-                        ("unknown version", r, Code::NotFound)
+                        (what, r, Code::NotFound)
                     }
                     _ => {
                         let r = c.embed(pb::EmbedRequest::default()).await.map(|_| ());
@@ -537,7 +484,7 @@ async fn worker(
 /// version is confirmed as the default (GetModel) before the next one.
 async fn publisher(
     repo: &Path,
-    c: &mut ProfileServiceClient<Channel>,
+    c: &mut ProfileClient,
     sh: &Shared,
     probes: &[UserFeatures],
     seed: &mut u64,
@@ -575,33 +522,23 @@ async fn publisher(
     );
     sh.max_published.store(v, Ordering::SeqCst);
     // Wait for the outcome: READY + default, or FAILED.
-    let t0 = Instant::now();
-    loop {
-        let m = c
-            .get_model(pb::GetModelRequest { name: MODEL.into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .model
-            .unwrap();
-        let st = m.versions.iter().find(|x| x.version == v).map(|x| x.state);
-        if broken && st == Some(pb::VersionState::Failed as i32) {
-            break;
+    wait_model(c, MODEL, Duration::from_secs(60), |m| {
+        let st = version_of(m, v).map(|x| x.state);
+        if broken {
+            st == Some(pb::VersionState::Failed as i32)
+        } else {
+            st == Some(pb::VersionState::Ready as i32) && m.default_version == v
         }
-        if !broken && st == Some(pb::VersionState::Ready as i32) && m.default_version == v {
-            sh.min_default.store(v, Ordering::SeqCst);
-            let mut book = sh.book.lock().unwrap();
-            book.ready.push(v);
-            // latest:2 keeps the two newest good versions.
-            let keep = book.ready.len().saturating_sub(2);
-            book.ready.drain(..keep);
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "version {v} (broken: {broken}) not settled: {m:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    })
+    .await
+    .unwrap_or_else(|e| panic!("version {v} (broken: {broken}) not settled: {e}"));
+    if !broken {
+        sh.min_default.store(v, Ordering::SeqCst);
+        let mut book = sh.book.lock().unwrap();
+        book.ready.push(v);
+        // latest:2 keeps the two newest good versions.
+        let keep = book.ready.len().saturating_sub(2);
+        book.ready.drain(..keep);
     }
     v
 }
@@ -620,9 +557,7 @@ async fn soak_mixed_load_swaps_and_cancellations() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = tmp.path().join("models");
-    std::fs::create_dir_all(&repo).unwrap();
+    let (tmp, repo) = temp_repo().unwrap();
     let probes = Arc::new(probes());
     let sh = Arc::new(Shared::default());
 
@@ -719,13 +654,7 @@ async fn soak_mixed_load_swaps_and_cancellations() {
     sh.check_embed("final", &r, &[0, 1]);
 
     // Retired generations were dropped.
-    let m = admin
-        .get_model(pb::GetModelRequest { name: MODEL.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .model
-        .unwrap();
+    let m = get_model(&mut admin, MODEL).await.unwrap();
     let states: Vec<(u64, i32)> = m.versions.iter().map(|v| (v.version, v.state)).collect();
     assert!(
         !states
