@@ -525,3 +525,76 @@ async fn health_is_not_serving_until_a_generation_is_ready() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_fills_the_cache_per_its_cache_mode() {
+    let (_tmp, repo) = synth_repo(1).unwrap();
+    let server = Server::start_serving(&repo, &[], Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut c = server.client().await.unwrap();
+    let explain = |f: pb::UserFeatures, mode: pb::CacheMode| pb::ExplainRequest {
+        features: Some(f),
+        cache: mode as i32,
+        groups_only: true,
+        ..Default::default()
+    };
+    let embed_hit = |r: pb::EmbedResponse| {
+        assert_eq!(r.users.len(), 1);
+        r.users[0].cache_hit
+    };
+
+    // USE (default): the unmasked profile computed by Explain is cached, so
+    // an Embed of the same features is a hit with that very profile.
+    let f = features("engineer", 34.0);
+    let ex = c
+        .explain(explain(f.clone(), pb::CacheMode::Use))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!ex.cache_hit);
+    let vector = |r: &pb::EmbedResponse| {
+        r.users[0]
+            .vector
+            .clone()
+            .unwrap()
+            .to_f32_checked(r.dim as usize)
+            .unwrap()
+    };
+    let r = c
+        .embed(embed_req(vec![f.clone()]))
+        .await
+        .unwrap()
+        .into_inner();
+    let cached = vector(&r);
+    assert!(
+        embed_hit(r),
+        "Embed after Explain (USE) was not a cache hit"
+    );
+    // The cached profile is the profile: a fresh computation agrees.
+    let mut fresh = embed_req(vec![f]);
+    fresh.cache = pb::CacheMode::Bypass as i32;
+    let r = c.embed(fresh).await.unwrap().into_inner();
+    assert!(!r.users[0].cache_hit);
+    let c0 = profiled_model::cosine(&cached, &vector(&r));
+    assert!(c0 > 0.9999, "cached vs fresh cosine {c0}");
+
+    // BYPASS: the cache is not touched.
+    let g = features("artist", 51.0);
+    c.explain(explain(g.clone(), pb::CacheMode::Bypass))
+        .await
+        .unwrap();
+    let r = c
+        .embed(embed_req(vec![g.clone()]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!embed_hit(r), "Explain with BYPASS filled the cache");
+    // Now cached by that Embed; a REFRESH explain overwrites it, and the
+    // next Embed is still a hit.
+    c.explain(explain(g.clone(), pb::CacheMode::Refresh))
+        .await
+        .unwrap();
+    let r = c.embed(embed_req(vec![g])).await.unwrap().into_inner();
+    assert!(embed_hit(r));
+}

@@ -454,6 +454,83 @@ async fn optional_auth_lets_anonymous_calls_through_but_not_wrong_tokens() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_rotate_without_restart_and_anonymous_calls_share_a_limit() {
+    let (tmp, repo) = temp_repo().unwrap();
+    let f = Files {
+        dir: tmp.path().to_path_buf(),
+    };
+    let env = [
+        (
+            "PROFILED__AUTH__TOKEN_FILE",
+            f.write("tokens", "alice s3cret-alice\n"),
+        ),
+        ("PROFILED__AUTH__RELOAD_INTERVAL_MS", "100".to_string()),
+        (
+            "PROFILED__AUTH__ANONYMOUS_RATE_LIMIT_PER_SEC",
+            "1".to_string(),
+        ),
+        ("PROFILED__AUTH__RATE_LIMIT_BURST", "2".to_string()),
+    ];
+    let server = Server::start(&repo, &tls_env(&env)).unwrap();
+    let ch = server.channel().await.unwrap();
+
+    // Calls without a token share one small bucket; token holders don't
+    // draw from it.
+    let mut limited = None;
+    for _ in 0..20 {
+        if let Err(s) = list_models(ch.clone(), None).await {
+            limited = Some(s);
+            break;
+        }
+    }
+    let s = limited.expect("calls without a token were never limited");
+    assert_eq!(s.code(), Code::ResourceExhausted, "{}", s.message());
+    assert!(
+        s.message().contains("auth.anonymous_rate_limit_per_sec"),
+        "{}",
+        s.message()
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            list_models(ch.clone(), Some("s3cret-alice")).await.unwrap(),
+            0
+        );
+    }
+
+    // Rotate: the file now holds bob only. Within a few reload periods
+    // bob passes and alice is refused, without a restart.
+    put(&f.path("tokens"), "bob s3cret-bob\n");
+    let mut rotated = false;
+    for _ in 0..100 {
+        if list_models(ch.clone(), Some("s3cret-bob")).await.is_ok() {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(rotated, "the new token was never accepted");
+    assert_status(
+        list_models(ch.clone(), Some("s3cret-alice")).await,
+        Code::Unauthenticated,
+        "wrong bearer token",
+    );
+
+    // A broken file is refused and the current tokens stay in force.
+    put(&f.path("tokens"), "one two three\n");
+    let warned = server
+        .find_in_log(|log| log.contains("keeping the previous tokens").then_some(()))
+        .await;
+    assert!(warned.is_some(), "no warning about the broken token file");
+    assert_eq!(
+        list_models(ch.clone(), Some("s3cret-bob")).await.unwrap(),
+        0
+    );
+
+    let log = server.log_text();
+    assert!(!log.contains("s3cret"), "a token was logged:\n{log}");
+}
+
 #[test]
 fn print_config_shows_security_keys_but_no_token() {
     let tmp = tempfile::tempdir().unwrap();
