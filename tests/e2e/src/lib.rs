@@ -17,7 +17,7 @@
 //! * [`rpc`] — calls the tests make again and again (GetModel, waiting for a
 //!   model state, health, reflection);
 //! * [`metrics`] — the Prometheus endpoint: free ports, scraping, samples;
-//! * [`assert`] — the shared assertion on error statuses.
+//! * [`mod@assert`] — the shared assertion on error statuses.
 //!
 //! Everything is re-exported at the crate root, so tests write
 //! `use profiled_e2e::{Server, synth_repo, features, embed_req};`.
