@@ -193,15 +193,16 @@ impl Default for CacheConfig {
 pub struct BatcherConfig {
     /// Users per encoder batch.
     pub max_batch: usize,
-    /// How long the first job of a batch waits for company (microseconds).
+    /// How long the first job of a batch waits for company (microseconds;
+    /// 0 = take what is queued and go: batches still form under load, and
+    /// the encoder costs about the same per user at any batch size).
     pub max_delay_us: u64,
     /// Queued users per model before RESOURCE_EXHAUSTED.
     pub queue_capacity: usize,
     /// Worker threads per model (0 = available cores).
     pub workers: usize,
-    /// Nice increment (0–19) of the worker threads: the async threads that
-    /// read requests and write answers preempt the encoder promptly, which
-    /// keeps tail latency low when the CPU is saturated (0 = same priority).
+    /// Nice increment (0–19) of the worker threads (0 = the same priority
+    /// as the async threads; measured best here, see docs/operations.md).
     pub worker_nice: i32,
 }
 
@@ -209,10 +210,10 @@ impl Default for BatcherConfig {
     fn default() -> Self {
         BatcherConfig {
             max_batch: 32,
-            max_delay_us: 200,
+            max_delay_us: 0,
             queue_capacity: 1024,
             workers: 0,
-            worker_nice: 5,
+            worker_nice: 0,
         }
     }
 }
