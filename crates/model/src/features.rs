@@ -57,51 +57,105 @@ impl UserFeatures {
     /// included (it never changes the vector). Every variable-length part is
     /// length-prefixed, so two different inputs never share an encoding.
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + 32 * self.events.len());
-        put_len(&mut out, self.fields.len());
+        let mut w = CanonicalWriter::new(self.fields.len(), self.events.len());
         for (name, value) in &self.fields {
-            put_str(&mut out, name);
             match value {
-                FieldValue::Categorical(s) => {
-                    out.push(TAG_CATEGORICAL);
-                    put_str(&mut out, s);
-                }
-                FieldValue::Number(x) => {
-                    out.push(TAG_NUMBER);
-                    let x = if *x == 0.0 { 0.0 } else { *x };
-                    out.extend_from_slice(&x.to_bits().to_le_bytes());
-                }
+                FieldValue::Categorical(s) => w.categorical(name, s),
+                FieldValue::Number(x) => w.number(name, *x),
                 FieldValue::Tags(tags) => {
-                    out.push(TAG_TAGS);
-                    let mut sorted: Vec<&(String, f32)> = tags.iter().collect();
-                    sorted.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
-                    put_len(&mut out, sorted.len());
-                    for (tag, w) in sorted {
-                        put_str(&mut out, tag);
-                        let w = if *w == 0.0 { 0.0f32 } else { *w };
-                        out.extend_from_slice(&w.to_bits().to_le_bytes());
-                    }
+                    let mut sorted: Vec<(&str, f32)> =
+                        tags.iter().map(|(t, x)| (t.as_str(), *x)).collect();
+                    sort_tags(&mut sorted);
+                    w.tags(name, &sorted);
                 }
             }
         }
-        out.push(TAG_EVENTS);
+        w.events(self.events.len());
         let mut order: Vec<usize> = (0..self.events.len()).collect();
         order.sort_by_key(|&i| self.events[i].timestamp);
-        put_len(&mut out, order.len());
         for i in order {
             let e = &self.events[i];
-            put_str(&mut out, &e.item);
-            out.extend_from_slice(&e.timestamp.to_le_bytes());
-            match e.rating {
-                None => out.push(NO_RATING),
-                Some(r) => {
-                    out.push(HAS_RATING);
-                    let r = if r == 0.0 { 0.0f32 } else { r };
-                    out.extend_from_slice(&r.to_bits().to_le_bytes());
-                }
+            w.event(&e.item, e.timestamp, e.rating);
+        }
+        w.finish()
+    }
+}
+
+/// Sorts tags into canonical order: by name, then weight.
+pub fn sort_tags(tags: &mut [(&str, f32)]) {
+    tags.sort_by(|a, b| a.0.cmp(b.0).then(a.1.total_cmp(&b.1)));
+}
+
+/// The canonical encoding of [`UserFeatures::canonical_bytes`] written piece
+/// by piece, for callers that hold the features in another shape (a request
+/// message) and want the same bytes without building a `UserFeatures`. The
+/// caller supplies, in order: the fields in name order (byte order, as a
+/// `BTreeMap<String, _>` iterates), each field's tags in [`sort_tags`] order,
+/// then the events in timestamp order with ties in given order.
+#[derive(Debug)]
+pub struct CanonicalWriter {
+    out: Vec<u8>,
+}
+
+impl CanonicalWriter {
+    /// Starts an encoding of `fields` fields (and about `events` events,
+    /// a capacity hint).
+    pub fn new(fields: usize, events: usize) -> CanonicalWriter {
+        let mut out = Vec::with_capacity(64 + 32 * events);
+        put_len(&mut out, fields);
+        CanonicalWriter { out }
+    }
+
+    /// A categorical field.
+    pub fn categorical(&mut self, name: &str, value: &str) {
+        put_str(&mut self.out, name);
+        self.out.push(TAG_CATEGORICAL);
+        put_str(&mut self.out, value);
+    }
+
+    /// A numeric field (`-0.0` is written as `0.0`).
+    pub fn number(&mut self, name: &str, x: f64) {
+        put_str(&mut self.out, name);
+        self.out.push(TAG_NUMBER);
+        let x = if x == 0.0 { 0.0 } else { x };
+        self.out.extend_from_slice(&x.to_bits().to_le_bytes());
+    }
+
+    /// A tags field; `tags` in [`sort_tags`] order.
+    pub fn tags(&mut self, name: &str, tags: &[(&str, f32)]) {
+        put_str(&mut self.out, name);
+        self.out.push(TAG_TAGS);
+        put_len(&mut self.out, tags.len());
+        for (tag, w) in tags {
+            put_str(&mut self.out, tag);
+            let w = if *w == 0.0 { 0.0f32 } else { *w };
+            self.out.extend_from_slice(&w.to_bits().to_le_bytes());
+        }
+    }
+
+    /// Starts the events: `n` of them follow.
+    pub fn events(&mut self, n: usize) {
+        self.out.push(TAG_EVENTS);
+        put_len(&mut self.out, n);
+    }
+
+    /// One event (in timestamp order, ties in given order).
+    pub fn event(&mut self, item: &str, timestamp: i64, rating: Option<f32>) {
+        put_str(&mut self.out, item);
+        self.out.extend_from_slice(&timestamp.to_le_bytes());
+        match rating {
+            None => self.out.push(NO_RATING),
+            Some(r) => {
+                self.out.push(HAS_RATING);
+                let r = if r == 0.0 { 0.0f32 } else { r };
+                self.out.extend_from_slice(&r.to_bits().to_le_bytes());
             }
         }
-        out
+    }
+
+    /// The bytes.
+    pub fn finish(self) -> Vec<u8> {
+        self.out
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use profiled_model::features::{CanonicalWriter, sort_tags};
 use profiled_model::format::{CategoricalTransform, FieldKind as ModelKind};
 use profiled_model::{Event, FieldValue, Group, ModelJson, UserFeatures};
 use profiled_proto::v1 as pb;
@@ -249,6 +250,50 @@ pub fn features(
     })
 }
 
+/// The hot cache's key bytes of a request's features: exactly
+/// `UserFeatures::canonical_bytes()` of what [`features`] would build (fields
+/// in name order, tags sorted, events by time), written straight from the
+/// message — no conversion, so a cache hit skips it. `None` for a field
+/// without a value (invalid: [`features`] says why). Only messages that
+/// convert successfully are ever inserted, and the bytes determine the
+/// converted features, so an invalid message can never hit — except through
+/// `user_id`, which is not part of the key and which the caller checks.
+pub fn cache_key(p: &pb::UserFeatures) -> Option<Vec<u8>> {
+    let mut fields: Vec<(&String, &pb::FieldValue)> = p.fields.iter().collect();
+    fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut w = CanonicalWriter::new(fields.len(), p.events.len());
+    for (name, value) in fields {
+        match &value.kind {
+            Some(pb::field_value::Kind::Categorical(s)) => w.categorical(name, s),
+            Some(pb::field_value::Kind::Number(x)) => w.number(name, *x),
+            Some(pb::field_value::Kind::Tags(list)) => {
+                let mut tags: Vec<(&str, f32)> = list
+                    .tags
+                    .iter()
+                    .map(|t| (t.tag.as_str(), t.weight.unwrap_or(1.0)))
+                    .collect();
+                sort_tags(&mut tags);
+                w.tags(name, &tags);
+            }
+            None => return None,
+        }
+    }
+    w.events(p.events.len());
+    if p.events.is_sorted_by_key(|e| e.timestamp) {
+        for e in &p.events {
+            w.event(&e.item_id, e.timestamp, e.rating);
+        }
+    } else {
+        let mut order: Vec<usize> = (0..p.events.len()).collect();
+        order.sort_by_key(|&i| p.events[i].timestamp);
+        for i in order {
+            let e = &p.events[i];
+            w.event(&e.item_id, e.timestamp, e.rating);
+        }
+    }
+    Some(w.finish())
+}
+
 /// A proto `DimensionGroup` of a model group.
 pub fn group(g: Group) -> pb::DimensionGroup {
     match g {
@@ -373,5 +418,76 @@ pub fn architecture(g: &Generation) -> pb::Architecture {
             + g.encoder.metadata().schema.behaviour.max_events) as u32,
         parameters: g.report.parameters as u64,
         weight_dtype: g.report.dtype.name().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use profiled_model::testing::{Rng, SyntheticSpec, random_user, write_synthetic_model};
+
+    fn to_proto(u: &UserFeatures, rng: &mut Rng) -> pb::UserFeatures {
+        let fields = u
+            .fields
+            .iter()
+            .map(|(k, v)| {
+                let kind = match v {
+                    FieldValue::Categorical(s) => pb::field_value::Kind::Categorical(s.clone()),
+                    FieldValue::Number(x) => pb::field_value::Kind::Number(*x),
+                    FieldValue::Tags(_) => unreachable!("no tags input in the synthetic schema"),
+                };
+                (k.clone(), pb::FieldValue { kind: Some(kind) })
+            })
+            .collect();
+        let mut events: Vec<pb::BehaviourEvent> = u
+            .events
+            .iter()
+            .map(|e| pb::BehaviourEvent {
+                item_id: e.item.clone(),
+                timestamp: e.timestamp,
+                rating: e.rating,
+            })
+            .collect();
+        // Some users in time order (the key's fast path), some with ties.
+        match rng.below(3) {
+            0 => events.sort_by_key(|e| e.timestamp),
+            1 if events.len() > 2 => {
+                let t = events[0].timestamp;
+                events[1].timestamp = t;
+                events[2].timestamp = t;
+            }
+            _ => {}
+        }
+        pb::UserFeatures {
+            user_id: "u".into(),
+            fields,
+            events,
+        }
+    }
+
+    #[test]
+    fn cache_key_is_the_canonical_bytes_of_the_converted_features() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("1");
+        write_synthetic_model(&dir, &SyntheticSpec::default()).unwrap();
+        let g = Generation::load("m", 1, &dir, true).unwrap();
+        let limits = Limits::default();
+        let mut rng = Rng::new(11);
+        let mut checked = 0;
+        for _ in 0..300 {
+            let u = random_user(&mut rng, 30, 12);
+            let p = to_proto(&u, &mut rng);
+            let Ok(f) = features(&p, "u", &g, &limits) else {
+                continue;
+            };
+            assert_eq!(cache_key(&p), Some(f.canonical_bytes()), "{p:?}");
+            checked += 1;
+        }
+        assert!(checked > 200, "only {checked} valid users");
+        // A field without a value can never be valid, so it has no key.
+        let mut p = to_proto(&random_user(&mut rng, 30, 12), &mut rng);
+        p.fields.insert("age".into(), pb::FieldValue { kind: None });
+        assert_eq!(cache_key(&p), None);
+        assert!(features(&p, "u", &g, &limits).is_err());
     }
 }

@@ -28,7 +28,8 @@ pub struct CacheKey {
     pub model: Arc<str>,
     /// Generation id.
     pub generation: u64,
-    /// `UserFeatures::canonical_bytes()`.
+    /// `UserFeatures::canonical_bytes()` (written from the request by
+    /// [`convert::cache_key`]).
     pub features: Box<[u8]>,
 }
 
@@ -70,8 +71,10 @@ impl CacheUse {
 /// One validated Embed input.
 #[derive(Debug)]
 enum Input {
-    /// Compute from features.
-    Features(UserFeatures),
+    /// Compute from features (through the cache with this key, if any).
+    Features(UserFeatures, Option<CacheKey>),
+    /// Served by the cache before any conversion.
+    Cached(Arc<[f32]>),
     /// Stored profile from the users index.
     Stored(Vec<f32>),
 }
@@ -170,11 +173,34 @@ impl Engine {
             .clone())
     }
 
+    /// The cache key of `features` (a request message) on `generation`;
+    /// `None` when the cache is off, or for a message that cannot be valid.
+    pub fn cache_key(
+        &self,
+        generation: &Generation,
+        features: &pb::UserFeatures,
+    ) -> Option<CacheKey> {
+        self.cache.as_ref()?;
+        Some(CacheKey {
+            model: Arc::from(generation.model.as_str()),
+            generation: generation.id,
+            features: convert::cache_key(features)?.into_boxed_slice(),
+        })
+    }
+
+    /// A plain cache lookup (counted as a hit when found).
+    async fn cached(&self, generation: &Generation, key: &CacheKey) -> Option<Arc<[f32]>> {
+        let v = self.cache.as_ref()?.get(key).await?;
+        crate::handles::cache_lookup(true, generation.id, &generation.model).increment(1);
+        Some(v)
+    }
+
     /// The profile of one validated user on `generation`, through the cache
-    /// (per `mode`) and the batcher.
+    /// (per `mode`, under `key` from [`Engine::cache_key`]) and the batcher.
     pub async fn profile(
         &self,
         generation: &Arc<Generation>,
+        key: Option<CacheKey>,
         features: UserFeatures,
         path: String,
         mode: CacheUse,
@@ -182,8 +208,8 @@ impl Engine {
     ) -> Result<Profile, ApiError> {
         let batcher = self.batcher(&generation.model)?;
         let model = generation.model.as_str();
-        let cache = match (&self.cache, mode) {
-            (Some(c), CacheUse::Use | CacheUse::Refresh) => c,
+        let (cache, key) = match (&self.cache, mode, key) {
+            (Some(c), CacheUse::Use | CacheUse::Refresh, Some(k)) => (c, k),
             _ => {
                 let c = batcher
                     .compute(generation.clone(), features, path, deadline)
@@ -195,11 +221,6 @@ impl Engine {
                     compute_us: c.compute_us,
                 });
             }
-        };
-        let key = CacheKey {
-            model: Arc::from(model),
-            generation: generation.id,
-            features: features.canonical_bytes().into_boxed_slice(),
         };
         if mode == CacheUse::Refresh {
             let c = batcher
@@ -341,11 +362,32 @@ impl Engine {
                         },
                     },
                 ),
-                Some(pb::user_input::Source::Features(f)) => (
-                    f.user_id.clone(),
-                    convert::features(f, &format!("{path}.features"), &generation, limits)
-                        .map(Input::Features),
-                ),
+                Some(pb::user_input::Source::Features(f)) => {
+                    let key = match mode {
+                        CacheUse::Bypass => None,
+                        CacheUse::Use | CacheUse::Refresh => self.cache_key(&generation, f),
+                    };
+                    // A hit needs no conversion: only features that converted
+                    // were ever cached, and the key holds all of them but the
+                    // user id (checked here).
+                    let hit = match &key {
+                        Some(k)
+                            if mode == CacheUse::Use
+                                && f.user_id.len() <= limits.max_string_bytes =>
+                        {
+                            self.cached(&generation, k).await
+                        }
+                        _ => None,
+                    };
+                    let input = match hit {
+                        Some(v) => Ok(Input::Cached(v)),
+                        None => {
+                            convert::features(f, &format!("{path}.features"), &generation, limits)
+                                .map(|x| Input::Features(x, key))
+                        }
+                    };
+                    (f.user_id.clone(), input)
+                }
             };
             if !r.allow_partial
                 && let Err(e) = &item.1
@@ -360,10 +402,19 @@ impl Engine {
             let generation = generation.clone();
             async move {
                 let res = match f {
-                    Ok(Input::Features(f)) => self
-                        .profile(&generation, f, format!("users[{i}]"), mode, deadline)
+                    Ok(Input::Features(f, key)) => self
+                        .profile(&generation, key, f, format!("users[{i}]"), mode, deadline)
                         .await
                         .map(|p| (p, false)),
+                    Ok(Input::Cached(vector)) => Ok((
+                        Profile {
+                            vector,
+                            cache_hit: true,
+                            queue_us: 0,
+                            compute_us: 0,
+                        },
+                        false,
+                    )),
                     Ok(Input::Stored(v)) => Ok((
                         Profile {
                             vector: v.into(),
@@ -562,12 +613,9 @@ impl Engine {
             && ex.profile.len() == generation.dim()
         {
             let mode = CacheUse::from_proto(r.cache);
-            if mode != CacheUse::Bypass {
-                let key = CacheKey {
-                    model: Arc::from(generation.model.as_str()),
-                    generation: generation.id,
-                    features: features.canonical_bytes().into_boxed_slice(),
-                };
+            if mode != CacheUse::Bypass
+                && let Some(key) = self.cache_key(&generation, pf)
+            {
                 let vector: Arc<[f32]> = Arc::from(ex.profile.as_slice());
                 if mode == CacheUse::Refresh {
                     cache.insert(key, vector).await;
@@ -661,9 +709,11 @@ impl Engine {
                 if filter_in.exclude_seen_items && !to_users {
                     deny.extend(f.events.iter().map(|e| e.item_id.clone()));
                 }
+                let key = self.cache_key(&generation, &f);
                 let p = self
                     .profile(
                         &generation,
+                        key,
                         feats,
                         "features".into(),
                         CacheUse::from_proto(r.cache),
