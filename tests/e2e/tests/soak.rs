@@ -23,11 +23,13 @@
 //!   version is left UNLOADING (every retired generation was dropped). One
 //!   good version here is ≈ 4.5 MiB (2.6 MiB of f32 weights mapped, packed
 //!   layers, 3000 item vectors, two indexes); a 30 s run retires ~6 of them.
-//!   The server runs with `MALLOC_ARENA_MAX=2` so RSS follows live memory,
-//!   not the core count. Measured on the 2-core development machine:
-//!   baseline 33.3 MiB, 41.4 MiB after the soak and after the settle (the
-//!   allocator keeps freed pages); leaking every retired generation
-//!   (+~27 MiB) would exceed the tolerance, this growth does not.
+//!   The server allocates with mimalloc, built to commit its arenas lazily
+//!   (`.cargo/config.toml`), so RSS follows live memory (`MALLOC_ARENA_MAX=2`
+//!   is still set, for a build with the system allocator). Measured on the
+//!   2-core development machine (15 s runs): baseline 87 MiB, 108 MiB after
+//!   the soak and the settle, most of it cache entries (43 → 48 MiB with the
+//!   cache off); leaking every retired generation (+~27 MiB) on top of that
+//!   growth would exceed the tolerance.
 //!
 //! Duration: `PROFILED_SOAK_SECS` (default 30).
 
