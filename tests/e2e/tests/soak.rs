@@ -24,12 +24,13 @@
 //!   good version here is ≈ 4.5 MiB (2.6 MiB of f32 weights mapped, packed
 //!   layers, 3000 item vectors, two indexes); a 30 s run retires ~6 of them.
 //!   The server allocates with mimalloc, built to commit its arenas lazily
-//!   (`.cargo/config.toml`), so RSS follows live memory (`MALLOC_ARENA_MAX=2`
-//!   is still set, for a build with the system allocator). Measured on the
-//!   2-core development machine (15 s runs): baseline 87 MiB, 108 MiB after
-//!   the soak and the settle, most of it cache entries (43 → 48 MiB with the
-//!   cache off); leaking every retired generation (+~27 MiB) on top of that
-//!   growth would exceed the tolerance.
+//!   (`.cargo/config.toml`) and run here with `MIMALLOC_PURGE_DELAY=0`, so
+//!   RSS follows live memory rather than what the allocator keeps for later
+//!   (`MALLOC_ARENA_MAX=2` is still set, for a build with the system
+//!   allocator). Measured on the 2-core development machine (30 s): baseline
+//!   46.9 MiB, 54.8 MiB after the soak and after the settle; leaking every
+//!   retired generation (+~27 MiB) would exceed the tolerance, this growth
+//!   does not.
 //!
 //! Duration: `PROFILED_SOAK_SECS` (default 30).
 
@@ -580,8 +581,11 @@ async fn soak_mixed_load_swaps_and_cancellations() {
         &[
             ("PROFILED__MODELS__POLICY", "latest:2"),
             ("PROFILED__CACHE__MAX_BYTES", "4194304"),
-            // Few malloc arenas, so RSS tracks live memory rather than how
-            // many cores (threads, arenas) the machine has.
+            // RSS should track live memory: mimalloc returns freed pages at
+            // once (by default it keeps them a second, and an idle process
+            // never gets round to it), and — for a build with the system
+            // allocator — few malloc arenas rather than one per core.
+            ("MIMALLOC_PURGE_DELAY", "0"),
             ("MALLOC_ARENA_MAX", "2"),
         ],
     )
