@@ -46,6 +46,29 @@ pub struct Profile {
     pub compute_us: u64,
 }
 
+impl Profile {
+    /// A profile the cache served.
+    fn hit(vector: Arc<[f32]>) -> Profile {
+        Profile {
+            vector,
+            cache_hit: true,
+            queue_us: 0,
+            compute_us: 0,
+        }
+    }
+}
+
+impl From<crate::batcher::Computed> for Profile {
+    fn from(c: crate::batcher::Computed) -> Profile {
+        Profile {
+            vector: c.vector,
+            cache_hit: false,
+            queue_us: c.queue_us,
+            compute_us: c.compute_us,
+        }
+    }
+}
+
 /// Cache use of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheUse {
@@ -188,11 +211,33 @@ impl Engine {
         })
     }
 
-    /// A plain cache lookup (counted as a hit when found).
-    async fn cached(&self, generation: &Generation, key: &CacheKey) -> Option<Arc<[f32]>> {
-        let v = self.cache.as_ref()?.get(key).await?;
-        crate::handles::cache_lookup(true, generation.id, &generation.model).increment(1);
-        Some(v)
+    /// The cache key of a features message under `mode`, and the cached
+    /// profile when `mode` reads the cache and holds one (counted as a hit).
+    /// A hit needs no conversion: only features that converted were ever
+    /// cached, and the key holds all of them but the user id (checked here).
+    async fn lookup(
+        &self,
+        generation: &Generation,
+        features: &pb::UserFeatures,
+        mode: CacheUse,
+    ) -> (Option<CacheKey>, Option<Arc<[f32]>>) {
+        let key = match mode {
+            CacheUse::Bypass => None,
+            CacheUse::Use | CacheUse::Refresh => self.cache_key(generation, features),
+        };
+        let hit = match (&key, &self.cache) {
+            (Some(k), Some(cache))
+                if mode == CacheUse::Use
+                    && features.user_id.len() <= self.cfg.limits.max_string_bytes =>
+            {
+                cache.get(k).await
+            }
+            _ => None,
+        };
+        if hit.is_some() {
+            crate::handles::cache_lookup(true, generation.id, &generation.model).increment(1);
+        }
+        (key, hit)
     }
 
     /// The profile of one validated user on `generation`, through the cache
@@ -211,15 +256,10 @@ impl Engine {
         let (cache, key) = match (&self.cache, mode, key) {
             (Some(c), CacheUse::Use | CacheUse::Refresh, Some(k)) => (c, k),
             _ => {
-                let c = batcher
+                return Ok(batcher
                     .compute(generation.clone(), features, path, deadline)
-                    .await?;
-                return Ok(Profile {
-                    vector: c.vector,
-                    cache_hit: false,
-                    queue_us: c.queue_us,
-                    compute_us: c.compute_us,
-                });
+                    .await?
+                    .into());
             }
         };
         if mode == CacheUse::Refresh {
@@ -227,23 +267,10 @@ impl Engine {
                 .compute(generation.clone(), features, path, deadline)
                 .await?;
             cache.insert(key, c.vector.clone()).await;
-            return Ok(Profile {
-                vector: c.vector,
-                cache_hit: false,
-                queue_us: c.queue_us,
-                compute_us: c.compute_us,
-            });
+            return Ok(c.into());
         }
-        // Hits first: the miss path below clones the features for retries.
-        if let Some(vector) = cache.get(&key).await {
-            crate::handles::cache_lookup(true, generation.id, model).increment(1);
-            return Ok(Profile {
-                vector,
-                cache_hit: true,
-                queue_us: 0,
-                compute_us: 0,
-            });
-        }
+        // A plain hit was looked up by the caller (`Engine::lookup`), before
+        // converting the features; a hit here is a race with another request.
         let timings: Arc<Mutex<(u64, u64)>> = Arc::new(Mutex::new((0, 0)));
         // Concurrent misses for one key share one computation, run under the
         // deadline of whichever request started it. When that shared run fails
@@ -272,15 +299,10 @@ impl Engine {
                 {
                     shared_deadline_failures += 1;
                     if shared_deadline_failures >= 3 {
-                        let c = batcher
+                        return Ok(batcher
                             .compute(generation.clone(), features, path, deadline)
-                            .await?;
-                        return Ok(Profile {
-                            vector: c.vector,
-                            cache_hit: false,
-                            queue_us: c.queue_us,
-                            compute_us: c.compute_us,
-                        });
+                            .await?
+                            .into());
                     }
                 }
                 Err(e) => return Err((*e).clone()),
@@ -363,22 +385,7 @@ impl Engine {
                     },
                 ),
                 Some(pb::user_input::Source::Features(f)) => {
-                    let key = match mode {
-                        CacheUse::Bypass => None,
-                        CacheUse::Use | CacheUse::Refresh => self.cache_key(&generation, f),
-                    };
-                    // A hit needs no conversion: only features that converted
-                    // were ever cached, and the key holds all of them but the
-                    // user id (checked here).
-                    let hit = match &key {
-                        Some(k)
-                            if mode == CacheUse::Use
-                                && f.user_id.len() <= limits.max_string_bytes =>
-                        {
-                            self.cached(&generation, k).await
-                        }
-                        _ => None,
-                    };
+                    let (key, hit) = self.lookup(&generation, f, mode).await;
                     let input = match hit {
                         Some(v) => Ok(Input::Cached(v)),
                         None => {
@@ -406,15 +413,7 @@ impl Engine {
                         .profile(&generation, key, f, format!("users[{i}]"), mode, deadline)
                         .await
                         .map(|p| (p, false)),
-                    Ok(Input::Cached(vector)) => Ok((
-                        Profile {
-                            vector,
-                            cache_hit: true,
-                            queue_us: 0,
-                            compute_us: 0,
-                        },
-                        false,
-                    )),
+                    Ok(Input::Cached(vector)) => Ok((Profile::hit(vector), false)),
                     Ok(Input::Stored(v)) => Ok((
                         Profile {
                             vector: v.into(),
@@ -702,24 +701,22 @@ impl Engine {
                 ));
             }
             Some(pb::search_request::Query::Features(f)) => {
-                let feats = convert::features(&f, "features", &generation, limits)?;
+                let mode = CacheUse::from_proto(r.cache);
+                let (key, hit) = self.lookup(&generation, &f, mode).await;
+                let p = match hit {
+                    Some(v) => Profile::hit(v),
+                    None => {
+                        let feats = convert::features(&f, "features", &generation, limits)?;
+                        self.profile(&generation, key, feats, "features".into(), mode, deadline)
+                            .await?
+                    }
+                };
                 if !f.user_id.is_empty() {
                     query_users.push(f.user_id.clone());
                 }
                 if filter_in.exclude_seen_items && !to_users {
                     deny.extend(f.events.iter().map(|e| e.item_id.clone()));
                 }
-                let key = self.cache_key(&generation, &f);
-                let p = self
-                    .profile(
-                        &generation,
-                        key,
-                        feats,
-                        "features".into(),
-                        CacheUse::from_proto(r.cache),
-                        deadline,
-                    )
-                    .await?;
                 cache_hit = p.cache_hit;
                 p.vector.to_vec()
             }

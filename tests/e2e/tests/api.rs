@@ -578,6 +578,27 @@ async fn explain_fills_the_cache_per_its_cache_mode() {
     assert!(!r.users[0].cache_hit);
     let c0 = profiled_model::cosine(&cached, &vector(&r));
     assert!(c0 > 0.9999, "cached vs fresh cosine {c0}");
+    // Search by the same features reads that entry too, and scores like a
+    // fresh computation (rank by rank, within the f16 rows' precision).
+    let scores = |r: pb::SearchResponse| r.hits.into_iter().map(|h| h.score).collect::<Vec<_>>();
+    let s = c
+        .search(search_features(features("engineer", 34.0), 5))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        s.cache_hit,
+        "Search after Explain (USE) was not a cache hit"
+    );
+    let mut fresh = search_features(features("engineer", 34.0), 5);
+    fresh.cache = pb::CacheMode::Bypass as i32;
+    let s2 = c.search(fresh).await.unwrap().into_inner();
+    assert!(!s2.cache_hit);
+    let (a, b) = (scores(s), scores(s2));
+    assert!(!a.is_empty() && a.len() == b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 2e-3, "scores {a:?} vs {b:?}");
+    }
 
     // BYPASS: the cache is not touched.
     let g = features("artist", 51.0);
