@@ -106,6 +106,31 @@ impl From<ApiError> for Status {
     }
 }
 
+/// The gRPC codec refuses a request message over `server.max_request_bytes`
+/// before any handler runs, with its own wording ("decoded message length too
+/// large: found N bytes, the limit is: L bytes"). Rewritten here to name the
+/// setting, like every other limit; any other status is returned unchanged.
+pub fn name_request_limit(status: Status, max_request_bytes: usize) -> Status {
+    const CODEC: &str = "decoded message length too large";
+    if status.code() != Code::OutOfRange || !status.message().contains(CODEC) {
+        return status;
+    }
+    let found = status
+        .message()
+        .split("found ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    let size = found.map_or_else(
+        || "a request message".to_string(),
+        |n| format!("request message: {n} bytes"),
+    );
+    Status::out_of_range(format!(
+        "{size} exceeds server.max_request_bytes = {max_request_bytes}; send fewer users per call \
+         (or stream them with EmbedStream)"
+    ))
+}
+
 impl From<profiled_store::Error> for ApiError {
     fn from(e: profiled_store::Error) -> ApiError {
         use profiled_store::Error as S;
@@ -177,5 +202,37 @@ mod tests {
             },
         );
         assert_eq!(e.to_string(), "users[1].features.fields[\"age\"]: bad");
+    }
+
+    #[test]
+    fn codec_size_errors_name_the_setting() {
+        let codec = Status::out_of_range(
+            "Error, decoded message length too large: found 100017 bytes, the limit is: 65536 bytes",
+        );
+        let s = name_request_limit(codec, 65536);
+        assert_eq!(s.code(), Code::OutOfRange);
+        assert!(
+            s.message().starts_with(
+                "request message: 100017 bytes exceeds server.max_request_bytes = 65536"
+            ),
+            "{}",
+            s.message()
+        );
+        // Unparsable size: still names the setting.
+        let odd = Status::out_of_range("decoded message length too large");
+        assert!(
+            name_request_limit(odd, 7)
+                .message()
+                .starts_with("a request message exceeds server.max_request_bytes = 7")
+        );
+        // Anything else passes through untouched.
+        for other in [
+            Status::out_of_range("k is out of range"),
+            Status::invalid_argument("decoded message length too large"),
+        ] {
+            let (code, msg) = (other.code(), other.message().to_string());
+            let s = name_request_limit(other, 1);
+            assert_eq!((s.code(), s.message()), (code, msg.as_str()));
+        }
     }
 }

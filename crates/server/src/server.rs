@@ -320,7 +320,16 @@ pub async fn serve(
         builder =
             builder.max_connection_age(Duration::from_millis(cfg.server.max_connection_age_ms));
     }
+    // Requests over server.max_request_bytes are refused by the codec before
+    // a handler runs; its trailers-only answer is rewritten to name the
+    // setting (crate::error::name_request_limit).
+    let max_request_bytes = cfg.server.max_request_bytes;
     let router = builder
+        .layer(tower::util::MapResponseLayer::new(
+            move |res: tonic::codegen::http::Response<tonic::body::Body>| {
+                name_request_limit_in_headers(res, max_request_bytes)
+            },
+        ))
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -468,4 +477,26 @@ fn spawn_token_reload(
             }
         }
     })
+}
+
+/// [`crate::error::name_request_limit`] on a trailers-only response (the
+/// shape of a status returned before any message, as the codec's is).
+fn name_request_limit_in_headers(
+    mut res: tonic::codegen::http::Response<tonic::body::Body>,
+    max_request_bytes: usize,
+) -> tonic::codegen::http::Response<tonic::body::Body> {
+    // Cheap filter first: only OUT_OF_RANGE (11) answers are looked at.
+    if res.headers().get("grpc-status").map(|v| v.as_bytes()) != Some(b"11") {
+        return res;
+    }
+    let Some(status) = tonic::Status::from_header_map(res.headers()) else {
+        return res;
+    };
+    let renamed = crate::error::name_request_limit(status.clone(), max_request_bytes);
+    if renamed.message() != status.message() {
+        // On failure (cannot happen for a plain message) the codec's own
+        // wording stays: still a correct status.
+        let _ = renamed.add_header(res.headers_mut());
+    }
+    res
 }

@@ -208,6 +208,7 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
             ));
         }
         let in_flight = self.engine.cfg.limits.stream_max_in_flight.max(1);
+        let max_request_bytes = self.engine.cfg.server.max_request_bytes;
         let engine = self.engine.clone();
         let input = request.into_inner();
         let out = input
@@ -215,7 +216,9 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
                 let engine = engine.clone();
                 async move {
                     match msg {
-                        Err(status) => Err(status),
+                        Err(status) => {
+                            Err(crate::error::name_request_limit(status, max_request_bytes))
+                        }
                         Ok(req) => {
                             let id = req.request_id.clone();
                             let spec = req.model.clone();

@@ -161,12 +161,17 @@ async fn every_rpc_happy_and_bad_paths() {
     // A whole message over server.max_request_bytes.
     let mut huge = features("engineer", 34.0);
     huge.user_id = "x".repeat(100_000);
-    let e = c.embed(embed_req(vec![huge])).await.expect_err("oversize");
+    let e = c
+        .embed(embed_req(vec![huge.clone()]))
+        .await
+        .expect_err("oversize");
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
     assert!(
-        matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted),
-        "{e:?}"
+        e.message()
+            .contains("bytes exceeds server.max_request_bytes = 65536"),
+        "{}",
+        e.message()
     );
-    assert!(e.message().contains("65536"), "{}", e.message());
     let unset = pb::EmbedRequest {
         users: vec![pb::UserInput { source: None }],
         ..Default::default()
@@ -256,6 +261,37 @@ async fn every_rpc_happy_and_bad_paths() {
         got[2].outcome,
         Some(pb::embed_stream_response::Outcome::Response(ref r)) if r.users.len() == 2
     ));
+    // A stream message over server.max_request_bytes ends the stream with
+    // the same named limit, after the answers to the messages before it.
+    let reqs = vec![
+        {
+            let mut r = embed_req(vec![features("writer", 50.0)]);
+            r.request_id = "ok".into();
+            r
+        },
+        embed_req(vec![huge]),
+    ];
+    let mut stream = c
+        .embed_stream(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().expect("the first answer");
+    assert_eq!(first.request_id, "ok");
+    let e = loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the oversize message did not end the stream with an error"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    assert!(
+        e.message()
+            .contains("bytes exceeds server.max_request_bytes = 65536"),
+        "{}",
+        e.message()
+    );
 
     // --- GetModel / ListModels.
     let m = get_model(&mut c, "synth").await.unwrap();
