@@ -335,7 +335,19 @@ impl Engine {
         }
         // A plain hit was looked up by the caller (`Engine::lookup`), before
         // converting the features; a hit here is a race with another request.
-        let timings: Arc<Mutex<(u64, u64)>> = Arc::new(Mutex::new((0, 0)));
+        // The features wait in a slot that the computation takes them from:
+        // when this request's own computation never runs (another request's
+        // did), they are still here for a retry, without a copy per miss.
+        // The slot also brings back the timings of the computation.
+        struct Slot {
+            features: Option<UserFeatures>,
+            timings: (u64, u64),
+        }
+        let slot = Arc::new(Mutex::new(Slot {
+            features: Some(features),
+            timings: (0, 0),
+        }));
+        let take = |slot: &Mutex<Slot>| slot.lock().ok().and_then(|mut s| s.features.take());
         // Concurrent misses for one key share one computation, run under the
         // deadline of whichever request started it. When that shared run fails
         // on *its* deadline, this request may still have time: try again (a
@@ -343,14 +355,21 @@ impl Engine {
         // deadline error.
         let mut shared_deadline_failures = 0;
         let entry = loop {
-            let (t2, g, b) = (timings.clone(), generation.clone(), batcher.clone());
-            let (f, p) = (features.clone(), path.clone());
+            let (s2, g, b, p) = (
+                slot.clone(),
+                generation.clone(),
+                batcher.clone(),
+                path.clone(),
+            );
             let r = cache
                 .entry(key.clone())
                 .or_try_insert_with(async move {
+                    let f = take(&s2).ok_or_else(|| {
+                        ApiError::Internal("the features of a miss were taken twice".into())
+                    })?;
                     let c = b.compute(g, f, p, deadline).await?;
-                    if let Ok(mut t) = t2.lock() {
-                        *t = (c.queue_us, c.compute_us);
+                    if let Ok(mut s) = s2.lock() {
+                        s.timings = (c.queue_us, c.compute_us);
                     }
                     Ok::<_, ApiError>(c.vector)
                 })
@@ -363,6 +382,9 @@ impl Engine {
                 {
                     shared_deadline_failures += 1;
                     if shared_deadline_failures >= 3 {
+                        let Some(features) = take(&slot) else {
+                            return Err((*e).clone());
+                        };
                         return Ok(batcher
                             .compute(generation.clone(), features, path, deadline)
                             .await?
@@ -377,7 +399,7 @@ impl Engine {
         let (queue_us, compute_us) = if hit {
             (0, 0)
         } else {
-            timings.lock().map(|t| *t).unwrap_or((0, 0))
+            slot.lock().map(|s| s.timings).unwrap_or((0, 0))
         };
         Ok(Profile {
             vector: entry.into_value(),

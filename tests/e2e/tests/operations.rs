@@ -574,3 +574,59 @@ async fn every_limit_error_names_the_limit_and_its_value() {
         "22 bytes exceeds limits.max_string_bytes = 16",
     );
 }
+
+/// Concurrent misses for one user are computed once: a burst of identical
+/// Embed calls for a user the cache has not seen rides one computation (the
+/// rest wait for it, or hit the entry it left), and all get the same vector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_for_one_user_are_computed_once() {
+    let (_tmp, repo) = synth_repo(1).unwrap();
+    let metrics = free_port().unwrap();
+    let server = Server::start_with_metrics(&repo, &[], &metrics).unwrap();
+    server.wait_serving(Duration::from_secs(30)).await.unwrap();
+    let c = server.client().await.unwrap();
+    let computed = |text: &str| {
+        sample(
+            text,
+            "profiled_batch_size_sum",
+            &[("model", "synth"), ("version", "1")],
+        )
+        .unwrap_or(0.0)
+    };
+    // A long history (the server's limit) so the computation takes a while
+    // and the burst overlaps it.
+    let mut user = features("pilot", 41.0);
+    user.events = (0..1000)
+        .map(|i| profiled_e2e::event(&(1 + i % 20).to_string(), 880_000_000 + i64::from(i), None))
+        .collect();
+    for round in 0..3 {
+        user.fields
+            .insert("age".into(), profiled_e2e::number(f64::from(30 + round)));
+        let before = computed(&scrape(&metrics).unwrap());
+        let calls = (0..24).map(|_| {
+            let mut c = c.clone();
+            let req = embed_req(vec![user.clone()]);
+            async move { c.embed(req).await.map(|r| r.into_inner()) }
+        });
+        let answers: Vec<pb::EmbedResponse> = futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let misses = answers.iter().filter(|a| !a.users[0].cache_hit).count();
+        assert_eq!(
+            misses, 1,
+            "round {round}: one computation, the rest served from it"
+        );
+        let first = &answers[0].users[0].vector;
+        assert!(answers.iter().all(|a| &a.users[0].vector == first));
+        let text = scrape_until(&metrics, 50, |t| computed(t) >= before + 1.0)
+            .await
+            .unwrap();
+        assert_eq!(
+            computed(&text),
+            before + 1.0,
+            "round {round}: users computed"
+        );
+    }
+}
