@@ -18,44 +18,8 @@ pub struct UserPool {
     pub users: Vec<pb::UserFeatures>,
 }
 
-fn model_value(v: &profiled_model::FieldValue) -> pb::FieldValue {
-    use pb::field_value::Kind;
-    let kind = match v {
-        profiled_model::FieldValue::Categorical(s) => Kind::Categorical(s.clone()),
-        profiled_model::FieldValue::Number(x) => Kind::Number(*x),
-        profiled_model::FieldValue::Tags(t) => Kind::Tags(pb::TagList {
-            tags: t
-                .iter()
-                .map(|(tag, w)| pb::WeightedTag {
-                    tag: tag.clone(),
-                    weight: Some(*w),
-                })
-                .collect(),
-        }),
-    };
-    pb::FieldValue { kind: Some(kind) }
-}
-
 /// `profiled_model::UserFeatures` as the proto message.
-pub fn to_proto(u: &profiled_model::UserFeatures) -> pb::UserFeatures {
-    pb::UserFeatures {
-        user_id: u.user_id.clone().unwrap_or_default(),
-        fields: u
-            .fields
-            .iter()
-            .map(|(k, v)| (k.clone(), model_value(v)))
-            .collect(),
-        events: u
-            .events
-            .iter()
-            .map(|e| pb::BehaviourEvent {
-                item_id: e.item.clone(),
-                timestamp: e.timestamp,
-                rating: e.rating,
-            })
-            .collect(),
-    }
-}
+pub use profiled_server::convert::to_proto;
 
 impl UserPool {
     /// Random users of the synthetic test model

@@ -504,41 +504,19 @@ pub fn seeds() -> anyhow::Result<Vec<(&'static str, String, Vec<u8>)>> {
     let tk = tokenizer_ctx();
     let mut rng = Rng::new(7);
     let s = spec();
-    let to_pb = |u: &UserFeatures| pb::UserFeatures {
-        user_id: u.user_id.clone().unwrap_or_default(),
-        fields: u
-            .fields
-            .iter()
-            .map(|(k, v)| {
-                let kind = match v {
-                    // The API takes age as a number only.
-                    FieldValue::Categorical(c) if k == "age" => {
-                        pb::field_value::Kind::Number(c.parse().unwrap_or(30.0))
-                    }
-                    FieldValue::Categorical(c) => pb::field_value::Kind::Categorical(c.clone()),
-                    FieldValue::Number(x) => pb::field_value::Kind::Number(*x),
-                    FieldValue::Tags(t) => pb::field_value::Kind::Tags(pb::TagList {
-                        tags: t
-                            .iter()
-                            .map(|(tag, w)| pb::WeightedTag {
-                                tag: tag.clone(),
-                                weight: Some(*w),
-                            })
-                            .collect(),
-                    }),
-                };
-                (k.clone(), pb::FieldValue { kind: Some(kind) })
-            })
-            .collect(),
-        events: u
-            .events
-            .iter()
-            .map(|e| pb::BehaviourEvent {
-                item_id: e.item.clone(),
-                timestamp: e.timestamp,
-                rating: e.rating,
-            })
-            .collect(),
+    // The API takes age as a number only; the synthetic generator sometimes
+    // writes it as text.
+    let to_pb = |u: &UserFeatures| {
+        let mut p = profiled_server::convert::to_proto(u);
+        if let Some(FieldValue::Categorical(a)) = u.fields.get("age") {
+            p.fields.insert(
+                "age".into(),
+                pb::FieldValue {
+                    kind: Some(pb::field_value::Kind::Number(a.parse().unwrap_or(30.0))),
+                },
+            );
+        }
+        p
     };
     for i in 0..4 {
         let n = 1 + i;

@@ -250,6 +250,47 @@ pub fn features(
     })
 }
 
+/// The request message of `u`: the inverse of [`features`], value for
+/// value (a categorical stays categorical, a number a number, tags tags, the
+/// events in their order); for clients, load generators and tests that hold
+/// model-side features.
+pub fn to_proto(u: &UserFeatures) -> pb::UserFeatures {
+    use pb::field_value::Kind;
+    let value = |v: &FieldValue| {
+        let kind = match v {
+            FieldValue::Categorical(s) => Kind::Categorical(s.clone()),
+            FieldValue::Number(x) => Kind::Number(*x),
+            FieldValue::Tags(t) => Kind::Tags(pb::TagList {
+                tags: t
+                    .iter()
+                    .map(|(tag, w)| pb::WeightedTag {
+                        tag: tag.clone(),
+                        weight: Some(*w),
+                    })
+                    .collect(),
+            }),
+        };
+        pb::FieldValue { kind: Some(kind) }
+    };
+    pb::UserFeatures {
+        user_id: u.user_id.clone().unwrap_or_default(),
+        fields: u
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), value(v)))
+            .collect(),
+        events: u
+            .events
+            .iter()
+            .map(|e| pb::BehaviourEvent {
+                item_id: e.item.clone(),
+                timestamp: e.timestamp,
+                rating: e.rating,
+            })
+            .collect(),
+    }
+}
+
 /// The hot cache's key bytes of a request's features: exactly
 /// `UserFeatures::canonical_bytes()` of what [`features`] would build (fields
 /// in name order, tags sorted, events by time), written straight from the
@@ -426,29 +467,16 @@ mod tests {
     use super::*;
     use profiled_model::testing::{Rng, SyntheticSpec, random_user, write_synthetic_model};
 
+    /// [`super::to_proto`] with the events in a random order state: some in
+    /// time order (the key's fast path), some with ties.
     fn to_proto(u: &UserFeatures, rng: &mut Rng) -> pb::UserFeatures {
-        let fields = u
-            .fields
-            .iter()
-            .map(|(k, v)| {
-                let kind = match v {
-                    FieldValue::Categorical(s) => pb::field_value::Kind::Categorical(s.clone()),
-                    FieldValue::Number(x) => pb::field_value::Kind::Number(*x),
-                    FieldValue::Tags(_) => unreachable!("no tags input in the synthetic schema"),
-                };
-                (k.clone(), pb::FieldValue { kind: Some(kind) })
-            })
-            .collect();
-        let mut events: Vec<pb::BehaviourEvent> = u
-            .events
-            .iter()
-            .map(|e| pb::BehaviourEvent {
-                item_id: e.item.clone(),
-                timestamp: e.timestamp,
-                rating: e.rating,
-            })
-            .collect();
-        // Some users in time order (the key's fast path), some with ties.
+        assert!(
+            !u.fields.values().any(|v| matches!(v, FieldValue::Tags(_))),
+            "no tags input in the synthetic schema"
+        );
+        let mut p = super::to_proto(u);
+        p.user_id = "u".into();
+        let events = &mut p.events;
         match rng.below(3) {
             0 => events.sort_by_key(|e| e.timestamp),
             1 if events.len() > 2 => {
@@ -458,11 +486,7 @@ mod tests {
             }
             _ => {}
         }
-        pb::UserFeatures {
-            user_id: "u".into(),
-            fields,
-            events,
-        }
+        p
     }
 
     #[test]
@@ -489,5 +513,32 @@ mod tests {
         p.fields.insert("age".into(), pb::FieldValue { kind: None });
         assert_eq!(cache_key(&p), None);
         assert!(features(&p, "u", &g, &limits).is_err());
+    }
+
+    #[test]
+    fn to_proto_is_the_inverse_of_features() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("1");
+        write_synthetic_model(&dir, &SyntheticSpec::default()).unwrap();
+        let g = Generation::load("m", 1, &dir, true).unwrap();
+        let limits = Limits::default();
+        let mut rng = Rng::new(5);
+        let mut checked = 0;
+        for i in 0..200 {
+            let mut u = random_user(&mut rng, 30, 12);
+            u.user_id = Some(format!("u{i}"));
+            // The API takes age as a number only.
+            if let Some(FieldValue::Categorical(a)) = u.fields.get("age").cloned() {
+                u.fields
+                    .insert("age".into(), FieldValue::Number(a.parse().unwrap()));
+            }
+            let p = super::to_proto(&u);
+            assert_eq!(p.user_id, format!("u{i}"));
+            assert_eq!(p.events.len(), u.events.len());
+            let back = features(&p, "u", &g, &limits).unwrap();
+            assert_eq!(back.canonical_bytes(), u.canonical_bytes(), "{p:?}");
+            checked += 1;
+        }
+        assert_eq!(checked, 200);
     }
 }

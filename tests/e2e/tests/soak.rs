@@ -83,43 +83,17 @@ fn probes() -> Vec<UserFeatures> {
         .collect()
 }
 
+/// The request message of `u`, its age as a number (the API takes age as a
+/// number only; the synthetic generator sometimes writes it as text).
 fn to_pb(u: &UserFeatures) -> pb::UserFeatures {
-    pb::UserFeatures {
-        user_id: u.user_id.clone().unwrap_or_default(),
-        fields: u
-            .fields
-            .iter()
-            .map(|(k, v)| {
-                let kind = match v {
-                    // The API takes age as a number only.
-                    FieldValue::Categorical(c) if k == "age" => {
-                        pb::field_value::Kind::Number(c.parse().unwrap_or(30.0))
-                    }
-                    FieldValue::Categorical(c) => pb::field_value::Kind::Categorical(c.clone()),
-                    FieldValue::Number(x) => pb::field_value::Kind::Number(*x),
-                    FieldValue::Tags(t) => pb::field_value::Kind::Tags(pb::TagList {
-                        tags: t
-                            .iter()
-                            .map(|(tag, w)| pb::WeightedTag {
-                                tag: tag.clone(),
-                                weight: Some(*w),
-                            })
-                            .collect(),
-                    }),
-                };
-                (k.clone(), pb::FieldValue { kind: Some(kind) })
-            })
-            .collect(),
-        events: u
-            .events
-            .iter()
-            .map(|e| pb::BehaviourEvent {
-                item_id: e.item.clone(),
-                timestamp: e.timestamp,
-                rating: e.rating,
-            })
-            .collect(),
+    let mut p = profiled_server::convert::to_proto(u);
+    if let Some(FieldValue::Categorical(a)) = u.fields.get("age") {
+        p.fields.insert(
+            "age".into(),
+            profiled_e2e::number(a.parse().unwrap_or(30.0)),
+        );
     }
+    p
 }
 
 /// Writes a version folder (model + indexes); `broken` negates the golden
