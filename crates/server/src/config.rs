@@ -63,6 +63,11 @@ pub struct ServerConfig {
     /// A second, plaintext listener serving only `grpc.health.v1` (for
     /// probes that cannot speak TLS); empty = off.
     pub health_listen: String,
+    /// Async (network) threads of the runtime; 0 = one per core. The
+    /// encoder runs on the batcher's own workers, not on these: on a small
+    /// host shared with its clients, fewer async threads cost less CPU per
+    /// call (docs/operations.md).
+    pub io_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +82,7 @@ impl Default for ServerConfig {
             grace_period_ms: 10_000,
             max_connection_age_ms: 0,
             health_listen: String::new(),
+            io_threads: 0,
         }
     }
 }

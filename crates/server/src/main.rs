@@ -59,8 +59,7 @@ struct Args {
     print_config: bool,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let over = Overrides {
         listen: a.listen,
@@ -81,9 +80,16 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", cfg.to_toml());
         return Ok(());
     }
-    // Logs (and spans, with the `otel` feature) until the guard drops.
-    let telemetry = profiled_server::telemetry::init(&cfg)?;
-    profiled_server::serve(cfg, profiled_server::shutdown_signal()).await?;
-    drop(telemetry);
-    Ok(())
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if cfg.server.io_threads > 0 {
+        rt.worker_threads(cfg.server.io_threads);
+    }
+    rt.build()?.block_on(async {
+        // Logs (and spans, with the `otel` feature) until the guard drops.
+        let telemetry = profiled_server::telemetry::init(&cfg)?;
+        profiled_server::serve(cfg, profiled_server::shutdown_signal()).await?;
+        drop(telemetry);
+        Ok(())
+    })
 }
