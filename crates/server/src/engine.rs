@@ -444,12 +444,13 @@ impl Engine {
         // Phase 1: validate every user (cheap) before any work.
         let mut inputs: Vec<(String, Result<Input, ApiError>)> = Vec::with_capacity(r.users.len());
         for (i, u) in r.users.iter().enumerate() {
-            let path = format!("users[{i}]");
+            // Request paths only for messages (not per user on the happy path).
+            let path = || format!("users[{i}]");
             let item = match &u.source {
                 None => (
                     String::new(),
                     Err(ApiError::invalid(
-                        format!("{path}.source"),
+                        format!("{}.source", path()),
                         "set exactly one of features or user_id",
                     )),
                 ),
@@ -457,14 +458,17 @@ impl Engine {
                     id.clone(),
                     match &generation.users {
                         None => Err(ApiError::NotFound(format!(
-                            "{path}.user_id: model {:?} version {} has no users index, so user \
+                            "{}.user_id: model {:?} version {} has no users index, so user \
                              {id:?} cannot be looked up (send features instead)",
-                            generation.model, generation.version
+                            path(),
+                            generation.model,
+                            generation.version
                         ))),
                         Some(users) => match users.vector_of(id) {
                             Ok(Some((_, v))) => Ok(Input::Stored(v)),
                             Ok(None) => Err(ApiError::NotFound(format!(
-                                "{path}.user_id: unknown user {id:?} (not in the users index)"
+                                "{}.user_id: unknown user {id:?} (not in the users index)",
+                                path()
                             ))),
                             Err(e) => Err(ApiError::Internal(e.to_string())),
                         },
@@ -474,10 +478,13 @@ impl Engine {
                     let (key, hit) = self.lookup(&generation, f, mode).await;
                     let input = match hit {
                         Some(v) => Ok(Input::Cached(v)),
-                        None => {
-                            convert::features(f, &format!("{path}.features"), &generation, limits)
-                                .map(|x| Input::Features(x, key))
-                        }
+                        None => convert::features(
+                            f,
+                            &format!("{}.features", path()),
+                            &generation,
+                            limits,
+                        )
+                        .map(|x| Input::Features(x, key)),
                     };
                     (f.user_id.clone(), input)
                 }
