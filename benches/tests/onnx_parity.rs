@@ -7,9 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use profiled_model::format::{GoldenEvent, GoldenInput, GoldenValue};
+use profiled_model::format::GoldenInput;
 use profiled_model::testing::{Rng, SyntheticSpec, random_user, write_synthetic_model};
-use profiled_model::{Encoder, FieldValue, UserFeatures, Workspace, cosine};
+use profiled_model::{Encoder, UserFeatures, Workspace, cosine};
 
 fn python() -> PathBuf {
     let p = std::env::var_os("PROFILED_TEST_PYTHON").unwrap_or_else(|| {
@@ -36,30 +36,6 @@ fn python() -> PathBuf {
         String::from_utf8_lossy(&probe.stderr)
     );
     p
-}
-
-fn golden_input(u: &UserFeatures) -> GoldenInput {
-    GoldenInput {
-        user_id: u.user_id.clone(),
-        fields: u
-            .fields
-            .iter()
-            .filter_map(|(k, v)| match v {
-                FieldValue::Number(x) => Some((k.clone(), GoldenValue::Number(*x))),
-                FieldValue::Categorical(s) => Some((k.clone(), GoldenValue::Text(s.clone()))),
-                FieldValue::Tags(_) => None,
-            })
-            .collect(),
-        events: u
-            .events
-            .iter()
-            .map(|e| GoldenEvent {
-                item: e.item.clone(),
-                timestamp: e.timestamp,
-                rating: e.rating,
-            })
-            .collect(),
-    }
 }
 
 fn read_f32(path: &Path) -> Vec<f32> {
@@ -99,7 +75,7 @@ fn onnx_runtime_graph_matches_the_encoder_for_every_user() {
         users.iter().any(|u| u.events.len() > spec.max_events),
         "some history must be longer than the window"
     );
-    let inputs: Vec<GoldenInput> = users.iter().map(golden_input).collect();
+    let inputs: Vec<GoldenInput> = users.iter().map(GoldenInput::from_features).collect();
     let users_json = tmp.path().join("users.json");
     std::fs::write(&users_json, serde_json::to_string(&inputs).expect("json")).expect("write");
 

@@ -34,9 +34,9 @@ use profiled_index::{
 use profiled_kernels::attention::{Mask, OutputRows, Sequence, Workspace as KernelWorkspace};
 use profiled_kernels::block::{LayerTensors, LayerWeights, block_forward};
 use profiled_kernels::gemm::WeightPrecision;
-use profiled_model::format::{GoldenEvent, GoldenInput, GoldenValue};
+use profiled_model::format::GoldenInput;
 use profiled_model::testing::{Rng, SyntheticSpec, random_user, write_synthetic_model};
-use profiled_model::{Encoder, FieldValue, TokenBatch, UserFeatures, Workspace};
+use profiled_model::{Encoder, TokenBatch, UserFeatures, Workspace};
 use serde_json::json;
 
 const K: usize = 10;
@@ -90,33 +90,6 @@ fn read_f32(path: &Path) -> anyhow::Result<Vec<f32>> {
         .collect())
 }
 
-fn golden_input(u: &UserFeatures) -> GoldenInput {
-    GoldenInput {
-        user_id: u.user_id.clone(),
-        fields: u
-            .fields
-            .iter()
-            .filter_map(|(k, v)| {
-                let v = match v {
-                    FieldValue::Number(x) => GoldenValue::Number(*x),
-                    FieldValue::Categorical(s) => GoldenValue::Text(s.clone()),
-                    FieldValue::Tags(_) => return None,
-                };
-                Some((k.clone(), v))
-            })
-            .collect(),
-        events: u
-            .events
-            .iter()
-            .map(|e| GoldenEvent {
-                item: e.item.clone(),
-                timestamp: e.timestamp,
-                rating: e.rating,
-            })
-            .collect(),
-    }
-}
-
 /// Every user of the model's dataset (fields the model reads + full history),
 /// when the dataset is found under `data_dir`.
 fn dataset_users(enc: &Encoder, data_dir: &Path) -> Option<(String, Vec<GoldenInput>)> {
@@ -134,7 +107,7 @@ fn synthetic_users(enc: &Encoder, n: usize) -> Vec<GoldenInput> {
     let items = enc.item_ids().len();
     let w = enc.metadata().schema.behaviour.max_events;
     (0..n)
-        .map(|_| golden_input(&random_user(&mut rng, items, w)))
+        .map(|_| GoldenInput::from_features(&random_user(&mut rng, items, w)))
         .collect()
 }
 

@@ -341,6 +341,35 @@ pub struct GoldenInput {
 }
 
 impl GoldenInput {
+    /// The golden input of `u`, the inverse of [`GoldenInput::to_features`]
+    /// for the values a golden input can hold: numbers stay numbers,
+    /// categorical values become text, and tag fields (which the trainer's
+    /// plain input has no form for) are left out.
+    pub fn from_features(u: &crate::UserFeatures) -> GoldenInput {
+        use crate::FieldValue;
+        GoldenInput {
+            user_id: u.user_id.clone(),
+            fields: u
+                .fields
+                .iter()
+                .filter_map(|(k, v)| match v {
+                    FieldValue::Number(x) => Some((k.clone(), GoldenValue::Number(*x))),
+                    FieldValue::Categorical(s) => Some((k.clone(), GoldenValue::Text(s.clone()))),
+                    FieldValue::Tags(_) => None,
+                })
+                .collect(),
+            events: u
+                .events
+                .iter()
+                .map(|e| GoldenEvent {
+                    item: e.item.clone(),
+                    timestamp: e.timestamp,
+                    rating: e.rating,
+                })
+                .collect(),
+        }
+    }
+
     /// As [`UserFeatures`](crate::UserFeatures) (values by
     /// [`GoldenValue::to_field_value`]): the one conversion of the trainer's
     /// plain input (`profiled_train::schema::ProfileInput`) to the encoder's.
@@ -703,4 +732,30 @@ pub fn tensor_shapes(s: &FeatureSchema, cfg: &ModelConfig) -> BTreeMap<String, V
     m.insert("items.embedding".into(), vec![n_items, cfg.d_out]);
     m.insert("items.genre".into(), vec![g, cfg.d_out]);
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Rng, random_user};
+
+    #[test]
+    fn golden_inputs_round_trip_features() {
+        let mut rng = Rng::new(3);
+        for _ in 0..100 {
+            let u = random_user(&mut rng, 30, 12);
+            let g = GoldenInput::from_features(&u);
+            assert_eq!(g.to_features(), u);
+        }
+        // Tags have no golden form: left out, the rest kept.
+        let mut u = random_user(&mut rng, 30, 12);
+        u.fields.insert(
+            "genres".into(),
+            crate::FieldValue::Tags(vec![("Drama".into(), 1.0)]),
+        );
+        let back = GoldenInput::from_features(&u).to_features();
+        assert!(!back.fields.contains_key("genres"));
+        assert_eq!(back.fields.len(), u.fields.len() - 1);
+        assert_eq!(back.events, u.events);
+    }
 }

@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 use crate::features::{Event, FieldValue, UserFeatures};
 use crate::format::{
     BehaviourSchema, CategoricalTransform, Dtype, FeatureSchema, FieldKind, FieldSchema, Golden,
-    GoldenEvent, GoldenInput, GoldenValue, Group, ItemVocab, METADATA_FILE, ModelConfig, ModelJson,
-    NumericTransform, SOURCE_EVENT_COUNT, SOURCE_EVENT_GENRES, VOCAB_OFFSET, WEIGHTS_FILE,
+    GoldenInput, Group, ItemVocab, METADATA_FILE, ModelConfig, ModelJson, NumericTransform,
+    SOURCE_EVENT_COUNT, SOURCE_EVENT_GENRES, VOCAB_OFFSET, WEIGHTS_FILE,
 };
 use crate::tokenizer::{FieldToken, Tokenizer, UserTokens};
 
@@ -246,33 +246,6 @@ pub fn random_user(rng: &mut Rng, items: usize, max_events: usize) -> UserFeatur
     }
 }
 
-fn golden_input(u: &UserFeatures) -> GoldenInput {
-    GoldenInput {
-        user_id: u.user_id.clone(),
-        fields: u
-            .fields
-            .iter()
-            .filter_map(|(k, v)| {
-                let v = match v {
-                    FieldValue::Number(x) => GoldenValue::Number(*x),
-                    FieldValue::Categorical(s) => GoldenValue::Text(s.clone()),
-                    FieldValue::Tags(_) => return None,
-                };
-                Some((k.clone(), v))
-            })
-            .collect(),
-        events: u
-            .events
-            .iter()
-            .map(|e| GoldenEvent {
-                item: e.item.clone(),
-                timestamp: e.timestamp,
-                rating: e.rating,
-            })
-            .collect(),
-    }
-}
-
 /// Random tensors for `meta` (f32 values; LayerNorm weights near 1).
 pub fn random_tensors(meta: &ModelJson, rng: &mut Rng) -> BTreeMap<String, Vec<f32>> {
     meta.tensor_shapes()
@@ -370,7 +343,7 @@ pub fn write_synthetic_model(dir: &Path, spec: &SyntheticSpec) -> Result<ModelJs
         let profile = reference_profile(&meta, &tensors, &tokens)?;
         meta.golden.push(Golden {
             note: format!("synthetic user {i}"),
-            input: golden_input(&u),
+            input: GoldenInput::from_features(&u),
             profile: profile.iter().map(|&x| x as f32).collect(),
         });
     }
