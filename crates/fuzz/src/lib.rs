@@ -504,8 +504,8 @@ pub fn seeds() -> anyhow::Result<Vec<(&'static str, String, Vec<u8>)>> {
     let tk = tokenizer_ctx();
     let mut rng = Rng::new(7);
     let s = spec();
-    // The API takes age as a number only; the synthetic generator sometimes
-    // writes it as text.
+    // Age as a number: the synthetic generator writes it as text half the
+    // time (the server parses that too; numbers are what clients send).
     let to_pb = |u: &UserFeatures| {
         let mut p = profiled_server::convert::to_proto(u);
         if let Some(FieldValue::Categorical(a)) = u.fields.get("age") {

@@ -27,14 +27,21 @@ use crate::error::{ApiError, model_error};
 /// [`Engine::cache_key`], with the engine's per-process random seed), and
 /// `Hash` feeds only that. The table re-hashes every live key whenever it
 /// cleans a segment of evicted entries; re-reading ~600 feature bytes per key
-/// there made those clean-ups stall the thread that triggered them for
-/// milliseconds (measured: 6 ms → 1 ms, and half the CPU per insert once
-/// the cache is full). Equality still compares everything.
+/// there made those clean-ups stall the inserting thread for milliseconds
+/// once the cache was full (a stand-alone reproduction, docs/benchmarks.md:
+/// worst inserts 3–7 ms before, 0.7–1.3 ms after). Equality still compares
+/// everything. The fields are private so that every key is built by
+/// `CacheKey::new`, with the hash of its own bytes.
 #[derive(Debug, Clone)]
 pub struct CacheKey {
+    /// Model name.
     model: Arc<str>,
+    /// Generation id.
     generation: u64,
+    /// `UserFeatures::canonical_bytes()` (written from the request by
+    /// [`convert::cache_key`]).
     features: Box<[u8]>,
+    /// The hash of the three above, with the engine's seed.
     hash: u64,
 }
 
@@ -53,22 +60,6 @@ impl CacheKey {
             features,
             hash,
         }
-    }
-
-    /// Model name.
-    pub fn model(&self) -> &str {
-        &self.model
-    }
-
-    /// Generation id.
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
-    /// `UserFeatures::canonical_bytes()` (written from the request by
-    /// [`convert::cache_key`]).
-    pub fn features(&self) -> &[u8] {
-        &self.features
     }
 }
 

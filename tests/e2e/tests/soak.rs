@@ -83,8 +83,9 @@ fn probes() -> Vec<UserFeatures> {
         .collect()
 }
 
-/// The request message of `u`, its age as a number (the API takes age as a
-/// number only; the synthetic generator sometimes writes it as text).
+/// The request message of `u`, its age as a number (the synthetic generator
+/// writes it as text half the time, which the server also parses; numbers
+/// are what clients normally send).
 fn to_pb(u: &UserFeatures) -> pb::UserFeatures {
     let mut p = profiled_server::convert::to_proto(u);
     if let Some(FieldValue::Categorical(a)) = u.fields.get("age") {
