@@ -138,6 +138,7 @@ impl From<profiled_store::Error> for ApiError {
         match e {
             S::InvalidName(_) => ApiError::invalid("model.name", msg),
             S::InvalidLabel(_) => ApiError::invalid("label", msg),
+            S::InvalidVersion(_) => ApiError::invalid("version", msg),
             S::InvalidPolicy(_) => ApiError::Internal(msg),
             S::NoDefaultModel { .. } => ApiError::invalid("model.name", msg),
             S::UnknownModel { .. } | S::VersionNotReady { .. } | S::UnknownLabel { .. } => {

@@ -368,6 +368,12 @@ impl pb::model_admin_server::ModelAdmin for AdminApi {
         if r.version.is_some() && r.model.is_empty() {
             return Err(ApiError::invalid("version", "a version needs `model`").into());
         }
+        // Refused before anything runs, with or without `wait`: a call that
+        // cannot be done changes nothing and says so.
+        self.engine
+            .store
+            .check_reload(&r.model, r.version)
+            .map_err(ApiError::from)?;
         let store = self.engine.store.clone();
         let (model, version) = (r.model.clone(), r.version);
         let task = tokio::spawn(async move { store.reload(&model, version).await });

@@ -21,6 +21,9 @@ pub enum Error {
         "invalid model name {0:?}: use 1-64 characters of [A-Za-z0-9_.-], not starting with '.'"
     )]
     InvalidName(String),
+    /// A version number that is not a positive integer.
+    #[error("invalid version {0}: versions are positive integers")]
+    InvalidVersion(u64),
     /// A label name that is not 1–32 characters of `[a-z0-9_-]`.
     #[error("invalid label {0:?}: use 1-32 characters of [a-z0-9_-]")]
     InvalidLabel(String),

@@ -294,10 +294,15 @@ impl Store {
         };
         match self.inner.models.get(&name) {
             Some(m) => Ok((name, m.value().clone())),
-            None => Err(Error::UnknownModel {
-                name,
-                available: self.available(),
-            }),
+            None => {
+                // A name that could never be a model directory is the caller's
+                // mistake, not a missing model (checked only on a miss).
+                repo::validate_model_name(&name)?;
+                Err(Error::UnknownModel {
+                    name,
+                    available: self.available(),
+                })
+            }
         }
     }
 
@@ -464,6 +469,15 @@ impl Store {
                 .await
                 .map_err(|e| Error::Internal(e.to_string()))?;
         let disk = disk?;
+        if disk.is_empty() && !dir.is_dir() && !self.inner.models.contains_key(name) {
+            // Never register a name that has no directory: a mistyped admin
+            // call must change nothing (a registered ghost would take the
+            // default model away from every request without a name).
+            return Err(Error::UnknownModel {
+                name: name.to_string(),
+                available: self.available(),
+            });
+        }
         let m = self.ensure_model(name);
         match labels {
             Ok(l) => *lock(&m.labels) = l,
@@ -667,30 +681,53 @@ impl Store {
         }
     }
 
-    /// Rescans now (one model or all). With `version` (requires a model), loads
-    /// or retries exactly that version even if FAILED or UNLOADED.
-    pub async fn reload(&self, model: &str, version: Option<u64>) -> Result<()> {
+    /// Checks, changing nothing, that [`Store::reload`] can do what it is
+    /// asked: the model is known or has a directory in the repository, and a
+    /// named version is a positive integer with a directory. Call it before
+    /// running a reload in the background, so that a call that cannot be
+    /// done is refused whether or not the caller waits.
+    pub fn check_reload(&self, model: &str, version: Option<u64>) -> Result<()> {
         if model.is_empty() {
-            if version.is_some() {
-                return Err(Error::Precondition(
+            return match version {
+                Some(_) => Err(Error::Precondition(
                     "version: a version needs a model name".into(),
-                ));
-            }
-            return self.scan().await;
+                )),
+                None => Ok(()),
+            };
         }
         repo::validate_model_name(model)?;
+        let model_dir = self.inner.cfg.root.join(model);
+        if !self.inner.models.contains_key(model) && !model_dir.is_dir() {
+            return Err(Error::UnknownModel {
+                name: model.to_string(),
+                available: self.available(),
+            });
+        }
+        match version {
+            Some(0) => Err(Error::InvalidVersion(0)),
+            Some(v) if !model_dir.join(v.to_string()).is_dir() => Err(Error::VersionNotReady {
+                model: model.to_string(),
+                version: v,
+                state: format!("no directory {v} in the repository for model {model:?}"),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Rescans now (one model or all). With `version` (requires a model), loads
+    /// or retries exactly that version even if FAILED or UNLOADED. A call that
+    /// [`Store::check_reload`] refuses changes nothing.
+    pub async fn reload(&self, model: &str, version: Option<u64>) -> Result<()> {
+        self.check_reload(model, version)?;
+        if model.is_empty() {
+            return self.scan().await;
+        }
         let Some(v) = version else {
             return self.scan_model(model).await;
         };
         let _guard = self.inner.scan_lock.lock().await;
-        let dir = self.inner.cfg.root.join(model).join(v.to_string());
-        if !dir.is_dir() {
-            return Err(Error::VersionNotReady {
-                model: model.to_string(),
-                version: v,
-                state: format!("no directory {}", dir.display()),
-            });
-        }
+        // Checked again under the lock: the directory may have gone since.
+        self.check_reload(model, version)?;
         let m = self.ensure_model(model);
         if let Some(s) = lock(&m.versions).get_mut(&v) {
             s.pinned_out = false;

@@ -181,3 +181,59 @@ async fn an_unloaded_version_is_unloading_while_a_request_holds_it() {
     assert_eq!(state(1), (VersionState::Unloaded, 0, false));
     assert_eq!(state(2).0, VersionState::Ready);
 }
+
+/// F1 of the outside client's findings: a reload of a name with no
+/// directory registered a ghost model, which took the default model away from
+/// every request without a name. A refused admin call must change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_reloads_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("models");
+    make_version(&repo.join("m/1"), 1);
+    let store = Store::new(StoreConfig::new(&repo));
+    store.scan().await.unwrap();
+    assert_eq!(store.default_model().as_deref(), Some("m"));
+
+    for (model, version) in [
+        ("m-typo", None),
+        ("m-typo", Some(1)),
+        ("m", Some(0)),
+        ("m", Some(5)),
+        ("m", Some(u64::MAX)),
+        ("..", None),
+        (".hidden", None),
+        ("a/b", None),
+    ] {
+        let checked = store.check_reload(model, version);
+        assert!(checked.is_err(), "{model:?} {version:?} was accepted");
+        let err = store.reload(model, version).await.unwrap_err();
+        assert_eq!(err.to_string(), checked.unwrap_err().to_string());
+        assert_eq!(store.model_names(), ["m"], "after {model:?} {version:?}");
+        assert_eq!(store.default_model().as_deref(), Some("m"));
+    }
+    // Names that can never be a directory are invalid, not unknown.
+    assert!(matches!(
+        store.reload("a/b", None).await,
+        Err(profiled_store::Error::InvalidName(_))
+    ));
+    assert!(matches!(
+        store.snapshot("../m"),
+        Err(profiled_store::Error::InvalidName(_))
+    ));
+    assert!(matches!(
+        store.reload("m", Some(0)).await,
+        Err(profiled_store::Error::InvalidVersion(0))
+    ));
+    assert!(matches!(
+        store.reload("m-typo", None).await,
+        Err(profiled_store::Error::UnknownModel { .. })
+    ));
+    // A scan after the refused calls still knows only `m`, and it serves.
+    store.scan().await.unwrap();
+    assert_eq!(store.model_names(), ["m"]);
+    assert_eq!(store.resolve("", &Selector::Default).unwrap().version, 1);
+    // A real reload of the real model still works.
+    store.reload("m", Some(1)).await.unwrap();
+    store.reload("m", None).await.unwrap();
+    store.reload("", None).await.unwrap();
+}
