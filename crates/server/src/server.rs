@@ -76,6 +76,7 @@ pub fn store_config(cfg: &Config) -> Result<StoreConfig, ServeError> {
     s.poll_interval = Duration::from_millis(cfg.models.poll_interval_ms.max(50));
     s.debounce = Duration::from_millis(cfg.models.debounce_ms);
     s.load_nice = cfg.models.load_nice;
+    s.indexes = cfg.index.factory();
     Ok(s)
 }
 
