@@ -176,6 +176,7 @@ async fn embed_one(
     req: pb::EmbedRequest,
     deadline: Option<Instant>,
 ) -> Result<pb::EmbedResponse, ApiError> {
+    engine.check_name("request_id", &req.request_id)?;
     let (encoding, request_id) = (req.encoding, req.request_id.clone());
     let q = convert::embed::query(req)?;
     let e = engine.embed(q, deadline).await?;
@@ -220,17 +221,39 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
             self.max_response_bytes,
         );
         let engine = self.engine.clone();
+        let admit = self.engine.clone();
         let input = request.into_inner();
+        // The next message is read only once its users fit in the streams'
+        // budget (`Engine::admit_stream_batch`): backpressure instead of a
+        // full batcher queue shedding batches.
         let out = input
-            .map(move |msg| {
+            .then(move |msg| {
+                let admit = admit.clone();
+                async move {
+                    let users = msg.as_ref().map_or(1, |r| r.users.len());
+                    let permit = admit.admit_stream_batch(users).await;
+                    (msg, permit)
+                }
+            })
+            .map(move |(msg, permit)| {
                 let engine = engine.clone();
                 async move {
+                    let _permit = match permit {
+                        Ok(p) => p,
+                        Err(e) => return Err(Status::from(e)),
+                    };
                     match msg {
                         Err(status) => {
                             Err(crate::error::name_request_limit(status, max_request_bytes))
                         }
                         Ok(req) => {
-                            let id = req.request_id.clone();
+                            // Echoed on every answer, so never over the limit: an
+                            // over-long id fails its batch and is not echoed.
+                            let id = if engine.check_name("request_id", &req.request_id).is_ok() {
+                                req.request_id.clone()
+                            } else {
+                                String::new()
+                            };
                             let spec = req.model.clone();
                             let t = Instant::now();
                             let span = rpc_span("EmbedStream");

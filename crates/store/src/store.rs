@@ -338,7 +338,7 @@ impl Store {
                     Some(v) => self.pinned(&name, &m, v),
                     None => Err(Error::UnknownLabel {
                         model: name,
-                        label: label.clone(),
+                        label: crate::error::shown(label),
                     }),
                 }
             }

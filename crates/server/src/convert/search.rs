@@ -31,6 +31,12 @@ impl TryFrom<&pb::Filter> for SearchFilter {
                         value: value.clone(),
                     }
                 }
+                Ok(pb::AttributeOp::In | pb::AttributeOp::NotIn) if c.values.is_empty() => {
+                    return Err(ApiError::invalid(
+                        format!("{}.values", path()),
+                        "IN and NOT_IN need at least one value",
+                    ));
+                }
                 Ok(pb::AttributeOp::In) => Condition::In {
                     attribute: c.attribute.clone(),
                     values: c.values.clone(),

@@ -104,6 +104,7 @@ pub struct Engine {
     batchers: DashMap<String, Arc<Batcher>>,
     draining: AtomicBool,
     explain_slots: tokio::sync::Semaphore,
+    stream_users: Arc<tokio::sync::Semaphore>,
 }
 
 /// DEADLINE_EXCEEDED when `deadline` has passed.
@@ -127,11 +128,40 @@ impl Engine {
         Engine {
             store,
             cache: cache::HotCache::new(&cfg.cache),
+            stream_users: Arc::new(tokio::sync::Semaphore::new(Engine::stream_capacity(&cfg))),
             cfg,
             batchers: DashMap::new(),
             draining: AtomicBool::new(false),
             explain_slots: tokio::sync::Semaphore::new(workers),
         }
+    }
+
+    /// Users that all streams together may have in the core at once: half
+    /// the batcher queue (the other half stays for unary calls), at least
+    /// one call's worth.
+    fn stream_capacity(cfg: &Config) -> usize {
+        (cfg.batcher.queue_capacity / 2)
+            .max(cfg.limits.max_users_per_call)
+            .min(cfg.batcher.queue_capacity)
+            .max(1)
+    }
+
+    /// Admits the next batch of a stream: waits until its `users` fit in the
+    /// streams' shared budget ([`Engine::stream_capacity`]) and holds them
+    /// until the permit drops (when the batch is answered). A stream that
+    /// waits here reads no further message, so HTTP/2 flow control pushes
+    /// back on its client instead of the batcher queue shedding its batches.
+    pub async fn admit_stream_batch(
+        &self,
+        users: usize,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        let cap = Engine::stream_capacity(&self.cfg);
+        let n = u32::try_from(users.clamp(1, cap)).unwrap_or(u32::MAX);
+        self.stream_users
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .map_err(|_| ApiError::Unavailable("the server is shutting down".into()))
     }
 
     /// The request limits (`limits.*`).
@@ -180,6 +210,25 @@ impl Engine {
 
     /// The generation a request runs on (taken once, kept for the whole call).
     pub fn resolve(&self, model: &ModelSel) -> Result<Arc<Generation>, ApiError> {
+        self.check_name("model.name", &model.name)?;
+        if let Selector::Label(label) = &model.selector {
+            self.check_name("model.label", label)?;
+        }
         Ok(self.store.resolve(&model.name, &model.selector)?)
+    }
+
+    /// INVALID_ARGUMENT for a caller-given name or id over
+    /// `limits.max_string_bytes` (named by `field`, never echoed).
+    pub fn check_name(&self, field: &str, value: &str) -> Result<(), ApiError> {
+        let max = self.cfg.limits.max_string_bytes;
+        if value.len() > max {
+            return Err(ApiError::Limit {
+                field: field.into(),
+                got: format!("{} bytes", value.len()),
+                limit: "max_string_bytes",
+                value: max as u64,
+            });
+        }
+        Ok(())
     }
 }

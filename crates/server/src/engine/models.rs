@@ -9,6 +9,7 @@ use crate::error::ApiError;
 impl Engine {
     /// The status of one model (empty name = the default model).
     pub fn get_model(&self, name: &str) -> Result<ModelSnapshot, ApiError> {
+        self.check_name("name", name)?;
         Ok(self.store.snapshot(name)?)
     }
 
@@ -61,6 +62,7 @@ impl Engine {
         if version.is_some() && model.is_empty() {
             return Err(ApiError::invalid("version", "a version needs `model`"));
         }
+        self.check_name("model", model)?;
         self.store.check_reload(model, version)?;
         let store = self.store.clone();
         let model = model.to_string();
@@ -82,6 +84,8 @@ impl Engine {
         if model.is_empty() {
             return Err(ApiError::invalid("model", "required"));
         }
+        self.check_name("model", model)?;
+        self.check_name("label", label)?;
         if version == Some(0) {
             return Err(ApiError::invalid(
                 "version",
@@ -96,6 +100,7 @@ impl Engine {
         if model.is_empty() {
             return Err(ApiError::invalid("model", "required"));
         }
+        self.check_name("model", model)?;
         Ok(self.store.unload(model, version, force)?)
     }
 }
