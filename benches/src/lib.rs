@@ -38,34 +38,30 @@ pub fn median_time<F: FnMut()>(
     samples[samples.len() / 2]
 }
 
-/// A small seeded generator (SplitMix64) for reproducible synthetic inputs.
+/// Reproducible synthetic f32 inputs from the project's generator
+/// ([`profiled_kernels::rng::SplitMix64`]), in the reports' terms.
 #[derive(Debug, Clone)]
-pub struct SplitMix(u64);
+pub struct SplitMix(profiled_kernels::rng::SplitMix64);
 
 impl SplitMix {
     /// A generator with `seed`.
     pub fn new(seed: u64) -> SplitMix {
-        SplitMix(seed)
+        SplitMix(profiled_kernels::rng::SplitMix64::new(seed))
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `[-scale, scale)`.
     pub fn uniform(&mut self, scale: f32) -> f32 {
-        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
-        (2.0 * u - 1.0) * scale
+        self.0.uniform_f32(scale)
     }
 
     /// `n` values uniform in `[-scale, scale)`.
     pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.uniform(scale)).collect()
+        self.0.vec_f32(n, scale)
     }
 }
 

@@ -19,6 +19,7 @@ pub mod block;
 pub mod convert;
 pub mod gemm;
 pub mod probe;
+pub mod rng;
 pub mod scan;
 pub mod vector;
 

@@ -311,15 +311,6 @@ pub fn run_build(args: IndexBuildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SplitMix64: a small deterministic generator for seed draws.
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// Runs `profilectl index lookalike-check`.
 pub fn run_lookalike_check(args: LookalikeCheckArgs) -> anyhow::Result<()> {
     use profiled_index::{LocalBackend, SearchBackend as _, SearchParams, lookalike_by_ids};
@@ -372,7 +363,7 @@ pub fn run_lookalike_check(args: LookalikeCheckArgs) -> anyhow::Result<()> {
             args.seeds
         );
     }
-    let mut rng = args.rng;
+    let mut rng = profiled_kernels::rng::SplitMix64::new(args.rng);
     let mut rows = Vec::new();
     println!(
         "{:<14} {:>6} {:>9} {:>10} {:>7}",
@@ -405,7 +396,7 @@ pub fn run_lookalike_check(args: LookalikeCheckArgs) -> anyhow::Result<()> {
             // Partial Fisher–Yates over the group for the seed draw.
             let mut pool: Vec<usize> = ranked.iter().map(|&(_, u)| u).collect();
             for i in 0..args.seeds {
-                let j = i + (splitmix(&mut rng) % (pool.len() - i) as u64) as usize;
+                let j = i + (rng.next_u64() % (pool.len() - i) as u64) as usize;
                 pool.swap(i, j);
             }
             let seeds: Vec<&str> = pool[..args.seeds]

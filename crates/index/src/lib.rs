@@ -28,6 +28,7 @@ mod file;
 mod filter;
 pub mod format;
 mod search;
+#[cfg(any(test, feature = "testing"))]
 pub mod synthetic;
 mod writer;
 

@@ -581,7 +581,7 @@ impl Encoder {
         let mut sums = [0f64; 4];
         let mut n = 0usize;
         let mut ws = Workspace::new();
-        let mut rng = seed ^ 0x9e37_79b9_7f4a_7c15;
+        let mut rng = profiled_kernels::rng::SplitMix64::new(seed ^ 0x9e37_79b9_7f4a_7c15);
         let opts = ExplainOptions::default();
         for (ui, u) in users.iter().enumerate() {
             let mut sets: Vec<Vec<usize>> = Vec::with_capacity(4);
@@ -603,14 +603,10 @@ impl Encoder {
             if t <= k {
                 continue;
             }
-            // k distinct random positions (partial Fisher–Yates, SplitMix64).
+            // k distinct random positions (partial Fisher–Yates).
             let mut pos: Vec<usize> = (0..t).collect();
             for i in 0..k {
-                rng = rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-                let mut z = rng;
-                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-                z ^= z >> 31;
+                let z = rng.next_u64();
                 let j = i + (z % (t - i) as u64) as usize;
                 pos.swap(i, j);
             }

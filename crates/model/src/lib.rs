@@ -25,6 +25,7 @@ pub mod error;
 pub mod explain;
 pub mod features;
 pub mod format;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tokenizer;
 mod weights;
