@@ -152,7 +152,7 @@ pub fn convert(data: &[u8]) -> Outcome {
     if req.users.len() > limits.max_users_per_call {
         return rejected(format!("{} users", req.users.len()));
     }
-    if let Err(e) = convert::selector(req.model.as_ref()) {
+    if let Err(e) = convert::model_sel(req.model.as_ref()) {
         return client_error(&e);
     }
     let g = &ctx.generation;

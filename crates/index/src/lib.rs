@@ -14,10 +14,15 @@
 //!   and — with the `ann` feature — HNSW through `usearch`, chosen per query
 //!   by a planner. It implements [`SearchBackend`], the trait the server
 //!   uses, so other engines can be added beside it.
+//!   The trait also answers everything Search needs per row by id
+//!   (attribute values, titles, seen items, stored vectors), and a
+//!   [`BackendFactory`] (config-chosen; [`LocalFactory`] is the default) opens
+//!   a version's indexes by [`IndexRole`].
 //! * [`Filter`] (attribute equals / in / not-in, id allow/deny lists, row
 //!   exclusions) and the lookalike helpers ([`lookalike_by_ids`],
-//!   [`seed_centroid`]).
+//!   [`seed_centroid`], the one seed-set centroid of the project).
 
+mod backend;
 mod error;
 mod file;
 mod filter;
@@ -29,6 +34,10 @@ mod writer;
 #[cfg(feature = "ann")]
 pub mod ann;
 
+pub use backend::{
+    BackendFactory, ITEMS_INDEX, IndexRole, LocalFactory, OpenRequest, SEEN_ITEMS_ATTRIBUTE,
+    TitleSource, USERS_INDEX,
+};
 pub use error::{Error, Result};
 pub use file::{IndexFile, OpenOptions};
 pub use filter::{Candidates, Condition, Filter, RowSet};

@@ -1,12 +1,14 @@
 //! The search backend trait, the local backend (exact scan + optional ANN)
 //! with its per-query planner, and the lookalike helpers.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use profiled_kernels::Isa;
 use profiled_kernels::scan::{self, TopK};
 
+use crate::backend::{LazyRows, TitleSource};
 use crate::error::{Error, Result};
 use crate::file::IndexFile;
 use crate::filter::{Candidates, Filter, RowSet};
@@ -80,9 +82,12 @@ pub struct QueryResult {
     pub ann_visited: Option<usize>,
 }
 
-/// A similarity search engine over one index. The server talks to this
-/// trait only, so another engine (e.g. a remote Qdrant collection) can be
-/// added without touching it.
+/// A similarity search engine over one index, and everything Search needs
+/// per row: attribute values, titles, users' seen items, stored vectors. The
+/// server talks to this trait only (rows are named by id, never by a local
+/// row number), so another engine (e.g. a remote vector database) can be
+/// added with a [`BackendFactory`](crate::BackendFactory) without touching
+/// the server.
 pub trait SearchBackend: Send + Sync {
     /// A short name for logs and responses ("local", "qdrant", …).
     fn name(&self) -> &str;
@@ -100,6 +105,25 @@ pub trait SearchBackend: Send + Sync {
     fn search(&self, queries: &[f32], params: &SearchParams) -> Result<Vec<QueryResult>>;
     /// The stored vector and row of `id`, when present.
     fn vector_of(&self, id: &str) -> Result<Option<(u32, Vec<f32>)>>;
+    /// Attribute names of the rows, sorted.
+    fn attribute_names(&self) -> Vec<String>;
+    /// Whether the rows carry `attribute` (e.g.
+    /// [`SEEN_ITEMS_ATTRIBUTE`](crate::SEEN_ITEMS_ATTRIBUTE)).
+    fn has_attribute(&self, attribute: &str) -> bool;
+    /// Every attribute value of the row `id`, by attribute name (values
+    /// sorted); `None` when `id` is not in the index.
+    fn attributes_of(&self, id: &str) -> Result<Option<BTreeMap<String, Vec<String>>>>;
+    /// The values of `attribute` for the row `id`: `None` when `id` is not
+    /// in the index, an empty list when the row has no such value.
+    fn values_of(&self, id: &str, attribute: &str) -> Result<Option<Vec<String>>> {
+        Ok(self
+            .attributes_of(id)?
+            .map(|mut a| a.remove(attribute).unwrap_or_default()))
+    }
+    /// The display title of `id`, when the backend knows one.
+    fn title_of(&self, id: &str) -> Option<String>;
+    /// Bytes the index occupies (mapped files and sidecars, or memory).
+    fn bytes(&self) -> u64;
 }
 
 /// Planner thresholds (see docs/search.md).
@@ -126,24 +150,43 @@ impl Default for PlannerConfig {
 
 /// The in-process backend: an mmap'd [`IndexFile`], exact SIMD scans and,
 /// with the `ann` feature, an optional HNSW sidecar.
-#[derive(Debug)]
 pub struct LocalBackend {
     index: Arc<IndexFile>,
     #[cfg(feature = "ann")]
     ann: Option<crate::ann::AnnIndex>,
     planner: PlannerConfig,
     isa: Isa,
+    rows: LazyRows,
+    titles: Option<Arc<dyn TitleSource>>,
+    bytes: u64,
+}
+
+impl std::fmt::Debug for LocalBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBackend")
+            .field("path", &self.index.path())
+            .field("rows", &self.index.len())
+            .field("has_ann", &self.has_ann())
+            .field("planner", &self.planner)
+            .field("isa", &self.isa)
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LocalBackend {
     /// Exact-only backend over `index`.
     pub fn new(index: Arc<IndexFile>) -> LocalBackend {
+        let bytes = index.file_len();
         LocalBackend {
             index,
             #[cfg(feature = "ann")]
             ann: None,
             planner: PlannerConfig::default(),
             isa: Isa::active(),
+            rows: LazyRows::default(),
+            titles: None,
+            bytes,
         }
     }
 
@@ -158,9 +201,16 @@ impl LocalBackend {
             let side = crate::ann::sidecar_path(path);
             if side.exists() {
                 b.ann = Some(crate::ann::AnnIndex::open(&side, &b.index)?);
+                b.bytes += std::fs::metadata(&side).map_or(0, |m| m.len());
             }
         }
         Ok(b)
+    }
+
+    /// Serves row titles from `titles` ([`SearchBackend::title_of`]).
+    pub fn with_titles(mut self, titles: Arc<dyn TitleSource>) -> LocalBackend {
+        self.titles = Some(titles);
+        self
     }
 
     /// Attaches an ANN index (already bound to this index file).
@@ -403,6 +453,29 @@ impl SearchBackend for LocalBackend {
             .index
             .row_of(id)
             .and_then(|r| self.index.vector(r).map(|v| (r, v))))
+    }
+
+    fn attribute_names(&self) -> Vec<String> {
+        self.index.attributes().map(str::to_string).collect()
+    }
+
+    fn has_attribute(&self, attribute: &str) -> bool {
+        self.index.has_attribute(attribute)
+    }
+
+    fn attributes_of(&self, id: &str) -> Result<Option<BTreeMap<String, Vec<String>>>> {
+        Ok(self
+            .index
+            .row_of(id)
+            .map(|row| self.rows.get(&self.index).row(row)))
+    }
+
+    fn title_of(&self, id: &str) -> Option<String> {
+        self.titles.as_ref()?.title_of(id)
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes
     }
 }
 

@@ -124,6 +124,30 @@ pub struct TokenAttribution {
     pub value: f64,
 }
 
+/// One token of an explained input, as the model saw it: the whole token
+/// table comes with every explanation, so a client (or the server) never has
+/// to rebuild it from labels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Position in the token sequence (fields first, then events oldest first).
+    pub position: usize,
+    /// Its group.
+    pub group: Group,
+    /// The schema field's name, or `events` for a behaviour token.
+    pub field: String,
+    /// Readable label (`occupation = engineer`, `item 50 "Star Wars (1977)" @ 1997-10-02`).
+    pub label: String,
+    /// The event's item id (behaviour tokens only; empty otherwise).
+    pub item_id: String,
+    /// The event's Unix timestamp in seconds (behaviour tokens only; 0 otherwise).
+    pub timestamp: i64,
+    /// The value or item is not in the model's vocabulary: the model used its
+    /// out-of-vocabulary row.
+    pub oov: bool,
+    /// The field has no usable value: the model used its missing row.
+    pub missing: bool,
+}
+
 /// Attention mass from the output position in one layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerAttention {
@@ -150,8 +174,11 @@ pub struct Explanation {
     pub profile: Vec<f32>,
     /// Per group, largest value first.
     pub groups: Vec<GroupAttribution>,
-    /// Per token, largest value first.
+    /// Per token, largest value first (empty when tokens were not asked for).
     pub tokens: Vec<TokenAttribution>,
+    /// Every token of the input by position, whether or not tokens were
+    /// attributed.
+    pub table: Vec<TokenInfo>,
     /// Attention method: per layer and head.
     pub layers: Vec<LayerAttention>,
     /// Forward variants computed in the batch (occlusion).
@@ -257,8 +284,8 @@ impl Encoder {
                 Group::Behaviour
             }
         };
-        let labels: Vec<String> = (0..t)
-            .map(|i| self.token_label(features, &fields, &events, &ws.tokens.prefs, i))
+        let table: Vec<TokenInfo> = (0..t)
+            .map(|i| self.token_info(features, &fields, &events, &ws.tokens.prefs, i))
             .collect();
 
         let mut out = Explanation {
@@ -269,6 +296,7 @@ impl Encoder {
             profile: Vec::new(),
             groups: Vec::new(),
             tokens: Vec::new(),
+            table: Vec::new(),
             layers: Vec::new(),
             variants: 1,
         };
@@ -447,7 +475,7 @@ impl Encoder {
             .map(|(i, &v)| TokenAttribution {
                 position: i,
                 group: group_of(i),
-                label: labels[i].clone(),
+                label: table.get(i).map(|x| x.label.clone()).unwrap_or_default(),
                 value: v,
             })
             .collect();
@@ -459,6 +487,7 @@ impl Encoder {
         if options.max_tokens > 0 {
             out.tokens.truncate(options.max_tokens);
         }
+        out.table = table;
         Ok(out)
     }
 
@@ -616,20 +645,36 @@ impl Encoder {
         Ok((out, n))
     }
 
-    fn token_label(
+    fn token_info(
         &self,
         features: &UserFeatures,
         fields: &[FlatField],
         events: &[crate::tokenizer::EventToken],
         prefs: &[f32],
         i: usize,
-    ) -> String {
+    ) -> TokenInfo {
         let schema = &self.metadata().schema;
+        let mut info = TokenInfo {
+            position: i,
+            group: Group::Behaviour,
+            field: "events".into(),
+            label: format!("token {i}"),
+            item_id: String::new(),
+            timestamp: 0,
+            oov: false,
+            missing: false,
+        };
         if let (Some(f), Some(tok)) = (schema.fields.get(i), fields.get(i)) {
             let name = &f.name;
-            return match (&f.kind, tok) {
-                (FieldKind::Categorical { .. }, FlatField::Categorical(MISSING)) => {
-                    format!("{name} = (missing)")
+            info.group = f.group;
+            info.field = name.clone();
+            let missing = || format!("{name} = (missing)");
+            info.label = match (&f.kind, tok) {
+                (FieldKind::Categorical { .. }, FlatField::Categorical(MISSING))
+                | (FieldKind::Numeric { .. }, FlatField::Numeric(None))
+                | (FieldKind::Preference, FlatField::Preference(None)) => {
+                    info.missing = true;
+                    missing()
                 }
                 (FieldKind::Categorical { transform, .. }, FlatField::Categorical(r)) => {
                     let v = features
@@ -638,13 +683,11 @@ impl Encoder {
                         .and_then(|v| categorical_label(&f.source, transform, v))
                         .unwrap_or_default();
                     if *r == OOV {
+                        info.oov = true;
                         format!("{name} = {v} (unseen)")
                     } else {
                         format!("{name} = {v}")
                     }
-                }
-                (FieldKind::Numeric { .. }, FlatField::Numeric(None)) => {
-                    format!("{name} = (missing)")
                 }
                 (FieldKind::Numeric { .. }, FlatField::Numeric(Some(_))) => {
                     if f.source == SOURCE_EVENT_COUNT {
@@ -680,16 +723,25 @@ impl Encoder {
                         .collect();
                     format!("{name} = {}", parts.join(", "))
                 }
-                _ => format!("{name} = (missing)"),
+                _ => {
+                    info.missing = true;
+                    missing()
+                }
             };
+            return info;
         }
         let Some(e) = events.get(i.wrapping_sub(fields.len())) else {
-            return format!("token {i}");
+            return info;
         };
         let Some(ev) = features.events.get(e.source as usize) else {
-            return format!("token {i}");
+            return info;
         };
-        let title = if e.item_row >= VOCAB_OFFSET {
+        info.item_id = ev.item.clone();
+        info.timestamp = ev.timestamp;
+        info.oov = e.item_row < VOCAB_OFFSET;
+        let title = if info.oov {
+            " (unseen)".to_string()
+        } else {
             schema
                 .items
                 .titles
@@ -698,10 +750,9 @@ impl Encoder {
                 .flatten()
                 .map(|t| format!(" \"{t}\""))
                 .unwrap_or_default()
-        } else {
-            " (unseen)".to_string()
         };
-        format!("item {}{title} @ {}", ev.item, date_of(ev.timestamp))
+        info.label = format!("item {}{title} @ {}", ev.item, date_of(ev.timestamp));
+        info
     }
 }
 

@@ -32,7 +32,8 @@ mod weights;
 pub use encoder::{Encoder, LoadOptions, LoadReport, Profiles, Workspace, cosine};
 pub use error::{Error, Result};
 pub use explain::{
-    ExplainOptions, Explanation, GroupAttribution, LayerAttention, Method, Target, TokenAttribution,
+    ExplainOptions, Explanation, GroupAttribution, LayerAttention, Method, Target,
+    TokenAttribution, TokenInfo,
 };
 pub use features::{Event, FieldValue, UserFeatures};
 pub use format::{Dtype, Group, ModelJson};

@@ -483,3 +483,93 @@ fn loading_with_a_chosen_isa_and_without_golden_check() {
     assert_eq!(enc.isa(), Isa::Scalar);
     assert_eq!(enc.report().golden_examples, 0);
 }
+
+/// The token table comes from the model: an unseen item and an unseen
+/// categorical value are flagged `oov`, a value literally named "unknown"
+/// that the vocabulary holds is not, and an absent field is `missing`.
+#[test]
+fn token_table_flags_unseen_values_and_items_from_the_model() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_synthetic_model(dir.path(), &SyntheticSpec::default()).expect("write");
+    // Rename the vocabulary value "doctor" to "unknown" (same rows, so the
+    // weights still fit; the golden examples no longer do, so skip them).
+    let meta = dir.path().join("model.json");
+    let text = std::fs::read_to_string(&meta).expect("read");
+    let mut j: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let fields = j["schema"]["fields"].as_array_mut().expect("fields");
+    let occupation = fields
+        .iter_mut()
+        .find(|f| f["name"] == "occupation")
+        .expect("occupation field");
+    let vocab = occupation["kind"]["vocab"]
+        .as_array_mut()
+        .expect("occupation vocab");
+    let doctor = vocab.iter_mut().find(|v| *v == "doctor").expect("doctor");
+    *doctor = "unknown".into();
+    std::fs::write(&meta, serde_json::to_string(&j).expect("json")).expect("write");
+    let opts = LoadOptions {
+        verify_golden: false,
+        ..LoadOptions::default()
+    };
+    let enc = Encoder::load_with(dir.path(), &opts).expect("load");
+    let explain = |u: &UserFeatures| {
+        enc.explain(
+            u,
+            &Target::Profile,
+            Method::Occlusion,
+            &ExplainOptions {
+                tokens: false,
+                max_tokens: 0,
+            },
+        )
+        .expect("explain")
+    };
+    let known = feat(
+        &[("occupation", FieldValue::Categorical("unknown".into()))],
+        &[
+            ("3", 875_750_400, Some(5.0)),
+            ("no-such-item", 875_760_400, None),
+        ],
+    );
+    let ex = explain(&known);
+    // The whole table, even without token attributions.
+    assert!(ex.tokens.is_empty());
+    assert_eq!(ex.table.len(), enc.metadata().schema.fields.len() + 2);
+    for (i, t) in ex.table.iter().enumerate() {
+        assert_eq!(t.position, i);
+    }
+    let occ = ex
+        .table
+        .iter()
+        .find(|t| t.field == "occupation")
+        .expect("occupation");
+    assert_eq!(occ.label, "occupation = unknown");
+    assert!(!occ.oov && !occ.missing, "{occ:?}");
+    let gender = ex
+        .table
+        .iter()
+        .find(|t| t.field == "gender")
+        .expect("gender");
+    assert!(gender.missing && !gender.oov, "{gender:?}");
+    let events: Vec<_> = ex.table.iter().filter(|t| t.field == "events").collect();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].item_id, "3");
+    assert_eq!(events[0].timestamp, 875_750_400);
+    assert!(!events[0].oov);
+    assert_eq!(events[1].item_id, "no-such-item");
+    assert!(events[1].oov, "{:?}", events[1]);
+    assert!(events[1].label.contains("(unseen)"));
+    // A value the vocabulary does not hold is flagged.
+    let unseen = feat(
+        &[("occupation", FieldValue::Categorical("astronaut".into()))],
+        &[],
+    );
+    let ex = explain(&unseen);
+    let occ = ex
+        .table
+        .iter()
+        .find(|t| t.field == "occupation")
+        .expect("occupation");
+    assert!(occ.oov && !occ.missing, "{occ:?}");
+    assert_eq!(occ.label, "occupation = astronaut (unseen)");
+}

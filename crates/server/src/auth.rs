@@ -33,6 +33,8 @@ use subtle::ConstantTimeEq;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
+use crate::error::ApiError;
+
 /// A configured token: a name (safe to log) and its secret.
 #[derive(Clone)]
 pub struct TokenEntry {
@@ -352,16 +354,16 @@ impl Authenticator {
         self.inner.load().service
     }
 
-    fn reject(&self, service: &'static str, reason: &'static str, message: String) -> Status {
+    fn reject(&self, service: &'static str, reason: &'static str, message: String) -> ApiError {
         metrics::counter!("profiled_auth_rejected_total", "service" => service, "reason" => reason)
             .increment(1);
         tracing::debug!(service, reason, "call refused");
-        Status::unauthenticated(message)
+        ApiError::Unauthenticated(message)
     }
 
     /// Checks the metadata of a call; `Ok(Some(name))` = authenticated with
     /// that token, `Ok(None)` = no token and none required.
-    pub fn check(&self, md: &tonic::metadata::MetadataMap) -> Result<Option<String>, Status> {
+    pub fn check(&self, md: &tonic::metadata::MetadataMap) -> Result<Option<String>, ApiError> {
         let inner = self.inner.load();
         let Some(value) = md.get("authorization") else {
             if inner.required {
@@ -381,7 +383,7 @@ impl Authenticator {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 metrics::counter!("profiled_rate_limited_total", "service" => inner.service, "token" => "")
                     .increment(1);
-                return Err(Status::resource_exhausted(format!(
+                return Err(ApiError::Overloaded(format!(
                     "calls without a token are over their shared rate limit of {rate} requests/s (burst {burst}; auth.anonymous_rate_limit_per_sec): retry in {} ms, or send a token",
                     wait.as_millis().max(1)
                 )));
@@ -427,7 +429,7 @@ impl Authenticator {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             metrics::counter!("profiled_rate_limited_total", "service" => inner.service, "token" => t.name.clone())
                 .increment(1);
-            return Err(Status::resource_exhausted(format!(
+            return Err(ApiError::Overloaded(format!(
                 "token {:?} is over its rate limit of {rate} requests/s (burst {burst}; auth.rate_limit_per_sec / auth.token_rates): retry in {} ms",
                 t.name,
                 wait.as_millis().max(1)
@@ -494,13 +496,17 @@ mod tests {
         let a = Authenticator::new("svc", true, tokens(), &RateLimits::default()).unwrap();
         let e = a.check(&md(None)).unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
-        assert!(e.message().contains("requires a token"), "{}", e.message());
+        assert!(
+            e.to_string().contains("requires a token"),
+            "{}",
+            e.to_string()
+        );
         let e = a.check(&md(Some("Bearer nope"))).unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
-        assert!(e.message().contains("wrong bearer token"));
-        assert!(!e.message().contains("s3cret"));
+        assert!(e.to_string().contains("wrong bearer token"));
+        assert!(!e.to_string().contains("s3cret"));
         let e = a.check(&md(Some("Basic s3cret-a"))).unwrap_err();
-        assert!(e.message().contains("malformed"));
+        assert!(e.to_string().contains("malformed"));
         // A prefix of a token is not the token.
         assert!(a.check(&md(Some("Bearer s3cret-"))).is_err());
         assert_eq!(
@@ -592,8 +598,8 @@ mod tests {
         }
         let e = refused.expect("the limiter never refused");
         assert_eq!(e.code(), Code::ResourceExhausted);
-        assert!(e.message().contains("\"f-4\""), "{}", e.message());
-        assert!(e.message().contains("1 requests/s"), "{}", e.message());
+        assert!(e.to_string().contains("\"f-4\""), "{}", e.to_string());
+        assert!(e.to_string().contains("1 requests/s"), "{}", e.to_string());
         // alice is unlimited (override 0).
         for _ in 0..100 {
             a.check(&md(Some("Bearer s3cret-a"))).unwrap();
@@ -623,9 +629,9 @@ mod tests {
         let e = refused.expect("tokenless calls were never limited");
         assert_eq!(e.code(), Code::ResourceExhausted);
         assert!(
-            e.message().contains("auth.anonymous_rate_limit_per_sec"),
+            e.to_string().contains("auth.anonymous_rate_limit_per_sec"),
             "{}",
-            e.message()
+            e.to_string()
         );
         // Tokens are not charged to the anonymous bucket.
         for _ in 0..2 {

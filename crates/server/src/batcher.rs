@@ -239,10 +239,13 @@ fn run_group(mut group: Vec<Job>, ws: &mut Workspace, m: &mut WorkerMetrics) {
         .iter_mut()
         .map(|j| std::mem::take(&mut j.features))
         .collect();
-    let result = generation
-        .encoder
-        .forward_batch(&feats, ws)
-        .map(|p| p.to_vecs());
+    // Each row goes straight from the output buffer into the `Arc` that
+    // the cache and the response share (one copy).
+    let result = generation.encoder.forward_batch(&feats, ws).map(|p| {
+        (0..p.len())
+            .filter_map(|i| p.row(i).map(Arc::<[f32]>::from))
+            .collect::<Vec<_>>()
+    });
     let compute_us = started.elapsed().as_micros() as u64;
     let [batch_hist, compute_hist, queue_hist] = m.of(&generation);
     batch_hist.record(group.len() as f64);
@@ -255,7 +258,7 @@ fn run_group(mut group: Vec<Job>, ws: &mut Workspace, m: &mut WorkerMetrics) {
             for (job, row) in group.into_iter().zip(rows) {
                 let queue_us = started.duration_since(job.enqueued).as_micros() as u64;
                 let _ = job.reply.send(Ok(Computed {
-                    vector: row.into(),
+                    vector: row,
                     queue_us,
                     compute_us,
                 }));

@@ -21,6 +21,8 @@ pub struct Config {
     pub limits: Limits,
     /// The hot profile cache.
     pub cache: CacheConfig,
+    /// How each version's indexes are served.
+    pub index: IndexConfig,
     /// The per-model batcher and its workers.
     pub batcher: BatcherConfig,
     /// Prometheus metrics.
@@ -197,6 +199,34 @@ impl Default for Limits {
             max_filter_ids: 100_000,
             max_explain_top_n: 256,
             stream_max_in_flight: 16,
+        }
+    }
+}
+
+/// The engine behind each version's items and users indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexBackend {
+    /// The index files of the version directory, memory-mapped, searched in
+    /// process (exact SIMD scan, HNSW sidecar).
+    #[default]
+    Local,
+}
+
+/// How each version's indexes are served (`[index]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct IndexConfig {
+    /// The backend (`local`, the default and only one in this build; a
+    /// distributed vector engine is added as another `BackendFactory`).
+    pub backend: IndexBackend,
+}
+
+impl IndexConfig {
+    /// The factory that opens the indexes of a version.
+    pub fn factory(&self) -> std::sync::Arc<dyn profiled_index::BackendFactory> {
+        match self.backend {
+            IndexBackend::Local => std::sync::Arc::new(profiled_index::LocalFactory::default()),
         }
     }
 }
@@ -636,5 +666,13 @@ mod tests {
         assert_eq!(again, c);
         std::fs::write(&f, "[server]\nlisen = 1\n").unwrap();
         assert!(Config::load(Some(&f), &Overrides::default()).is_err());
+        // The index backend: `local` (the default) and nothing else here.
+        std::fs::write(&f, "[index]\nbackend = \"local\"\n").unwrap();
+        let c = Config::load(Some(&f), &Overrides::default()).unwrap();
+        assert_eq!(c.index.backend, IndexBackend::Local);
+        assert_eq!(c.index.factory().name(), "local");
+        std::fs::write(&f, "[index]\nbackend = \"faraway\"\n").unwrap();
+        let e = Config::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.contains("faraway") && e.contains("local"), "{e}");
     }
 }

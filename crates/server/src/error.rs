@@ -197,6 +197,23 @@ impl From<profiled_store::Error> for ApiError {
     }
 }
 
+impl From<profiled_index::Error> for ApiError {
+    /// Index errors that reach a caller without more context: a malformed
+    /// argument is the caller's (INVALID_ARGUMENT), an unknown id is
+    /// NOT_FOUND, anything else (I/O, a corrupt file, the ANN library) is
+    /// the server's (INTERNAL). Search maps its filter errors with the
+    /// request path first.
+    fn from(e: profiled_index::Error) -> ApiError {
+        use profiled_index::Error as I;
+        let msg = e.to_string();
+        match e {
+            I::InvalidArgument(_) | I::UnknownAttribute(_) => ApiError::invalid("index", msg),
+            I::UnknownId(_) => ApiError::NotFound(msg),
+            _ => ApiError::Internal(msg),
+        }
+    }
+}
+
 /// Maps a model error for the user at request path `path` (e.g. `users[3]`
 /// or `features`).
 pub fn model_error(path: &str, e: profiled_model::Error) -> ApiError {

@@ -1,17 +1,21 @@
 //! `profiled-server`: the gRPC service of profiled (binary `profiled`).
 //!
-//! - [`service`]: `ProfileService` (Embed, EmbedStream, Explain, GetModel,
-//!   ListModels; Search answers UNIMPLEMENTED until the index crate is wired
-//!   in) and the token-protected `ModelAdmin`.
-//! - [`convert`]: the edge — proto requests become `profiled_model` types,
-//!   with INVALID_ARGUMENT naming the offending field.
-//! - [`engine`]: model resolution (one `Arc<Generation>` per request), the
-//!   moka hot cache keyed by (model, generation, canonical features), Embed
-//!   and Explain.
+//! One core, thin edges:
+//! - [`engine`]: the core, in plain domain types, split by request —
+//!   `embed`, `search`, `explain`, `models`, and `cache` (the moka hot cache
+//!   keyed by (model, generation, canonical features), coalesced misses).
+//!   One `Arc<Generation>` per request.
+//! - [`convert`]: the only code that touches proto types: requests → the
+//!   core's queries (INVALID_ARGUMENT naming the offending field), answers →
+//!   responses, model status messages.
+//! - [`service`]: `ProfileService` (Embed, EmbedStream, Search, Explain,
+//!   GetModel, ListModels) and the token-protected `ModelAdmin`: decode,
+//!   convert, call the core, convert, map the error.
+//! - [`error`]: [`ApiError`](error::ApiError), the `From` conversions of the
+//!   store, index and auth errors, and the one mapping to `Status`.
 //! - [`batcher`]: per-model bounded queue + worker threads outside the tokio
 //!   runtime, deadline-aware.
 //! - [`handles`]: per-thread cache of the per-call metric handles.
-//! - [`error`]: [`ApiError`](error::ApiError) and its one mapping to `Status`.
 //! - [`config`]: defaults → TOML → `PROFILED__A__B` env → flags.
 //! - [`server`]: wiring, health, reflection, metrics, graceful drain.
 //! - [`edge`]: the layer in front of every call (content-type, metadata

@@ -76,6 +76,7 @@ pub fn store_config(cfg: &Config) -> Result<StoreConfig, ServeError> {
     s.poll_interval = Duration::from_millis(cfg.models.poll_interval_ms.max(50));
     s.debounce = Duration::from_millis(cfg.models.debounce_ms);
     s.load_nice = cfg.models.load_nice;
+    s.indexes = cfg.index.factory();
     Ok(s)
 }
 
@@ -268,7 +269,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let mut last = None;
             loop {
-                let ready = engine.store.any_ready() && !engine.is_draining();
+                let ready = engine.any_ready() && !engine.is_draining();
                 metrics::gauge!("profiled_generations_live")
                     .set(profiled_store::live_generations() as f64);
                 if last != Some(ready) {
@@ -298,7 +299,7 @@ pub async fn serve(
     // health and reflection stay open. The handles share reloads.
     let (data_auth_handle, admin_auth_handle) = (data_auth.clone(), admin_auth.clone());
     let profile = InterceptedService::new(
-        ProfileServiceServer::new(ProfileApi::new(engine.clone()))
+        ProfileServiceServer::new(ProfileApi::new(engine.clone(), &cfg))
             .max_decoding_message_size(cfg.server.max_request_bytes)
             .max_encoding_message_size(cfg.server.max_response_bytes),
         data_auth,

@@ -1,5 +1,7 @@
 //! The tonic services: `ProfileService` (data plane) and `ModelAdmin`
-//! (control plane, token-protected).
+//! (control plane, token-protected). Thin adapters: decode the message,
+//! convert it (`crate::convert`), call one core function (`crate::engine`),
+//! convert the answer, map the error (`crate::error`), record the metrics.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,7 +13,9 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::engine::{Engine, model_info};
+use crate::config::Config;
+use crate::convert;
+use crate::engine::Engine;
 use crate::error::ApiError;
 
 /// Parses the `grpc-timeout` header (`<digits><H|M|S|m|u|n>`) into a deadline.
@@ -37,9 +41,8 @@ pub fn deadline_of(md: &MetadataMap, start: Instant) -> Option<Instant> {
 /// Refuses a response larger than `server.max_response_bytes` with a
 /// message naming the limit (rather than letting the codec fail the call
 /// with a bare size).
-fn fit<T: prost::Message>(engine: &Engine, r: Result<T, ApiError>) -> Result<T, ApiError> {
+fn fit<T: prost::Message>(max: usize, r: Result<T, ApiError>) -> Result<T, ApiError> {
     let resp = r?;
-    let max = engine.cfg.server.max_response_bytes;
     let len = resp.encoded_len();
     if len > max {
         return Err(ApiError::TooLarge {
@@ -70,21 +73,8 @@ macro_rules! answered {
 }
 answered!(pb::EmbedResponse, pb::SearchResponse, pb::ExplainResponse);
 
-/// The `model` label of a failed call: the requested model when the server
-/// knows it (or the default model for an empty name), else `unknown` — never
-/// the raw request text, so label values stay bounded.
-fn error_model_label(engine: &Engine, spec: Option<&pb::ModelSpec>) -> String {
-    let name = spec.map(|s| s.name.clone()).unwrap_or_default();
-    let name = if name.is_empty() {
-        engine.store.default_model().unwrap_or_default()
-    } else {
-        name
-    };
-    if !name.is_empty() && engine.store.model_names().contains(&name) {
-        name
-    } else {
-        "unknown".into()
-    }
+fn requested(spec: Option<&pb::ModelSpec>) -> String {
+    spec.map(|s| s.name.clone()).unwrap_or_default()
 }
 
 /// Records `profiled_request_seconds{rpc, model, version, code}`. Successful
@@ -113,10 +103,10 @@ fn observe<T: Answered>(
     }
     let (model, version) = match r {
         Ok(resp) => resp.answered_by().map_or_else(
-            || (error_model_label(engine, spec), String::new()),
+            || (engine.model_label(&requested(spec)), String::new()),
             |m| (m.name.clone(), m.version.to_string()),
         ),
-        Err(_) => (error_model_label(engine, spec), String::new()),
+        Err(_) => (engine.model_label(&requested(spec)), String::new()),
     };
     observe_labels(span, rpc, model, version, start, r);
 }
@@ -161,13 +151,39 @@ fn observe_labels<T>(
 #[derive(Debug, Clone)]
 pub struct ProfileApi {
     engine: Arc<Engine>,
+    max_response_bytes: usize,
+    max_request_bytes: usize,
+    stream_max_in_flight: usize,
 }
 
 impl ProfileApi {
-    /// The service over `engine`.
-    pub fn new(engine: Arc<Engine>) -> ProfileApi {
-        ProfileApi { engine }
+    /// The service over `engine`, with the edge settings of `cfg`.
+    pub fn new(engine: Arc<Engine>, cfg: &Config) -> ProfileApi {
+        ProfileApi {
+            engine,
+            max_response_bytes: cfg.server.max_response_bytes,
+            max_request_bytes: cfg.server.max_request_bytes,
+            stream_max_in_flight: cfg.limits.stream_max_in_flight.max(1),
+        }
     }
+}
+
+/// One Embed request through the core, as a response (shared by Embed and
+/// EmbedStream).
+async fn embed_one(
+    engine: &Engine,
+    max_response_bytes: usize,
+    req: pb::EmbedRequest,
+    deadline: Option<Instant>,
+) -> Result<pb::EmbedResponse, ApiError> {
+    engine.check_name("request_id", &req.request_id)?;
+    let (encoding, request_id) = (req.encoding, req.request_id.clone());
+    let q = convert::embed::query(req)?;
+    let e = engine.embed(q, deadline).await?;
+    fit(
+        max_response_bytes,
+        Ok(convert::embed::response(e, encoding, request_id)),
+    )
 }
 
 type EmbedStreamOut = Pin<Box<dyn Stream<Item = Result<pb::EmbedStreamResponse, Status>> + Send>>;
@@ -183,13 +199,9 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         let req = request.into_inner();
         let spec = req.model.clone();
         let span = rpc_span("Embed");
-        let r = fit(
-            &self.engine,
-            self.engine
-                .embed(req, deadline)
-                .instrument(span.clone())
-                .await,
-        );
+        let r = embed_one(&self.engine, self.max_response_bytes, req, deadline)
+            .instrument(span.clone())
+            .await;
         observe(&span, &self.engine, "Embed", spec.as_ref(), start, &r);
         r.map(Response::new).map_err(Status::from)
     }
@@ -202,32 +214,52 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
     ) -> Result<Response<Self::EmbedStreamStream>, Status> {
         let start = Instant::now();
         let deadline = deadline_of(request.metadata(), start);
-        if self.engine.is_draining() {
-            return Err(Status::unavailable(
-                "the server is draining (shutting down)",
-            ));
-        }
-        let in_flight = self.engine.cfg.limits.stream_max_in_flight.max(1);
-        let max_request_bytes = self.engine.cfg.server.max_request_bytes;
+        self.engine.check_serving(None)?;
+        let (in_flight, max_request_bytes, max_response_bytes) = (
+            self.stream_max_in_flight,
+            self.max_request_bytes,
+            self.max_response_bytes,
+        );
         let engine = self.engine.clone();
+        let admit = self.engine.clone();
         let input = request.into_inner();
+        // The next message is read only once its users fit in the streams'
+        // budget (`Engine::admit_stream_batch`): backpressure instead of a
+        // full batcher queue shedding batches.
         let out = input
-            .map(move |msg| {
+            .then(move |msg| {
+                let admit = admit.clone();
+                async move {
+                    let users = msg.as_ref().map_or(1, |r| r.users.len());
+                    let permit = admit.admit_stream_batch(users).await;
+                    (msg, permit)
+                }
+            })
+            .map(move |(msg, permit)| {
                 let engine = engine.clone();
                 async move {
+                    let _permit = match permit {
+                        Ok(p) => p,
+                        Err(e) => return Err(Status::from(e)),
+                    };
                     match msg {
                         Err(status) => {
                             Err(crate::error::name_request_limit(status, max_request_bytes))
                         }
                         Ok(req) => {
-                            let id = req.request_id.clone();
+                            // Echoed on every answer, so never over the limit: an
+                            // over-long id fails its batch and is not echoed.
+                            let id = if engine.check_name("request_id", &req.request_id).is_ok() {
+                                req.request_id.clone()
+                            } else {
+                                String::new()
+                            };
                             let spec = req.model.clone();
                             let t = Instant::now();
                             let span = rpc_span("EmbedStream");
-                            let r = fit(
-                                &engine,
-                                engine.embed(req, deadline).instrument(span.clone()).await,
-                            );
+                            let r = embed_one(&engine, max_response_bytes, req, deadline)
+                                .instrument(span.clone())
+                                .await;
                             observe(&span, &engine, "EmbedStream", spec.as_ref(), t, &r);
                             Ok(pb::EmbedStreamResponse {
                                 request_id: id,
@@ -254,14 +286,18 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         let deadline = deadline_of(request.metadata(), start);
         let req = request.into_inner();
         let spec = req.model.clone();
+        let encoding = req.encoding;
         let span = rpc_span("Search");
-        let r = fit(
-            &self.engine,
-            self.engine
-                .search(req, deadline)
-                .instrument(span.clone())
-                .await,
-        );
+        let r = async {
+            let q = convert::search::query(req)?;
+            let found = self.engine.search(q, deadline).await?;
+            fit(
+                self.max_response_bytes,
+                Ok(convert::search::response(found, encoding)),
+            )
+        }
+        .instrument(span.clone())
+        .await;
         observe(&span, &self.engine, "Search", spec.as_ref(), start, &r);
         r.map(Response::new).map_err(Status::from)
     }
@@ -274,14 +310,18 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         let deadline = deadline_of(request.metadata(), start);
         let req = request.into_inner();
         let spec = req.model.clone();
+        let asked = req.target.clone();
         let span = rpc_span("Explain");
-        let r = fit(
-            &self.engine,
-            self.engine
-                .explain(req, deadline)
-                .instrument(span.clone())
-                .await,
-        );
+        let r = async {
+            let q = convert::explain::query(req)?;
+            let e = self.engine.explain(q, deadline).await?;
+            fit(
+                self.max_response_bytes,
+                Ok(convert::explain::response(e, asked)),
+            )
+        }
+        .instrument(span.clone())
+        .await;
         observe(&span, &self.engine, "Explain", spec.as_ref(), start, &r);
         r.map(Response::new).map_err(Status::from)
     }
@@ -292,7 +332,10 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
     ) -> Result<Response<pb::GetModelResponse>, Status> {
         let start = Instant::now();
         let name = request.into_inner().name;
-        let r = self.engine.get_model(&name);
+        let r = self
+            .engine
+            .get_model(&name)
+            .map(|s| convert::model_info(&s, true));
         let model = match &r {
             Ok(m) => m.name.clone(),
             Err(_) => "unknown".into(),
@@ -314,8 +357,10 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         request: Request<pb::ListModelsRequest>,
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
         let start = Instant::now();
-        let r: Result<_, ApiError> =
-            Ok(self.engine.list_models(request.into_inner().include_schema));
+        let r: Result<_, ApiError> = Ok(convert::models::list_models(
+            self.engine.list_models(),
+            request.into_inner().include_schema,
+        ));
         observe_labels(
             &tracing::Span::none(),
             "ListModels",
@@ -342,19 +387,13 @@ impl AdminApi {
         AdminApi { engine }
     }
 
-    fn models(&self, name: &str) -> Result<Vec<pb::ModelInfo>, Status> {
-        if name.is_empty() {
-            Ok(self
-                .engine
-                .store
-                .snapshots()
-                .iter()
-                .map(|s| model_info(s, false))
-                .collect())
-        } else {
-            let s = self.engine.store.snapshot(name).map_err(ApiError::from)?;
-            Ok(vec![model_info(&s, false)])
-        }
+    fn models(&self, name: &str) -> Result<Vec<pb::ModelInfo>, ApiError> {
+        Ok(self
+            .engine
+            .admin_models(name)?
+            .iter()
+            .map(|s| convert::model_info(s, false))
+            .collect())
     }
 }
 
@@ -365,25 +404,7 @@ impl pb::model_admin_server::ModelAdmin for AdminApi {
         request: Request<pb::ReloadRequest>,
     ) -> Result<Response<pb::ReloadResponse>, Status> {
         let r = request.into_inner();
-        if r.version.is_some() && r.model.is_empty() {
-            return Err(ApiError::invalid("version", "a version needs `model`").into());
-        }
-        // Refused before anything runs, with or without `wait`: a call that
-        // cannot be done changes nothing and says so.
-        self.engine
-            .store
-            .check_reload(&r.model, r.version)
-            .map_err(ApiError::from)?;
-        let store = self.engine.store.clone();
-        let (model, version) = (r.model.clone(), r.version);
-        let task = tokio::spawn(async move { store.reload(&model, version).await });
-        if r.wait {
-            match task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(ApiError::from(e).into()),
-                Err(e) => return Err(Status::internal(format!("reload task: {e}"))),
-            }
-        }
+        self.engine.reload(&r.model, r.version, r.wait).await?;
         Ok(Response::new(pb::ReloadResponse {
             models: self.models(&r.model)?,
         }))
@@ -394,17 +415,8 @@ impl pb::model_admin_server::ModelAdmin for AdminApi {
         request: Request<pb::SetLabelRequest>,
     ) -> Result<Response<pb::SetLabelResponse>, Status> {
         let r = request.into_inner();
-        if r.model.is_empty() {
-            return Err(ApiError::invalid("model", "required").into());
-        }
         let version = (!r.remove).then_some(r.version);
-        if version == Some(0) {
-            return Err(ApiError::invalid("version", "required (a positive integer)").into());
-        }
-        self.engine
-            .store
-            .set_label(&r.model, &r.label, version)
-            .map_err(ApiError::from)?;
+        self.engine.set_label(&r.model, &r.label, version)?;
         Ok(Response::new(pb::SetLabelResponse {
             model: self.models(&r.model)?.into_iter().next(),
         }))
@@ -415,13 +427,7 @@ impl pb::model_admin_server::ModelAdmin for AdminApi {
         request: Request<pb::UnloadRequest>,
     ) -> Result<Response<pb::UnloadResponse>, Status> {
         let r = request.into_inner();
-        if r.model.is_empty() {
-            return Err(ApiError::invalid("model", "required").into());
-        }
-        self.engine
-            .store
-            .unload(&r.model, r.version, r.force)
-            .map_err(ApiError::from)?;
+        self.engine.unload(&r.model, r.version, r.force)?;
         Ok(Response::new(pb::UnloadResponse {
             model: self.models(&r.model)?.into_iter().next(),
         }))

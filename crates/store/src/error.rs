@@ -122,3 +122,33 @@ impl Error {
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `text` as error messages show caller input: whole up to 64 bytes, else its
+/// first 64 bytes (on a character boundary), an ellipsis and its length, so a
+/// message never echoes unbounded input.
+pub fn shown(text: &str) -> String {
+    const MAX: usize = 64;
+    if text.len() <= MAX {
+        return text.to_string();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn shown_input_is_bounded() {
+        assert_eq!(shown("ml100k"), "ml100k");
+        let long = "é".repeat(50_000);
+        let s = shown(&long);
+        assert!(s.len() < 100, "{s}");
+        assert!(s.ends_with("… (100000 bytes)"), "{s}");
+        assert!(s.starts_with("éé"));
+    }
+}

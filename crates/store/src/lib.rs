@@ -12,9 +12,10 @@
 //!   A version that fails to load is recorded (reason, time, count) and never
 //!   replaces a serving one. An unloaded version shows as UNLOADING while
 //!   requests still hold its generation.
-//! - [`IndexData`]: per-row attribute values of the index files (Search's
-//!   `include_attributes`) and users' item histories
-//!   ([`SEEN_ITEMS_ATTRIBUTE`]).
+//! - A generation's indexes are `profiled_index::SearchBackend`s opened by
+//!   the configured `BackendFactory` ([`StoreConfig::indexes`]); they answer
+//!   everything Search needs per row (attributes, titles, users' seen items
+//!   under [`SEEN_ITEMS_ATTRIBUTE`], vectors).
 //! - The watcher ([`Store::spawn_watcher`]): notify (debounced) + a poll.
 //! - [`repo::publish`]: atomic publication (temp dir + rename).
 
@@ -29,7 +30,7 @@ pub mod watch;
 
 pub use error::{Error, Result};
 pub use generation::{
-    Generation, ITEMS_INDEX, IndexData, SEEN_ITEMS_ATTRIBUTE, USERS_INDEX, live_generations,
+    Generation, ITEMS_INDEX, SEEN_ITEMS_ATTRIBUTE, USERS_INDEX, live_generations,
     next_generation_id,
 };
 pub use policy::VersionPolicy;

@@ -30,7 +30,7 @@ pub fn validate_model_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::InvalidName(name.to_string()))
+        Err(Error::InvalidName(crate::error::shown(name)))
     }
 }
 
@@ -44,7 +44,7 @@ pub fn validate_label(label: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::InvalidLabel(label.to_string()))
+        Err(Error::InvalidLabel(crate::error::shown(label)))
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use dashmap::DashMap;
+use profiled_index::{BackendFactory, LocalFactory};
 
 use crate::error::{Error, Result};
 use crate::generation::Generation;
@@ -36,6 +37,9 @@ pub struct StoreConfig {
     /// as the requests), so a load under traffic takes the CPU the requests
     /// leave instead of competing with them.
     pub load_nice: i32,
+    /// Opens each version's indexes (config `index.backend`; the local mmap
+    /// backend by default).
+    pub indexes: Arc<dyn BackendFactory>,
 }
 
 impl StoreConfig {
@@ -51,6 +55,7 @@ impl StoreConfig {
             debounce: Duration::from_millis(300),
             verify_golden: true,
             load_nice: 10,
+            indexes: Arc::new(LocalFactory::default()),
         }
     }
 }
@@ -151,9 +156,10 @@ impl VersionStatus {
 }
 
 /// How a request selects a version of a model.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Selector {
     /// The model's default version (newest READY one the policy allows).
+    #[default]
     Default,
     /// Exactly this version (it must be READY).
     Version(u64),
@@ -337,7 +343,7 @@ impl Store {
                     Some(v) => self.pinned(&name, &m, v),
                     None => Err(Error::UnknownLabel {
                         model: name,
-                        label: label.clone(),
+                        label: crate::error::shown(label),
                     }),
                 }
             }
@@ -588,6 +594,7 @@ impl Store {
         let root = self.inner.cfg.root.clone();
         tracing::info!(model = %name, version, dir = %dir.display(), "loading version");
         let nice = self.inner.cfg.load_nice;
+        let indexes = self.inner.cfg.indexes.clone();
         // A thread of its own (not the blocking pool, whose threads are
         // shared with request work) so its priority can be lowered for good.
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -599,7 +606,7 @@ impl Store {
                 let stamp = repo::dir_stamp(&dir);
                 // Nothing outside the repository is opened (symlinks resolved).
                 let r = repo::check_version_dir(&root, &dir)
-                    .and_then(|()| Generation::load(&name, version, &dir, verify));
+                    .and_then(|()| Generation::load_with(&name, version, &dir, verify, &*indexes));
                 let _ = tx.send((stamp, r));
             });
         let (stamp, res) = match spawned {

@@ -1,16 +1,19 @@
-//! The edge: proto requests → plain-Rust `profiled_model` types (validated,
-//! with the offending field named in request terms), and model metadata →
-//! proto status messages.
+//! User features: `pb::UserFeatures` → `profiled_model::UserFeatures`
+//! (validated against the generation's schema, the offending field named in
+//! request terms), the cache key written straight from the message (so a hit
+//! needs no conversion), and the inverse for clients and tests. The message
+//! is the engine's [`FeatureInput`].
 
 use std::collections::BTreeMap;
 
 use profiled_model::features::{CanonicalWriter, sort_tags};
 use profiled_model::format::{CategoricalTransform, FieldKind as ModelKind};
-use profiled_model::{Event, FieldValue, Group, ModelJson, UserFeatures};
+use profiled_model::{Event, FieldValue, ModelJson, UserFeatures};
 use profiled_proto::v1 as pb;
-use profiled_store::{Generation, Selector};
+use profiled_store::Generation;
 
 use crate::config::Limits;
+use crate::engine::FeatureInput;
 use crate::error::ApiError;
 
 /// The value kind an input accepts, per the model's schema.
@@ -71,31 +74,13 @@ pub fn input_kinds(meta: &ModelJson) -> BTreeMap<String, InputKind> {
     out
 }
 
-/// The store selector of a `ModelSpec` (unset = default model, default version).
-pub fn selector(spec: Option<&pb::ModelSpec>) -> Result<(String, Selector), ApiError> {
-    let Some(spec) = spec else {
-        return Ok((String::new(), Selector::Default));
-    };
-    let sel = match &spec.selector {
-        None => Selector::Default,
-        Some(pb::model_spec::Selector::Version(0)) => {
-            return Err(ApiError::invalid(
-                "model.version",
-                "versions are positive integers",
-            ));
-        }
-        Some(pb::model_spec::Selector::Version(v)) => Selector::Version(*v),
-        Some(pb::model_spec::Selector::Label(l)) if l.is_empty() => {
-            return Err(ApiError::invalid("model.label", "empty label"));
-        }
-        Some(pb::model_spec::Selector::Label(l)) => Selector::Label(l.clone()),
-    };
-    Ok((spec.name.clone(), sel))
-}
-
 /// `path` is built only when the check fails (the happy path allocates no
 /// request paths).
-fn check_str(path: impl FnOnce() -> String, s: &str, limits: &Limits) -> Result<(), ApiError> {
+pub(crate) fn check_str(
+    path: impl FnOnce() -> String,
+    s: &str,
+    limits: &Limits,
+) -> Result<(), ApiError> {
     if s.len() > limits.max_string_bytes {
         return Err(ApiError::Limit {
             field: path(),
@@ -335,130 +320,28 @@ pub fn cache_key(p: &pb::UserFeatures) -> Option<Vec<u8>> {
     Some(w.finish())
 }
 
-/// A proto `DimensionGroup` of a model group.
-pub fn group(g: Group) -> pb::DimensionGroup {
-    match g {
-        Group::Demographic => pb::DimensionGroup::Demographic,
-        Group::Behaviour => pb::DimensionGroup::Behaviour,
-        Group::Preference => pb::DimensionGroup::Preference,
-        Group::Numeric => pb::DimensionGroup::Numeric,
+/// The request message is the engine's feature input: the cache key is
+/// read from it directly, and it is converted only on a miss.
+impl FeatureInput for pb::UserFeatures {
+    fn user_id(&self) -> &str {
+        &self.user_id
     }
-}
 
-fn transform_text(f: &profiled_model::format::FieldSchema) -> String {
-    match &f.kind {
-        ModelKind::Categorical { transform, .. } => match transform {
-            CategoricalTransform::Identity => "identity".into(),
-            CategoricalTransform::Prefix { length } => format!("prefix {length}"),
-            CategoricalTransform::Bucket { labels, .. } => format!("bucket {}", labels.join("|")),
-        },
-        ModelKind::Numeric { transform, .. } => match transform {
-            profiled_model::format::NumericTransform::Identity => "standardised".into(),
-            profiled_model::format::NumericTransform::Log1p => "log1p, standardised".into(),
-        },
-        ModelKind::Preference => "rating-weighted genre mix".into(),
+    fn cache_bytes(&self) -> Option<Vec<u8>> {
+        cache_key(self)
     }
-}
 
-/// The proto feature schema of a model.
-pub fn schema(meta: &ModelJson) -> pb::FeatureSchema {
-    let fields = meta
-        .schema
-        .fields
-        .iter()
-        .map(|f| {
-            let (vocab_size, vocabulary) = match &f.kind {
-                ModelKind::Categorical { vocab, .. } => (
-                    vocab.len() as u32,
-                    if vocab.len() <= 100 {
-                        vocab.clone()
-                    } else {
-                        Vec::new()
-                    },
-                ),
-                _ => (0, Vec::new()),
-            };
-            pb::FieldSchema {
-                name: f.name.clone(),
-                kind: match field_input_kind(f) {
-                    None => pb::FieldKind::Unspecified,
-                    Some(InputKind::Categorical) => pb::FieldKind::Categorical,
-                    Some(InputKind::Number) => pb::FieldKind::Number,
-                    Some(InputKind::Tags) => pb::FieldKind::Tags,
-                } as i32,
-                group: group(f.group) as i32,
-                vocabulary_size: vocab_size,
-                vocabulary,
-                description: String::new(),
-                source: f.source.clone(),
-                transform: transform_text(f),
-            }
-        })
-        .collect();
-    pb::FeatureSchema {
-        fields,
-        max_events: meta.schema.behaviour.max_events as u32,
-        item_vocabulary_size: meta.schema.items.ids.len() as u32,
-        uses_ratings: meta.schema.behaviour.rating_rows() > 1,
+    fn to_features(
+        &self,
+        path: &str,
+        generation: &Generation,
+        limits: &Limits,
+    ) -> Result<UserFeatures, ApiError> {
+        features(self, path, generation, limits)
     }
-}
 
-fn flat_json(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
-    match v {
-        serde_json::Value::Object(o) => {
-            for (k, x) in o {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flat_json(&key, x, out);
-            }
-        }
-        other => {
-            out.insert(prefix.to_string(), other.clone());
-        }
-    }
-}
-
-/// Metrics (numbers) and provenance (strings) recorded in model.json.
-pub fn metrics_and_provenance(
-    meta: &ModelJson,
-) -> (BTreeMap<String, f64>, BTreeMap<String, String>) {
-    let mut m = BTreeMap::new();
-    flat_json("", &meta.metrics, &mut m);
-    let metrics = m
-        .into_iter()
-        .filter_map(|(k, v)| v.as_f64().map(|x| (k, x)))
-        .collect();
-    let mut p = BTreeMap::new();
-    flat_json("dataset", &meta.dataset, &mut p);
-    flat_json("training", &meta.training, &mut p);
-    let provenance = p
-        .into_iter()
-        .filter(|(k, _)| !k.is_empty())
-        .filter_map(|(k, v)| match v {
-            serde_json::Value::String(s) => Some((k, s)),
-            serde_json::Value::Number(n) => Some((k, n.to_string())),
-            serde_json::Value::Bool(b) => Some((k, b.to_string())),
-            _ => None,
-        })
-        .collect();
-    (metrics, provenance)
-}
-
-/// The architecture of a loaded generation.
-pub fn architecture(g: &Generation) -> pb::Architecture {
-    let a = &g.encoder.metadata().architecture;
-    pb::Architecture {
-        dim: a.d_out as u32,
-        layers: a.layers as u32,
-        heads: a.heads as u32,
-        ffn_dim: a.ffn as u32,
-        max_tokens: (g.encoder.metadata().schema.fields.len()
-            + g.encoder.metadata().schema.behaviour.max_events) as u32,
-        parameters: g.report.parameters as u64,
-        weight_dtype: g.report.dtype.name().to_string(),
+    fn event_items(&self) -> Vec<String> {
+        self.events.iter().map(|e| e.item_id.clone()).collect()
     }
 }
 

@@ -1,0 +1,76 @@
+//! Embed: `EmbedRequest` → [`EmbedQuery`], [`Embedded`] → `EmbedResponse`.
+
+use profiled_proto::v1 as pb;
+
+use super::{cache_use, model_ref, model_sel, vector, wants_f16};
+use crate::engine::{EmbedQuery, Embedded, ProfileSource, UserQuery};
+use crate::error::ApiError;
+
+/// The query of an Embed request (the users' features stay messages: the
+/// core converts them only on a cache miss).
+pub fn query(r: pb::EmbedRequest) -> Result<EmbedQuery<pb::UserFeatures>, ApiError> {
+    Ok(EmbedQuery {
+        model: model_sel(r.model.as_ref())?,
+        users: r
+            .users
+            .into_iter()
+            .enumerate()
+            .map(|(i, u)| match u.source {
+                None => Err(ApiError::invalid(
+                    format!("users[{i}].source"),
+                    "set exactly one of features or user_id",
+                )),
+                Some(pb::user_input::Source::UserId(id)) => Ok(UserQuery::UserId(id)),
+                Some(pb::user_input::Source::Features(f)) => Ok(UserQuery::Features(f)),
+            })
+            .collect(),
+        cache: cache_use(r.cache),
+        allow_partial: r.allow_partial,
+    })
+}
+
+fn source(s: ProfileSource) -> pb::ProfileSource {
+    match s {
+        ProfileSource::Computed => pb::ProfileSource::Computed,
+        ProfileSource::Cache => pb::ProfileSource::Cache,
+        ProfileSource::UsersIndex => pb::ProfileSource::UsersIndex,
+    }
+}
+
+/// The response to an Embed request whose `encoding` and `request_id` are given.
+pub fn response(e: Embedded, encoding: i32, request_id: String) -> pb::EmbedResponse {
+    let f16 = wants_f16(encoding);
+    let users = e
+        .users
+        .into_iter()
+        .map(|u| match u.result {
+            Ok((p, s)) => pb::EmbeddedUser {
+                user_id: u.user_id,
+                vector: Some(vector(&p.vector, f16)),
+                cache_hit: p.cache_hit,
+                source: source(s) as i32,
+                error: None,
+            },
+            Err(err) => pb::EmbeddedUser {
+                user_id: u.user_id,
+                vector: None,
+                cache_hit: false,
+                source: pb::ProfileSource::Unspecified as i32,
+                error: Some(err.to_item()),
+            },
+        })
+        .collect();
+    pb::EmbedResponse {
+        model: Some(model_ref(&e.generation)),
+        users,
+        dim: e.generation.dim() as u32,
+        encoding: if f16 {
+            pb::VectorEncoding::F16
+        } else {
+            pb::VectorEncoding::F32
+        } as i32,
+        queue_us: e.queue_us,
+        compute_us: e.compute_us,
+        request_id,
+    }
+}
