@@ -22,6 +22,11 @@
 //! * `index_file`: bytes → an index file (CRCs optionally recomputed so
 //!   mutations get past the checksums) → `IndexFile::open_with`, then ids,
 //!   vectors, attributes and a search over whatever opened.
+//! * `request_status`: bytes → the body of a unary gRPC call (`Embed`) →
+//!   the server's edge layer (`profiled_server::edge`) → tonic's unary
+//!   path with the prost codec → the status the caller gets. A request
+//!   the codec cannot read must get INVALID_ARGUMENT with a message — never
+//!   INTERNAL, which is kept for bugs.
 //!
 //! Seeds are synthetic ([`seeds`]); `cargo run -p profiled-fuzz --bin
 //! fuzz-seeds` rewrites `fuzz/corpus/`. See docs/fuzzing.md.
@@ -42,7 +47,13 @@ use profiled_store::Generation;
 use prost::Message;
 
 /// The fuzz targets, in the order the docs list them.
-pub const TARGETS: [&str; 4] = ["convert", "tokenizer", "model_files", "index_file"];
+pub const TARGETS: [&str; 5] = [
+    "convert",
+    "tokenizer",
+    "model_files",
+    "index_file",
+    "request_status",
+];
 
 /// What a body did with its input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +78,7 @@ pub fn run(name: &str, data: &[u8]) -> Option<Outcome> {
         "tokenizer" => tokenizer(data),
         "model_files" => model_files(data),
         "index_file" => index_file(data),
+        "request_status" => request_status(data),
         _ => return None,
     })
 }
@@ -497,6 +509,105 @@ fn exercise_index(f: IndexFile) {
     }
 }
 
+/// The handler behind `request_status`: accepts any decoded request (the
+/// path under test ends where a handler would start).
+#[derive(Clone)]
+struct AcceptAny;
+
+impl tonic::server::UnaryService<pb::EmbedRequest> for AcceptAny {
+    type Response = pb::EmbedResponse;
+    type Future = std::future::Ready<Result<tonic::Response<pb::EmbedResponse>, tonic::Status>>;
+
+    fn call(&mut self, _req: tonic::Request<pb::EmbedRequest>) -> Self::Future {
+        std::future::ready(Ok(tonic::Response::new(pb::EmbedResponse::default())))
+    }
+}
+
+/// The server's largest request message in `request_status` (small, so
+/// that the size check is reached too).
+const REQUEST_STATUS_MAX_BYTES: usize = 4096;
+
+/// `request_status`: `data` as the whole body of a unary `Embed` call →
+/// [`profiled_server::edge::EdgeLayer`] → tonic's unary path with the prost
+/// codec (`max_decoding_message_size` set) → the answer's gRPC status.
+/// Panics on INTERNAL (or any code but OK, INVALID_ARGUMENT and the
+/// OUT_OF_RANGE of an oversized message) and on an empty message.
+pub fn request_status(data: &[u8]) -> Outcome {
+    use tower::{Layer, Service};
+    let edge = profiled_server::edge::EdgeLayer::new(
+        profiled_server::edge::EdgeConfig {
+            max_request_bytes: REQUEST_STATUS_MAX_BYTES,
+            max_metadata_bytes: 16 << 10,
+        },
+        &[profiled_proto::FILE_DESCRIPTOR_SET],
+    );
+    let inner = tower::service_fn(|req: http::Request<tonic::body::Body>| async move {
+        let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<
+            pb::EmbedResponse,
+            pb::EmbedRequest,
+        >::default())
+        .max_decoding_message_size(REQUEST_STATUS_MAX_BYTES);
+        Ok::<_, std::convert::Infallible>(grpc.unary(AcceptAny, req).await)
+    });
+    let mut svc = edge.layer(inner);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("http://fuzz/profiled.v1.ProfileService/Embed")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(OneFrame(
+            (!data.is_empty()).then(|| bytes::Bytes::copy_from_slice(data)),
+        )))
+        .unwrap_or_else(|e| panic!("cannot build the request: {e}"));
+    let res = match futures::executor::block_on(svc.call(req)) {
+        Ok(r) => r,
+        Err(e) => match e {},
+    };
+    let status = tonic::Status::from_header_map(res.headers());
+    match status {
+        // Trailers-only: the status is in the headers (every error here).
+        Some(s) if s.code() != tonic::Code::Ok => {
+            assert!(
+                matches!(
+                    s.code(),
+                    tonic::Code::InvalidArgument | tonic::Code::OutOfRange
+                ),
+                "request bytes answered {:?}: {}",
+                s.code(),
+                s.message()
+            );
+            if s.code() == tonic::Code::OutOfRange {
+                assert!(
+                    s.message().contains("server.max_request_bytes"),
+                    "an OUT_OF_RANGE that does not name the setting: {}",
+                    s.message()
+                );
+            }
+            rejected(format!("{:?}: {}", s.code(), s.message()))
+        }
+        _ => Outcome::Accepted,
+    }
+}
+
+/// A request body of one data frame.
+struct OneFrame(Option<bytes::Bytes>);
+
+impl http_body::Body for OneFrame {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.take().map(|b| Ok(http_body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
 /// Synthetic seeds per target: `(target, file name, bytes)`.
 pub fn seeds() -> anyhow::Result<Vec<(&'static str, String, Vec<u8>)>> {
     let mut out = Vec::new();
@@ -540,6 +651,21 @@ pub fn seeds() -> anyhow::Result<Vec<(&'static str, String, Vec<u8>)>> {
         };
         out.push(("convert", format!("embed-{i}"), req.encode_to_vec()));
     }
+    // request_status: the convert seeds as gRPC bodies (one message each),
+    // and an empty message (a valid, empty request). Seeds must be
+    // accepted: refused shapes (two messages, cut frames) come from the
+    // mutations.
+    let frame = |m: &[u8]| {
+        let mut f = vec![0u8];
+        f.extend_from_slice(&u32::try_from(m.len()).unwrap_or(u32::MAX).to_be_bytes());
+        f.extend_from_slice(m);
+        f
+    };
+    let convert_seeds: Vec<Vec<u8>> = out.iter().map(|(_, _, b)| b.clone()).collect();
+    for (i, m) in convert_seeds.iter().enumerate() {
+        out.push(("request_status", format!("embed-{i}"), frame(m)));
+    }
+    out.push(("request_status", "empty-message".into(), frame(&[])));
     // tokenizer: random byte strings that decode to valid, varied users.
     let mut r = Rng::new(100);
     let mut i = 0;

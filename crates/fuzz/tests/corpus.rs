@@ -98,6 +98,31 @@ fn index_file_corpus_and_mutations() {
 }
 
 #[test]
+fn request_status_corpus_and_mutations() {
+    run_target("request_status", iters(3000));
+}
+
+/// The outside client's hostile cases (`case-*`) are the caller's fault:
+/// INVALID_ARGUMENT, every one.
+#[test]
+fn request_status_hostile_cases_are_invalid_argument() {
+    let cases: Vec<_> = profiled_fuzz::read_corpus(&corpus_dir(), "request_status")
+        .unwrap()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("case-"))
+        .collect();
+    assert!(cases.len() >= 9, "{} hostile cases", cases.len());
+    for (name, bytes) in cases {
+        match profiled_fuzz::request_status(&bytes) {
+            profiled_fuzz::Outcome::Rejected(m) => {
+                assert!(m.starts_with("InvalidArgument: "), "{name}: {m}");
+            }
+            profiled_fuzz::Outcome::Accepted => panic!("{name} was accepted"),
+        }
+    }
+}
+
+#[test]
 fn every_target_has_seeds_and_a_body() {
     for t in profiled_fuzz::TARGETS {
         assert!(profiled_fuzz::run(t, &[]).is_some(), "{t} has no body");

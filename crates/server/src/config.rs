@@ -70,6 +70,30 @@ pub struct ServerConfig {
     /// host shared with its clients, fewer async threads cost less CPU per
     /// call (docs/operations.md).
     pub io_threads: usize,
+    /// Connections open at once; one more is closed when accepted (gauge
+    /// `profiled_connections_open`, counter
+    /// `profiled_connections_closed_total{reason="limit"}`).
+    pub max_connections: usize,
+    /// A new connection must finish its handshake (TLS, then the HTTP/2
+    /// client preface) within this time or is closed (milliseconds).
+    pub handshake_timeout_ms: u64,
+    /// HTTP/2 PING sent on a connection after this much silence
+    /// (milliseconds; 0 = never) ...
+    pub http2_keepalive_interval_ms: u64,
+    /// ... and the connection is closed when the PING is not answered
+    /// within this time (milliseconds).
+    pub http2_keepalive_timeout_ms: u64,
+    /// Largest request metadata (header list, HTTP/2 accounting: name +
+    /// value + 32 bytes per entry) a call may carry: a larger one is
+    /// refused alone with OUT_OF_RANGE naming this key.
+    pub max_metadata_bytes: usize,
+    /// HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE: header lists up to this size
+    /// reach the check of `max_metadata_bytes`; a larger one is refused by
+    /// HTTP/2 for that call alone (HTTP 431, RST_STREAM) while its frames
+    /// stay within 1.25 × this size, beyond which HTTP/2 closes the
+    /// connection (ENHANCE_YOUR_CALM). Keep it well above
+    /// `max_metadata_bytes`.
+    pub max_header_list_bytes: u32,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +109,12 @@ impl Default for ServerConfig {
             max_connection_age_ms: 0,
             health_listen: String::new(),
             io_threads: 0,
+            max_connections: 4_096,
+            handshake_timeout_ms: 10_000,
+            http2_keepalive_interval_ms: 60_000,
+            http2_keepalive_timeout_ms: 20_000,
+            max_metadata_bytes: 16 << 10,
+            max_header_list_bytes: 1 << 20,
         }
     }
 }
@@ -512,6 +542,23 @@ impl Config {
         }
         if self.server.concurrency_per_connection == 0 {
             return bad("server.concurrency_per_connection", "must be >= 1");
+        }
+        if self.server.max_connections == 0 {
+            return bad("server.max_connections", "must be >= 1");
+        }
+        if self.server.handshake_timeout_ms == 0 {
+            return bad("server.handshake_timeout_ms", "must be >= 1");
+        }
+        if self.server.http2_keepalive_interval_ms > 0
+            && self.server.http2_keepalive_timeout_ms == 0
+        {
+            return bad("server.http2_keepalive_timeout_ms", "must be >= 1");
+        }
+        if (self.server.max_header_list_bytes as usize) < self.server.max_metadata_bytes {
+            return bad(
+                "server.max_header_list_bytes",
+                "must be >= server.max_metadata_bytes (the larger, HTTP/2 limit comes first)",
+            );
         }
         if self.batcher.max_batch == 0 {
             return bad("batcher.max_batch", "must be >= 1");

@@ -131,6 +131,49 @@ pub fn name_request_limit(status: Status, max_request_bytes: usize) -> Status {
     ))
 }
 
+/// The codec's and transport's statuses as the docs promise them (see
+/// docs/api.md, "Errors"): a request the codec cannot read is the caller's
+/// fault — INVALID_ARGUMENT with the decoder's message — never INTERNAL,
+/// which is kept for bugs; a message over `server.max_request_bytes` names
+/// the setting ([`name_request_limit`]). Anything else is returned
+/// unchanged. Applied at the edge (crate::edge) to every answer.
+pub fn edge_status(status: Status, max_request_bytes: usize) -> Status {
+    let status = name_request_limit(status, max_request_bytes);
+    if status.code() != Code::Internal {
+        return status;
+    }
+    let msg = status.message();
+    let framing = |what: &str| Status::invalid_argument(format!("malformed gRPC framing: {what}"));
+    if msg.starts_with("failed to decode Protobuf message") {
+        Status::invalid_argument(format!("malformed request message: {}", bounded(msg, 512)))
+    } else if msg == "Unexpected EOF decoding stream." {
+        framing(
+            "the request ends inside a message (its length prefix is longer than the data sent)",
+        )
+    } else if msg == "Missing request message." {
+        Status::invalid_argument("no request message: this call takes exactly one")
+    } else if msg.starts_with("protocol error: received message with compressed-flag")
+        || msg.starts_with("protocol error: received message with invalid compression flag")
+    {
+        framing(&bounded(msg, 256))
+    } else {
+        status
+    }
+}
+
+/// `s` cut to at most `max` bytes (on a character boundary), saying how
+/// long it was when cut: error messages never echo unbounded input.
+pub fn bounded(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &s[..end], s.len())
+}
+
 impl From<profiled_store::Error> for ApiError {
     fn from(e: profiled_store::Error) -> ApiError {
         use profiled_store::Error as S;
@@ -220,6 +263,49 @@ mod tests {
             },
         );
         assert_eq!(e.to_string(), "users[1].features.fields[\"age\"]: bad");
+    }
+
+    #[test]
+    fn codec_decode_errors_are_invalid_argument() {
+        for (codec, needle) in [
+            (
+                "failed to decode Protobuf message: EmbedRequest.users: invalid wire type: ThirtyTwoBit (expected LengthDelimited)",
+                "invalid wire type",
+            ),
+            ("Unexpected EOF decoding stream.", "length prefix is longer"),
+            ("Missing request message.", "no request message"),
+            (
+                "protocol error: received message with compressed-flag but no grpc-encoding was specified",
+                "compressed-flag",
+            ),
+        ] {
+            let s = edge_status(Status::internal(codec), 1);
+            assert_eq!(s.code(), Code::InvalidArgument, "{codec}");
+            assert!(s.message().contains(needle), "{}", s.message());
+        }
+        // Real internal errors stay INTERNAL; other codes pass through.
+        for other in [
+            Status::internal("internal: the loading thread ended"),
+            Status::not_found("failed to decode Protobuf message"),
+        ] {
+            let (code, msg) = (other.code(), other.message().to_string());
+            let s = edge_status(other, 1);
+            assert_eq!((s.code(), s.message()), (code, msg.as_str()));
+        }
+        // The codec's size error names the setting here too.
+        let s = edge_status(
+            Status::out_of_range("decoded message length too large: found 9 bytes"),
+            4,
+        );
+        assert!(s.message().contains("server.max_request_bytes = 4"));
+    }
+
+    #[test]
+    fn bounded_cuts_long_input_and_says_so() {
+        assert_eq!(bounded("abc", 3), "abc");
+        assert_eq!(bounded("abcdef", 3), "abc… (6 bytes)");
+        // Never inside a character.
+        assert_eq!(bounded("ééé", 3), "é… (6 bytes)");
     }
 
     #[test]

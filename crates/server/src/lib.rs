@@ -18,6 +18,11 @@
 //! - [`handles`]: per-thread cache of the per-call metric handles.
 //! - [`config`]: defaults → TOML → `PROFILED__A__B` env → flags.
 //! - [`server`]: wiring, health, reflection, metrics, graceful drain.
+//! - [`edge`]: the layer in front of every call (content-type, metadata
+//!   size, `grpc-timeout` → DEADLINE_EXCEEDED, one message per unary call,
+//!   codec errors → INVALID_ARGUMENT); [`conn`]: connection admission
+//!   (`server.max_connections`, handshake timeout); [`health`]:
+//!   `grpc.health.v1` with `Watch` of unknown services as the protocol says.
 //! - [`telemetry`]: logs, and OpenTelemetry span export behind the cargo
 //!   feature `otel` (off by default).
 //! - [`tls`]: rustls (ring) on the gRPC port, optional mTLS, certificate
@@ -29,10 +34,13 @@
 pub mod auth;
 pub mod batcher;
 pub mod config;
+pub mod conn;
 pub mod convert;
+pub mod edge;
 pub mod engine;
 pub mod error;
 pub mod handles;
+pub mod health;
 pub mod server;
 pub mod service;
 pub mod telemetry;

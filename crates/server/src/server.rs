@@ -184,7 +184,8 @@ pub async fn serve(
     let engine = Arc::new(Engine::new(store.clone(), cfg.clone()));
     let admin_on = admin_auth.is_some();
 
-    let (reporter, health_svc) = tonic_health::server::health_reporter();
+    let reporter = tonic_health::server::HealthReporter::new();
+    let health_svc = crate::health::HealthApi::server(reporter.clone());
     set_health(&reporter, admin_on, ServingStatus::NotServing).await;
     reporter
         .set_service_status("", ServingStatus::Serving)
@@ -241,7 +242,7 @@ pub async fn serve(
         if let Ok(a) = l.local_addr() {
             tracing::info!("plaintext health listener on {a}");
         }
-        let svc = health_svc.clone();
+        let svc = crate::health::HealthApi::server(reporter.clone());
         Some(tokio::spawn(async move {
             let incoming = nodelay(tokio_stream::wrappers::TcpListenerStream::new(l));
             if let Err(e) = tonic::transport::Server::builder()
@@ -316,21 +317,36 @@ pub async fn serve(
         .max_concurrent_streams(cfg.server.max_concurrent_streams)
         .concurrency_limit_per_connection(cfg.server.concurrency_per_connection)
         .load_shed(true)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .http2_max_header_list_size(cfg.server.max_header_list_bytes);
     if cfg.server.max_connection_age_ms > 0 {
         builder =
             builder.max_connection_age(Duration::from_millis(cfg.server.max_connection_age_ms));
     }
-    // Requests over server.max_request_bytes are refused by the codec before
-    // a handler runs; its trailers-only answer is rewritten to name the
-    // setting (crate::error::name_request_limit).
-    let max_request_bytes = cfg.server.max_request_bytes;
+    if cfg.server.http2_keepalive_interval_ms > 0 {
+        builder = builder
+            .http2_keepalive_interval(Some(Duration::from_millis(
+                cfg.server.http2_keepalive_interval_ms,
+            )))
+            .http2_keepalive_timeout(Some(Duration::from_millis(
+                cfg.server.http2_keepalive_timeout_ms,
+            )));
+    }
+    // Every call passes the edge first (crate::edge): content-type and
+    // metadata checks, grpc-timeout → DEADLINE_EXCEEDED, one message per
+    // unary call, and the codec's statuses as the docs promise them.
+    let edge = crate::edge::EdgeLayer::new(
+        crate::edge::EdgeConfig {
+            max_request_bytes: cfg.server.max_request_bytes,
+            max_metadata_bytes: cfg.server.max_metadata_bytes,
+        },
+        &[
+            profiled_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+        ],
+    );
     let router = builder
-        .layer(tower::util::MapResponseLayer::new(
-            move |res: tonic::codegen::http::Response<tonic::body::Body>| {
-                name_request_limit_in_headers(res, max_request_bytes)
-            },
-        ))
+        .layer(edge)
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -354,6 +370,10 @@ pub async fn serve(
         }
     };
     let mut tls_tasks = Vec::new();
+    let limits = crate::conn::ConnLimits {
+        max_connections: cfg.server.max_connections,
+        handshake_timeout: Duration::from_millis(cfg.server.handshake_timeout_ms),
+    };
     if cfg.auth.reload_interval_ms > 0 {
         let every = Duration::from_millis(cfg.auth.reload_interval_ms);
         if cfg.auth.token_file.is_some() {
@@ -380,12 +400,15 @@ pub async fn serve(
                 listener,
                 tls.clone(),
                 Duration::from_millis(cfg.tls.handshake_timeout_ms),
+                limits,
             );
             tls_tasks.push(accept_task);
             Box::pin(router.serve_with_incoming_shutdown(incoming, on_shutdown))
         }
         None => {
-            let incoming = nodelay(tokio_stream::wrappers::TcpListenerStream::new(listener));
+            let (incoming, accept_task) =
+                crate::conn::admit(listener, limits, |tcp| async move { Some(tcp) });
+            tls_tasks.push(accept_task);
             Box::pin(router.serve_with_incoming_shutdown(incoming, on_shutdown))
         }
     };
@@ -412,9 +435,10 @@ pub async fn serve(
     result
 }
 
-/// Sets TCP_NODELAY on every accepted connection: tonic ignores its
-/// `tcp_nodelay` with `serve_with_incoming`, and without it Nagle + delayed
-/// ACKs add ~40 ms to small calls.
+/// Sets TCP_NODELAY on every accepted connection of the health-only
+/// listener (the gRPC port's accept loop, crate::conn, sets it too): tonic
+/// ignores its `tcp_nodelay` with `serve_with_incoming`, and without it
+/// Nagle + delayed ACKs add ~40 ms to small calls.
 fn nodelay(
     incoming: tokio_stream::wrappers::TcpListenerStream,
 ) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
@@ -478,26 +502,4 @@ fn spawn_token_reload(
             }
         }
     })
-}
-
-/// [`crate::error::name_request_limit`] on a trailers-only response (the
-/// shape of a status returned before any message, as the codec's is).
-fn name_request_limit_in_headers(
-    mut res: tonic::codegen::http::Response<tonic::body::Body>,
-    max_request_bytes: usize,
-) -> tonic::codegen::http::Response<tonic::body::Body> {
-    // Cheap filter first: only OUT_OF_RANGE (11) answers are looked at.
-    if res.headers().get("grpc-status").map(|v| v.as_bytes()) != Some(b"11") {
-        return res;
-    }
-    let Some(status) = tonic::Status::from_header_map(res.headers()) else {
-        return res;
-    };
-    let renamed = crate::error::name_request_limit(status.clone(), max_request_bytes);
-    if renamed.message() != status.message() {
-        // On failure (cannot happen for a plain message) the codec's own
-        // wording stays: still a correct status.
-        let _ = renamed.add_header(res.headers_mut());
-    }
-    res
 }

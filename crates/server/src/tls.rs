@@ -208,55 +208,40 @@ impl TlsReloader {
     }
 }
 
-/// Accepts connections on `listener` and hands finished TLS handshakes to the
-/// returned stream (for `serve_with_incoming_shutdown`). Each handshake runs
-/// in its own task, bounded by `handshake_timeout`; failures are logged at
-/// debug level and counted, and never affect other connections. The accept
-/// loop ends when the stream is dropped; abort the handle to stop it sooner.
+/// Accepts connections on `listener` (under `limits`, see [`crate::conn`])
+/// and hands finished TLS handshakes to the returned stream (for
+/// `serve_with_incoming_shutdown`). Each handshake runs in its own task,
+/// bounded by `handshake_timeout`; failures are logged at debug level and
+/// counted, and never affect other connections. The accept loop ends when
+/// the stream is dropped; abort the handle to stop it sooner.
 pub fn tls_incoming(
     listener: TcpListener,
     tls: Arc<TlsReloader>,
     handshake_timeout: Duration,
+    limits: crate::conn::ConnLimits,
 ) -> (
-    tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>,
+    crate::conn::Admitted<TlsStream<TcpStream>>,
     tokio::task::JoinHandle<()>,
 ) {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let task = tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // EMFILE and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = tx.closed() => break,
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = TlsAcceptor::from(tls.current());
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => {
-                        metrics::counter!("profiled_tls_handshake_failures_total", "reason" => "error")
-                            .increment(1);
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    }
-                    Err(_) => {
-                        metrics::counter!("profiled_tls_handshake_failures_total", "reason" => "timeout")
-                            .increment(1);
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                    }
+    crate::conn::admit(listener, limits, move |tcp: TcpStream| {
+        let acceptor = TlsAcceptor::from(tls.current());
+        let peer = tcp.peer_addr().ok();
+        async move {
+            match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => Some(stream),
+                Ok(Err(e)) => {
+                    metrics::counter!("profiled_tls_handshake_failures_total", "reason" => "error")
+                        .increment(1);
+                    tracing::debug!(?peer, error = %e, "TLS handshake failed");
+                    None
                 }
-            });
+                Err(_) => {
+                    metrics::counter!("profiled_tls_handshake_failures_total", "reason" => "timeout")
+                        .increment(1);
+                    tracing::debug!(?peer, "TLS handshake timed out");
+                    None
+                }
+            }
         }
-    });
-    (tokio_stream::wrappers::ReceiverStream::new(rx), task)
+    })
 }

@@ -199,6 +199,48 @@ pub fn list_versions(model_dir: &Path) -> Result<Vec<u64>> {
     Ok(out)
 }
 
+/// What a version directory holds, to tell whether it changed since a
+/// failed load: a hash of every entry's (name, length, modification time),
+/// and the newest modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirStamp {
+    /// Hash of the sorted (name, length, mtime) triples.
+    pub hash: u64,
+    /// The newest modification time of an entry (or of the directory).
+    pub newest: Option<SystemTime>,
+}
+
+/// The [`DirStamp`] of `dir` (an unreadable directory hashes as empty).
+pub fn dir_stamp(dir: &Path) -> DirStamp {
+    use std::hash::{Hash, Hasher};
+    let mut newest = std::fs::metadata(dir).and_then(|m| m.modified()).ok();
+    let mut entries: Vec<(std::ffi::OsString, u64, Option<SystemTime>)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    let m = e.metadata().ok();
+                    let t = m.as_ref().and_then(|m| m.modified().ok());
+                    (e.file_name(), m.map_or(0, |m| m.len()), t)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    entries.sort();
+    let mut h = std::hash::DefaultHasher::new();
+    for (name, len, t) in &entries {
+        name.hash(&mut h);
+        len.hash(&mut h);
+        t.hash(&mut h);
+        if t.is_some() && *t > newest {
+            newest = *t;
+        }
+    }
+    DirStamp {
+        hash: h.finish(),
+        newest,
+    }
+}
+
 /// Reads `<model_dir>/labels.json`; a missing file means no labels.
 pub fn read_labels(model_dir: &Path) -> Result<BTreeMap<String, u64>> {
     check_model_dir(model_dir)?;

@@ -111,6 +111,10 @@ pub struct VersionStatus {
     /// The generation that served the version before it was unloaded; alive
     /// while in-flight requests still hold it (state UNLOADING).
     draining: Option<Weak<Generation>>,
+    /// Hash of the version directory ([`repo::DirStamp`]) when its last
+    /// load started, kept while FAILED: the watcher retries the version
+    /// when its files change.
+    failed_stamp: Option<u64>,
 }
 
 impl VersionStatus {
@@ -124,6 +128,7 @@ impl VersionStatus {
             failures: 0,
             pinned_out: false,
             draining: None,
+            failed_stamp: None,
         }
     }
 
@@ -470,10 +475,29 @@ impl Store {
     async fn scan_model_locked(&self, name: &str) -> Result<()> {
         let dir = self.inner.cfg.root.join(name);
         let d2 = dir.clone();
-        let (disk, labels) =
-            tokio::task::spawn_blocking(move || (repo::list_versions(&d2), repo::read_labels(&d2)))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))?;
+        // FAILED versions: their directories are stamped again, to retry
+        // the ones whose files changed since (a copy that was not finished).
+        let failed: Vec<(u64, u64)> = self
+            .inner
+            .models
+            .get(name)
+            .map(|m| {
+                lock(&m.versions)
+                    .iter()
+                    .filter(|(_, s)| s.state == VersionState::Failed && !s.pinned_out)
+                    .filter_map(|(v, s)| s.failed_stamp.map(|h| (*v, h)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (disk, labels, stamps) = tokio::task::spawn_blocking(move || {
+            let stamps: Vec<(u64, u64, repo::DirStamp)> = failed
+                .into_iter()
+                .map(|(v, h)| (v, h, repo::dir_stamp(&d2.join(v.to_string()))))
+                .collect();
+            (repo::list_versions(&d2), repo::read_labels(&d2), stamps)
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?;
         let disk = disk?;
         if disk.is_empty() && !dir.is_dir() && !self.inner.models.contains_key(name) {
             // Never register a name that has no directory: a mistyped admin
@@ -495,6 +519,29 @@ impl Store {
                 vs.entry(v).or_insert_with(|| {
                     VersionStatus::new(VersionState::Unloaded, "not selected by the version policy")
                 });
+            }
+            // A FAILED version whose files changed, and have not changed for
+            // the debounce interval, is eligible again (the policy decides
+            // whether it loads).
+            let settled_before = SystemTime::now()
+                .checked_sub(self.inner.cfg.debounce)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            for (v, old, now) in stamps {
+                let settled = now.newest.is_none_or(|t| t <= settled_before);
+                if now.hash == old || !settled || !disk.contains(&v) {
+                    continue;
+                }
+                if let Some(s) = vs.get_mut(&v)
+                    && s.state == VersionState::Failed
+                {
+                    tracing::info!(model = %name, version = v,
+                        "files of a failed version changed: trying it again");
+                    s.set(
+                        VersionState::Unloaded,
+                        "files changed since the failed load: to be tried again",
+                    );
+                    s.failed_stamp = None;
+                }
             }
         }
         loop {
@@ -555,19 +602,29 @@ impl Store {
             .name("profiled-load".into())
             .spawn(move || {
                 crate::lower_thread_priority(nice);
+                // Stamped before the load: a change during it is seen.
+                let stamp = repo::dir_stamp(&dir);
                 // Nothing outside the repository is opened (symlinks resolved).
                 let r = repo::check_version_dir(&root, &dir)
                     .and_then(|()| Generation::load_with(&name, version, &dir, verify, &*indexes));
-                let _ = tx.send(r);
+                let _ = tx.send((stamp, r));
             });
-        let res = match spawned {
-            Ok(_) => rx
-                .await
-                .map_err(|_| Error::Internal("the loading thread ended without an answer".into()))
-                .and_then(|r| r),
-            Err(e) => Err(Error::Internal(format!(
-                "cannot start a loading thread: {e}"
-            ))),
+        let (stamp, res) = match spawned {
+            Ok(_) => match rx.await {
+                Ok((stamp, r)) => (Some(stamp.hash), r),
+                Err(_) => (
+                    None,
+                    Err(Error::Internal(
+                        "the loading thread ended without an answer".into(),
+                    )),
+                ),
+            },
+            Err(e) => (
+                None,
+                Err(Error::Internal(format!(
+                    "cannot start a loading thread: {e}"
+                ))),
+            ),
         };
         let ok = match res {
             Ok(g) => {
@@ -586,6 +643,7 @@ impl Store {
                     .entry(version)
                     .or_insert_with(|| VersionStatus::new(VersionState::Ready, ""));
                 s.set(VersionState::Ready, "");
+                s.failed_stamp = None;
                 s.generation_id = g.id;
                 s.load_duration = Some(g.load_duration);
                 s.pinned_out = false;
@@ -605,6 +663,7 @@ impl Store {
                     .or_insert_with(|| VersionStatus::new(VersionState::Failed, ""));
                 s.set(VersionState::Failed, reason.clone());
                 s.failures += 1;
+                s.failed_stamp = stamp;
                 metrics::counter!("profiled_model_loads_total", "model" => m.name.clone(), "version" => version.to_string(), "outcome" => "failed").increment(1);
                 tracing::warn!(model = %m.name, version, reason = %reason, "version refused");
                 false

@@ -237,3 +237,47 @@ async fn refused_reloads_change_nothing() {
     store.reload("m", None).await.unwrap();
     store.reload("", None).await.unwrap();
 }
+
+/// F8 of the outside client's findings: a version copied in file by file
+/// (`mkdir`, `model.json`, the rest later — what `cp -r`, `rsync` or
+/// `kubectl cp` do) fails while incomplete and loads once its files are all
+/// there and have settled, with no Reload; an unchanged failed version is
+/// not tried again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_version_is_retried_when_its_files_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("models");
+    make_version(&repo.join("m/1"), 1);
+    let src = tmp.path().join("src");
+    make_version(&src, 2);
+    let mut cfg = StoreConfig::new(&repo);
+    cfg.debounce = std::time::Duration::from_millis(50);
+    let store = Store::new(cfg);
+    let state_of = |v: u64| {
+        let snap = store.snapshot("m").unwrap();
+        let s = snap.versions.iter().find(|x| x.version == v).unwrap();
+        (s.status.state, s.status.failures)
+    };
+    let dir2 = repo.join("m/2");
+    std::fs::create_dir_all(&dir2).unwrap();
+    std::fs::copy(src.join("model.json"), dir2.join("model.json")).unwrap();
+    store.scan().await.unwrap();
+    assert_eq!(state_of(2), (VersionState::Failed, 1));
+    assert_eq!(store.resolve("m", &Selector::Default).unwrap().version, 1);
+    // Nothing changed: not tried again.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    store.scan().await.unwrap();
+    assert_eq!(state_of(2), (VersionState::Failed, 1));
+    // The rest of the files arrive; once they have settled, a scan (the
+    // watcher's poll or event) loads the version.
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "model.json" {
+            std::fs::copy(e.path(), dir2.join(e.file_name())).unwrap();
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    store.scan().await.unwrap();
+    assert_eq!(state_of(2).0, VersionState::Ready);
+    assert_eq!(store.resolve("m", &Selector::Default).unwrap().version, 2);
+}

@@ -14,6 +14,8 @@
 //!   wait for the exit, read the log; killed on drop;
 //! * [`requests`] — builders of the protobuf requests (users, Embed, Search,
 //!   Explain targets, bearer tokens);
+//! * [`raw`] — a raw HTTP/2 client (`h2`) for calls no gRPC client sends
+//!   (bad protobuf, broken framing, odd headers) and raw TCP checks;
 //! * [`rpc`] — calls the tests make again and again (GetModel, waiting for a
 //!   model state, health, reflection);
 //! * [`metrics`] — the Prometheus endpoint: free ports, scraping, samples;
@@ -32,6 +34,7 @@ pub mod assert;
 pub mod bins;
 pub mod metrics;
 pub mod models;
+pub mod raw;
 pub mod requests;
 pub mod rpc;
 pub mod server;
@@ -43,6 +46,7 @@ pub use models::{
     ADMIN_TOKEN, load_unverified, make_broken_model, make_model, negate_golden, publish_model,
     synth_repo, temp_repo, write_admin_token, write_indexes,
 };
+pub use raw::{RawAnswer, RawConn, closed_within, grpc_frame};
 pub use requests::{
     categorical, condition, embed_req, event, features, input, input_by_id, item_target, number,
     occupation_and_age, search_features, search_user, user_features, users_target, with_bearer,
