@@ -381,6 +381,7 @@ fn layer_norm_rows(
             detail: format!("{} values are not rows of {d}", x.len()),
         });
     }
+    let isa = isa.f32_path();
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
         // SAFETY: the caller checked the ISA (AVX-512 F/BW/VL + FMA).

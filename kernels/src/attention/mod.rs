@@ -455,7 +455,10 @@ pub(crate) fn mha_core(
     ws: &mut Workspace,
     probs: Option<&mut [f32]>,
 ) -> Result<(), KernelError> {
+    // `isa` goes to the projections (a bf16 GEMM when the weights are
+    // bf16); the attention core is f32 on every path (`fisa`).
     let isa = isa.checked()?;
+    let fisa = isa.f32_path();
     let (d, pd, hd, heads) = (w.d, w.pd, w.hd, w.heads);
     let ldq = 3 * pd;
     let nout = output_rows(seqs, rows);
@@ -538,14 +541,14 @@ pub(crate) fn mha_core(
     // lanes (`attend_t16`); otherwise blocks of `qb` rows with Kᵀ.
     // (AVX2: 8 rows in the lanes, `attend_t8`, head widths a multiple of 8.)
     #[cfg(target_arch = "x86_64")]
-    let lanes: usize = match isa {
+    let lanes: usize = match fisa {
         Isa::Avx512 if rows == OutputRows::All && hd.is_multiple_of(16) => 16,
         Isa::Avx2 if rows == OutputRows::All && hd.is_multiple_of(8) => 8,
         _ => 0,
     };
     #[cfg(not(target_arch = "x86_64"))]
     let lanes: usize = 0;
-    let qb = if isa == Isa::Avx512 { QB } else { QB / 2 };
+    let qb = if fisa == Isa::Avx512 { QB } else { QB / 2 };
     let attn = grow(attn, nout * d);
     let scale = 1.0 / (hd as f32).sqrt();
     let mut probs = probs;
@@ -616,7 +619,7 @@ pub(crate) fn mha_core(
             }
             // Kᵀ of this head: kt[c·tp + j] = K[j, c], zero-padded to tp keys.
             transpose_k(
-                isa,
+                fisa,
                 &qkv[r0 * ldq + koff..],
                 ldq,
                 t,
@@ -650,7 +653,7 @@ pub(crate) fn mha_core(
                 let sc_blk = &mut sc[..nb * tp];
                 let v_h = &qkv[r0 * ldq + voff..];
                 #[cfg(target_arch = "x86_64")]
-                let fused = isa == Isa::Avx512 || isa == Isa::Avx2;
+                let fused = fisa == Isa::Avx512 || fisa == Isa::Avx2;
                 #[cfg(not(target_arch = "x86_64"))]
                 let fused = false;
                 if fused {
@@ -659,7 +662,7 @@ pub(crate) fn mha_core(
                     // AVX2+FMA); the kernels assert every slice bound they
                     // rely on.
                     unsafe {
-                        let kernel: AttendFn = if isa == Isa::Avx512 {
+                        let kernel: AttendFn = if fisa == Isa::Avx512 {
                             avx512::attend_avx512
                         } else {
                             avx2::attend_avx2
@@ -682,12 +685,12 @@ pub(crate) fn mha_core(
                         )
                     };
                 } else {
-                    scores_block(isa, &qs[..nb], kt_h, tp, jn, scale, sc_blk);
+                    scores_block(fisa, &qs[..nb], kt_h, tp, jn, scale, sc_blk);
                     for b in 0..nb {
-                        activation::softmax_row(isa, &mut sc_blk[b * tp..b * tp + lens[b]]);
+                        activation::softmax_row(fisa, &mut sc_blk[b * tp..b * tp + lens[b]]);
                     }
                     pv_block(
-                        isa,
+                        fisa,
                         sc_blk,
                         tp,
                         &lens[..nb],
