@@ -381,6 +381,7 @@ fn layer_norm_rows(
             detail: format!("{} values are not rows of {d}", x.len()),
         });
     }
+    let isa = isa.f32_path();
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
         // SAFETY: the caller checked the ISA (AVX-512 F/BW/VL + FMA).
@@ -403,20 +404,14 @@ fn layer_norm_rows(
 mod x86 {
     use std::arch::x86_64::*;
 
-    #[inline(always)]
-    fn lanes(n: usize) -> __mmask16 {
-        if n >= 16 {
-            0xffff
-        } else {
-            ((1u32 << n) - 1) as __mmask16
-        }
-    }
+    use crate::simd::avx2::{hsum, tail_mask as mask8};
+    use crate::simd::avx512::mask16 as lanes;
 
     /// Rows of `d` values, four at a time (see `layer_norm_rows`).
     ///
     /// # Safety
     /// AVX-512 F/BW/VL and FMA are available.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     pub(super) unsafe fn ln_rows_avx512(
         x: &[f32],
         d: usize,
@@ -441,7 +436,7 @@ mod x86 {
 
     /// Normalises rows `i..i + R` (`i + R ≤ rows`, checked by the caller).
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     fn rows<const R: usize>(
         x: &[f32],
         i: usize,
@@ -514,7 +509,7 @@ mod x86 {
     ///
     /// # Safety
     /// AVX2 and FMA are available.
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn ln_rows_avx2(
         x: &[f32],
         d: usize,
@@ -537,28 +532,9 @@ mod x86 {
         }
     }
 
-    /// Lanes `< n` (of 8) set, as an AVX2 load/store mask.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn mask8(n: usize) -> __m256i {
-        _mm256_cmpgt_epi32(
-            _mm256_set1_epi32(n.min(8) as i32),
-            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-        )
-    }
-
-    /// Sum of the 8 lanes.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn hsum8(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-    }
-
     /// Normalises rows `i..i + R` (`i + R ≤ rows`, checked by the caller).
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn rows8<const R: usize>(
         x: &[f32],
         i: usize,
@@ -585,7 +561,7 @@ mod x86 {
         }
         let mut mean = [_mm256_setzero_ps(); R];
         for r in 0..R {
-            mean[r] = _mm256_set1_ps(hsum8(sum[r]) * inv_d);
+            mean[r] = _mm256_set1_ps(hsum(sum[r]) * inv_d);
         }
         let mut sq = [_mm256_setzero_ps(); R];
         let mut c = 0;
@@ -601,7 +577,7 @@ mod x86 {
         }
         let mut inv = [_mm256_setzero_ps(); R];
         for r in 0..R {
-            let var = hsum8(sq[r]) * inv_d;
+            let var = hsum(sq[r]) * inv_d;
             inv[r] = _mm256_set1_ps(1.0 / (var + eps).sqrt());
         }
         let mut c = 0;

@@ -3,7 +3,13 @@
 //! Every kernel takes an [`Isa`] argument so that tests and benchmarks can run
 //! every path on one CPU in one process. [`Isa::active`] is the process
 //! default: the best path this CPU supports, unless the environment variable
-//! `PROFILED_KERNELS=scalar|portable|avx2|avx512` overrides it.
+//! `PROFILED_KERNELS=scalar|portable|avx2|avx512|avx512bf16` overrides it.
+//!
+//! [`Isa::Avx512Bf16`] is [`Isa::Avx512`] plus `vdpbf16ps`: every f32
+//! kernel runs its AVX-512 code ([`Isa::f32_path`]); only a GEMM against
+//! weights packed as bf16 ([`crate::gemm::WeightPrecision::Bf16`]) uses the
+//! bf16 dot products. Whether a model's weights are packed as bf16 at all is
+//! the model's (or the server's) choice, never a side effect of the CPU.
 
 use std::sync::OnceLock;
 
@@ -23,6 +29,9 @@ pub enum Isa {
     Avx2,
     /// AVX-512 F + BW + VL intrinsics (also needs F16C and FMA).
     Avx512,
+    /// AVX-512 plus AVX512_BF16 (`vdpbf16ps`: 32 bf16 multiply-adds per
+    /// instruction into f32) for GEMMs against bf16-packed weights.
+    Avx512Bf16,
 }
 
 /// The outcome of choosing the process-wide instruction set.
@@ -40,7 +49,13 @@ pub struct Selection {
 
 impl Isa {
     /// All paths, from slowest to fastest.
-    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Portable, Isa::Avx2, Isa::Avx512];
+    pub const ALL: [Isa; 5] = [
+        Isa::Scalar,
+        Isa::Portable,
+        Isa::Avx2,
+        Isa::Avx512,
+        Isa::Avx512Bf16,
+    ];
 
     /// The lower-case name used by `PROFILED_KERNELS` and in reports.
     pub fn name(self) -> &'static str {
@@ -49,6 +64,7 @@ impl Isa {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Avx512Bf16 => "avx512bf16",
         }
     }
 
@@ -59,6 +75,7 @@ impl Isa {
             "portable" | "wide" => Ok(Isa::Portable),
             "avx2" => Ok(Isa::Avx2),
             "avx512" | "avx-512" => Ok(Isa::Avx512),
+            "avx512bf16" | "avx512-bf16" | "avx-512-bf16" => Ok(Isa::Avx512Bf16),
             _ => Err(KernelError::UnknownIsa(name.to_string())),
         }
     }
@@ -80,8 +97,21 @@ impl Isa {
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512vl")
             }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Bf16 => {
+                Isa::Avx512.is_supported() && std::arch::is_x86_feature_detected!("avx512bf16")
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 | Isa::Avx512 => false,
+            Isa::Avx2 | Isa::Avx512 | Isa::Avx512Bf16 => false,
+        }
+    }
+
+    /// The path the f32 kernels take for `self`: [`Isa::Avx512`] for
+    /// [`Isa::Avx512Bf16`] (which adds only the bf16 GEMM), `self` otherwise.
+    pub fn f32_path(self) -> Isa {
+        match self {
+            Isa::Avx512Bf16 => Isa::Avx512,
+            other => other,
         }
     }
 
@@ -159,6 +189,16 @@ mod tests {
             Isa::from_name("neon"),
             Err(KernelError::UnknownIsa(_))
         ));
+    }
+
+    #[test]
+    fn bf16_path_runs_the_avx512_f32_kernels() {
+        assert_eq!(Isa::Avx512Bf16.f32_path(), Isa::Avx512);
+        for isa in [Isa::Scalar, Isa::Portable, Isa::Avx2, Isa::Avx512] {
+            assert_eq!(isa.f32_path(), isa);
+        }
+        // The bf16 path implies the AVX-512 path.
+        assert!(!Isa::Avx512Bf16.is_supported() || Isa::Avx512.is_supported());
     }
 
     #[test]

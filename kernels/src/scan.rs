@@ -505,6 +505,7 @@ fn run_blocks<B: BlockSource>(
     src: B,
 ) {
     debug_assert!(tops.len() <= MAX_QUERIES);
+    let isa = isa.f32_path();
     #[cfg(target_arch = "x86_64")]
     {
         if isa == Isa::Avx512 && Isa::Avx512.is_supported() {
@@ -524,6 +525,7 @@ fn run_blocks<B: BlockSource>(
 }
 
 fn run_rows(isa: Isa, data: &[f16], dims: usize, cand: &[u32], queries: &[f32], tops: &mut [TopK]) {
+    let isa = isa.f32_path();
     #[cfg(target_arch = "x86_64")]
     {
         if isa == Isa::Avx512 && Isa::Avx512.is_supported() {

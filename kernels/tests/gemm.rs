@@ -4,6 +4,11 @@
 //! Tolerance per output element: `|got − ref| ≤ 1e-6 + 2.4e-7·(K + 2)·Σ_k|x_k·w_kj|`
 //! (the worst-case bound of K sequential f32 FMAs plus the bias and
 //! residual adds; GELU outputs get `+ 1e-5·|ref|` more for the tanh).
+//! BF16 weights are compared with the *unrounded* f32 inputs: the rounding
+//! of both operands to bf16 adds `(2·2⁻⁸ + 2⁻¹⁶)·Σ_k|x_k·w_kj|` (×1.2 after
+//! GELU, whose slope is below 1.13), see `profiled_kernels::gemm::bf16`.
+//! On a CPU with AVX512_BF16 the `vdpbf16ps` kernel must also equal the
+//! scalar emulation bit for bit.
 //! NaN / inf inputs must propagate to exactly the rows they touch.
 
 mod common;
@@ -13,9 +18,22 @@ use profiled_kernels::gemm::{Epilogue, PackedMatrix, Residual, WeightPrecision, 
 use profiled_kernels::{Isa, KernelError};
 use proptest::prelude::*;
 
-fn check(got: &[f32], want: &[f64], mag: &[f64], k: usize, extra_rel: f64, what: &str) {
+/// The bf16 input-rounding term of the tolerance, relative to `Σ|x·w|`.
+const BF16_INPUTS: f64 = 2.0 / 256.0 + 1.0 / 65536.0;
+
+#[allow(clippy::too_many_arguments)]
+fn check_bf(
+    got: &[f32],
+    want: &[f64],
+    mag: &[f64],
+    k: usize,
+    extra_rel: f64,
+    extra_mag: f64,
+    what: &str,
+) {
     for i in 0..got.len() {
-        let tol = 1e-6 + 2.4e-7 * (k as f64 + 2.0) * mag[i] + extra_rel * want[i].abs();
+        let tol =
+            1e-6 + (2.4e-7 * (k as f64 + 2.0) + extra_mag) * mag[i] + extra_rel * want[i].abs();
         let err = (got[i] as f64 - want[i]).abs();
         assert!(
             err <= tol,
@@ -37,6 +55,15 @@ fn run_case(m: usize, k: usize, n: usize, seed: u64, prec: WeightPrecision) {
         round_f16(&w)
     } else {
         w.clone()
+    };
+    let bf = if prec == WeightPrecision::Bf16 {
+        BF16_INPUTS
+    } else {
+        0.0
+    };
+    let check = |got: &[f32], want: &[f64], mag: &[f64], k: usize, rel: f64, what: &str| {
+        let gelu = if rel > 0.0 { 1.2 } else { 1.0 };
+        check_bf(got, want, mag, k, rel, gelu * bf, what)
     };
     // Row-major packing of the transposed matrix must give the same matrix.
     let mut w_rm = vec![0.0; k * n];
@@ -125,19 +152,69 @@ fn run_case(m: usize, k: usize, n: usize, seed: u64, prec: WeightPrecision) {
     }
 }
 
+const PRECISIONS: [WeightPrecision; 3] = [
+    WeightPrecision::F32,
+    WeightPrecision::F16,
+    WeightPrecision::Bf16,
+];
+
+/// On a CPU with AVX512_BF16: the `vdpbf16ps` kernel and the scalar
+/// emulation give the same bits (bias, residual and GELU epilogues alike
+/// are the f32 ones, so the plain GEMM is what differs).
+fn bf16_bit_exact(m: usize, k: usize, n: usize, seed: u64) {
+    if !Isa::Avx512Bf16.is_supported() {
+        return;
+    }
+    let mut rng = Rng::new(seed);
+    let x = rng.vec(m * k, 2.0);
+    let w = rng.vec(n * k, 1.0);
+    let pw = PackedMatrix::from_out_in(n, k, &w, WeightPrecision::Bf16).expect("pack");
+    let mut want = vec![0.0; m * n];
+    gemm(Isa::Scalar, &x, m, &pw, None, &mut want).expect("gemm");
+    for isa in [Isa::Avx512, Isa::Avx512Bf16] {
+        let mut got = vec![f32::NAN; m * n];
+        gemm(isa, &x, m, &pw, None, &mut got).expect("gemm");
+        for i in 0..m * n {
+            assert_eq!(
+                got[i].to_bits(),
+                want[i].to_bits(),
+                "{isa} [{i}] m={m} k={k} n={n}: {} vs {}",
+                got[i],
+                want[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn gemm_bf16_packing_rounds_to_nearest_even() {
+    // 1 + 2⁻⁸ is halfway between two bf16: ties to the even 1.0; 1 + 3·2⁻⁸
+    // ties up to 1 + 2⁻⁶; an odd K gets a zero pad row that reads back as None.
+    let w = [1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -2.5];
+    let pw = PackedMatrix::from_row_major(3, 1, &w, WeightPrecision::Bf16).expect("pack");
+    assert_eq!(pw.get(0, 0), Some(1.0));
+    assert_eq!(pw.get(1, 0), Some(1.0 + 4.0 / 256.0));
+    assert_eq!(pw.get(2, 0), Some(-2.5));
+    assert_eq!(pw.get(3, 0), None);
+    assert_eq!(profiled_kernels::gemm::bf16::round(1.0 + 1.0 / 256.0), 1.0);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: common::cases(24), ..ProptestConfig::default() })]
 
     #[test]
-    fn gemm_small_odd_shapes(m in 1usize..40, k in 1usize..80, n in 1usize..80, seed: u64, f16 in any::<bool>()) {
-        let prec = if f16 { WeightPrecision::F16 } else { WeightPrecision::F32 };
-        run_case(m, k, n, seed, prec);
+    fn gemm_small_odd_shapes(m in 1usize..40, k in 1usize..80, n in 1usize..80, seed: u64, p in 0usize..3) {
+        run_case(m, k, n, seed, PRECISIONS[p]);
     }
 
     #[test]
-    fn gemm_large_odd_shapes(m in 1usize..=300, k in 1usize..=300, n in 1usize..=300, seed: u64, f16 in any::<bool>()) {
-        let prec = if f16 { WeightPrecision::F16 } else { WeightPrecision::F32 };
-        run_case(m, k, n, seed, prec);
+    fn gemm_large_odd_shapes(m in 1usize..=300, k in 1usize..=300, n in 1usize..=300, seed: u64, p in 0usize..3) {
+        run_case(m, k, n, seed, PRECISIONS[p]);
+    }
+
+    #[test]
+    fn gemm_bf16_kernel_equals_its_emulation(m in 1usize..40, k in 1usize..300, n in 1usize..80, seed: u64) {
+        bf16_bit_exact(m, k, n, seed);
     }
 }
 
@@ -152,6 +229,8 @@ fn gemm_model_shapes() {
     ] {
         run_case(m, k, n, m as u64 * 31 + n as u64, WeightPrecision::F32);
         run_case(m, k, n, m as u64 * 17 + k as u64, WeightPrecision::F16);
+        run_case(m, k, n, m as u64 * 13 + k as u64, WeightPrecision::Bf16);
+        bf16_bit_exact(m, k, n, m as u64 * 7 + n as u64);
     }
 }
 
@@ -200,7 +279,7 @@ fn gemm_propagates_nan_and_inf_per_row() {
     x[3 * k + 5] = f32::NAN;
     x[8 * k] = f32::INFINITY;
     let w = rng.vec(n * k, 1.0);
-    for prec in [WeightPrecision::F32, WeightPrecision::F16] {
+    for prec in PRECISIONS {
         let pw = PackedMatrix::from_out_in(n, k, &w, prec).expect("pack");
         for isa in Isa::supported() {
             let mut out = vec![0.0; m * n];

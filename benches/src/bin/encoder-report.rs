@@ -8,6 +8,13 @@
 //! uses an existing version instead (its users are then synthetic too).
 //! Prints a human table; the last line is one JSON object.
 //!
+//! On a CPU with AVX512_BF16 the `avx512bf16` row is the same encoder with
+//! bf16 compute allowed ([`Encoder::set_bf16`]): its efficiency is against
+//! its own in-run peak (the `vdpbf16ps` probe), `encoder_bf16_over_f32` is
+//! the AVX-512 f32 time over the bf16 time at B = 64, and
+//! `bf16_min_cosine` the smallest cosine between the two paths' profiles
+//! of the 64 users.
+//!
 //! `cargo run --release -p profiled-benches --bin encoder-report [-- --model DIR]`
 
 use std::path::PathBuf;
@@ -15,6 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use profiled_benches::{load_average, median_time, us};
+use profiled_kernels::gemm::WeightPrecision;
 use profiled_kernels::{Isa, probe};
 use profiled_model::{
     Encoder, ExplainOptions, LoadOptions, Method, Target, UserFeatures, Workspace,
@@ -51,7 +59,9 @@ fn main() -> anyhow::Result<()> {
         .and_then(|i| args.get(i + 1))
         .map(PathBuf::from);
     let load = load_average();
-    let isa = Isa::active();
+    // The f32 kernels of the active path (avx512bf16 runs the AVX-512 f32
+    // kernels unless bf16 compute is allowed, which only its own row does).
+    let isa = Isa::active().f32_path();
 
     // The dataset (users with ≥ 50 events) and, unless given, a model.
     let ds = generate(&SyntheticConfig {
@@ -128,6 +138,12 @@ fn main() -> anyhow::Result<()> {
     // used (a busy machine only ever lowers a probe, so the max is the honest
     // yardstick).
     let peak_before = probe::fma_peak_gflops(isa, Duration::from_millis(600));
+    let bf16_isa = Isa::supported().contains(&Isa::Avx512Bf16);
+    let bf16_peak_before = if bf16_isa {
+        probe::fma_peak_gflops(Isa::Avx512Bf16, Duration::from_millis(600))
+    } else {
+        0.0
+    };
     let flops = pruned_flops(t, p, cfg.d_model, cfg.ffn, cfg.layers, cfg.d_out);
     let min_total = Duration::from_millis(500);
 
@@ -136,6 +152,10 @@ fn main() -> anyhow::Result<()> {
     let mut enc = enc;
     for path in Isa::supported() {
         enc.set_isa(path)?;
+        if path == Isa::Avx512Bf16 {
+            let p = enc.set_bf16(true)?;
+            anyhow::ensure!(p == WeightPrecision::Bf16, "bf16 compute not taken: {p:?}");
+        }
         let mut ws = Workspace::new();
         let b1 = median_time(20, 200, min_total, || {
             let _ = enc.forward_batch(&users[..1], &mut ws).map(|p| p.len());
@@ -145,6 +165,29 @@ fn main() -> anyhow::Result<()> {
         });
         rows.push((path, us(b1), us(b64) / 64.0));
     }
+    // Parity of bf16 compute with the f32 path, the same 64 users.
+    let bf16_min_cosine = if bf16_isa {
+        let mut ws = Workspace::new();
+        let bf = enc.forward_batch(&users, &mut ws)?;
+        let bf: Vec<Vec<f32>> = (0..users.len())
+            .map(|i| bf.row(i).map(<[f32]>::to_vec).context("bf16 row"))
+            .collect::<anyhow::Result<_>>()?;
+        enc.set_bf16(false)?;
+        enc.set_isa(Isa::Avx512)?;
+        let f = enc.forward_batch(&users, &mut ws)?;
+        let mut min = f64::INFINITY;
+        for (i, b) in bf.iter().enumerate() {
+            let a = f.row(i).context("f32 row")?;
+            let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            min = min.min(dot / (na * nb));
+        }
+        Some(min)
+    } else {
+        None
+    };
+    enc.set_bf16(false)?;
     enc.set_isa(isa)?;
 
     // B=64 by the number of tokens per kernel call (the batch is split into
@@ -229,6 +272,23 @@ fn main() -> anyhow::Result<()> {
 
     let peak_after = probe::fma_peak_gflops(isa, Duration::from_millis(600));
     let peak = peak_before.max(peak_after);
+    let bf16_peak = if bf16_isa {
+        bf16_peak_before.max(probe::fma_peak_gflops(
+            Isa::Avx512Bf16,
+            Duration::from_millis(600),
+        ))
+    } else {
+        0.0
+    };
+    // Each path against its own peak.
+    let own_peak = |p: Isa| {
+        if p == Isa::Avx512Bf16 {
+            bf16_peak
+        } else {
+            peak
+        }
+    };
+    let bf16_row = rows.iter().copied().find(|r| r.0 == Isa::Avx512Bf16);
     let (_, b1_us, b64_per_user) = rows
         .iter()
         .copied()
@@ -270,7 +330,15 @@ fn main() -> anyhow::Result<()> {
             path.name(),
             b1,
             b64,
-            flops / (peak * 1e3) / b64
+            flops / (own_peak(*path) * 1e3) / b64
+        );
+    }
+    if let (Some((_, bb1, bb64)), Some(c)) = (bf16_row, bf16_min_cosine) {
+        println!(
+            "bf16 compute (avx512bf16 row, bf16 dot peak {bf16_peak:.1} GFLOP/s): B=1 {bb1:.1} µs, \
+             B=64 {bb64:.1} µs/user, ×{:.2} the {isa} f32 time at B=64; min cosine to f32 over \
+             64 users {c:.6}",
+            b64_per_user / bb64
         );
     }
     println!(
@@ -324,7 +392,12 @@ fn main() -> anyhow::Result<()> {
             "explain_occlusion_groups_us": us(groups),
             "explain_occlusion_tokens_us": us(tok),
             "explain_occlusion_variants": variants,
-            "paths": rows.iter().map(|(p, b1, b64)| (p.name().to_string(), serde_json::json!({"b1_us": b1, "b64_us_per_user": b64}))).collect::<serde_json::Map<_, _>>(),
+            "paths": rows.iter().map(|(p, b1, b64)| (p.name().to_string(), serde_json::json!({"b1_us": b1, "b64_us_per_user": b64, "b64_efficiency_own_peak": flops / (own_peak(*p) * 1e3) / b64}))).collect::<serde_json::Map<_, _>>(),
+            "bf16_dot_peak_gflops": bf16_isa.then_some(bf16_peak),
+            "encoder_bf16_over_f32": bf16_row.map(|r| b64_per_user / r.2),
+            "bf16_b1_us": bf16_row.map(|r| r.1),
+            "bf16_b64_us_per_user": bf16_row.map(|r| r.2),
+            "bf16_min_cosine": bf16_min_cosine,
         })
     );
     let _ = std::fs::remove_dir_all(&tmp);

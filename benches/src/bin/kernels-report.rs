@@ -1,7 +1,14 @@
 //! Kernel report: this machine's single-core FMA peak and memory read
 //! bandwidth, then the fused attention, the whole encoder block and the f16
 //! scan measured against them, on every supported path. Prints a human
-//! table; the last line is one JSON object (figures of the active path).
+//! table; the last line is one JSON object (figures of the active path's
+//! f32 kernels, plus a `bf16` object when the CPU has AVX512_BF16).
+//!
+//! The `avx512bf16` row runs the same block with its weights packed as bf16
+//! (`vdpbf16ps` GEMMs) and is judged against its own in-run peak, the bf16
+//! dot-product throughput; the f32 rows against the best FP32 FMA peak.
+//! The scan is judged against the best of the bandwidth probe's access
+//! patterns (`probe::mem_read`).
 //!
 //! `cargo run --release -p profiled-benches --bin kernels-report`
 
@@ -31,7 +38,7 @@ fn block_flops(b: usize, t: usize) -> f64 {
     profiled_kernels::block::block_flops(D, FFN, &seqs, OutputRows::All) as f64
 }
 
-fn model() -> anyhow::Result<LayerWeights> {
+fn model(precision: WeightPrecision) -> anyhow::Result<LayerWeights> {
     let mut rng = SplitMix::new(42);
     let s = 1.0 / (D as f32).sqrt();
     let in_w = rng.vec(3 * D * D, s);
@@ -64,7 +71,7 @@ fn model() -> anyhow::Result<LayerWeights> {
         ffn2_weight: &f2w,
         ffn2_bias: &f2b,
     };
-    Ok(LayerWeights::new(&t, WeightPrecision::F32)?)
+    Ok(LayerWeights::new(&t, precision)?)
 }
 
 /// The kernel under test: one call over a ragged batch.
@@ -151,16 +158,32 @@ fn main() -> anyhow::Result<()> {
     for isa in Isa::supported() {
         peaks.push((isa, probe::fma_peak_gflops(isa, Duration::from_millis(600))));
     }
-    let peak = peaks.iter().map(|p| p.1).fold(0.0f64, f64::max);
-    let bw = probe::mem_read_gbps(512 << 20, 5);
+    // The f32 paths are judged against the best FP32 FMA peak; the bf16
+    // path's probe is its `vdpbf16ps` peak, a different yardstick.
+    let peak = peaks
+        .iter()
+        .filter(|p| p.0 != Isa::Avx512Bf16)
+        .map(|p| p.1)
+        .fold(0.0f64, f64::max);
+    let patterns = probe::mem_read(512 << 20, 5);
+    let bw = probe::best_read(&patterns);
     println!();
     println!("baselines (single core)");
     for (isa, g) in &peaks {
-        println!("  FMA peak {isa:<9} {g:8.1} GFLOP/s");
+        let what = if *isa == Isa::Avx512Bf16 {
+            "bf16 dot"
+        } else {
+            "FMA peak"
+        };
+        println!("  {what} {isa:<11} {g:8.1} GFLOP/s");
     }
-    println!("  memory read      {bw:8.1} GB/s (512 MiB stream)");
+    for (p, g) in &patterns {
+        println!("  memory read {:<18} {g:8.1} GB/s (512 MiB)", p.name());
+    }
+    println!("  memory read best               {bw:8.1} GB/s");
 
-    let m = model()?;
+    let m = model(WeightPrecision::F32)?;
+    let m_bf16 = model(WeightPrecision::Bf16)?;
     let mut rng = SplitMix::new(3);
     let n_rows = 1 << 20;
     let rows: Vec<f16> = (0..n_rows * D)
@@ -171,7 +194,7 @@ fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "{:<9} {:>12} {:>12} {:>7} {:>14} {:>7} {:>9} {:>12} {:>7}",
+        "{:<10} {:>12} {:>12} {:>7} {:>14} {:>7} {:>9} {:>12} {:>7}",
         "path",
         "mha b1 t16",
         "mha b64 t16",
@@ -184,17 +207,24 @@ fn main() -> anyhow::Result<()> {
     );
     let mut figures = Vec::new();
     for isa in Isa::supported() {
-        let mha1 = time_forward(mha, isa, &m, 1, 16, 30)?;
-        let mha64 = time_forward(mha, isa, &m, 64, 16, 30)?;
-        let blk = time_forward(block, isa, &m, 64, 56, 20)?;
+        // The bf16 path: the same block with bf16 weights, against its own peak.
+        let (layer, yardstick) = if isa == Isa::Avx512Bf16 {
+            let own = peaks.iter().find(|p| p.0 == isa).map_or(peak, |p| p.1);
+            (&m_bf16, own)
+        } else {
+            (&m, peak)
+        };
+        let mha1 = time_forward(mha, isa, layer, 1, 16, 30)?;
+        let mha64 = time_forward(mha, isa, layer, 64, 16, 30)?;
+        let blk = time_forward(block, isa, layer, 64, 56, 20)?;
         let gbps = scan_gbps(isa, &rows, &query, &mut scores)?;
-        let mha_eff = mha_flops(64, 16) / (peak * 1e9) / mha64.as_secs_f64();
-        let blk_eff = block_flops(64, 56) / (peak * 1e9) / blk.as_secs_f64();
+        let mha_eff = mha_flops(64, 16) / (yardstick * 1e9) / mha64.as_secs_f64();
+        let blk_eff = block_flops(64, 56) / (yardstick * 1e9) / blk.as_secs_f64();
         let scan_eff = gbps / bw;
         let own_peak = peaks.iter().find(|p| p.0 == isa).map_or(peak, |p| p.1);
         let own_eff = block_flops(64, 56) / (own_peak * 1e9) / blk.as_secs_f64();
         println!(
-            "{:<9} {:>9.1} µs {:>9.1} µs {:>7.2} {:>11.1} µs {:>7.2} {:>9.2} {:>7.1} GB/s {:>7.2}",
+            "{:<10} {:>9.1} µs {:>9.1} µs {:>7.2} {:>11.1} µs {:>7.2} {:>9.2} {:>7.1} GB/s {:>7.2}",
             isa.name(),
             us(mha1),
             us(mha64),
@@ -210,11 +240,14 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!(
         "FLOP floors: mha = B·(2·T·d·3d + 4·T²·d + 2·T·d²), block = mha + B·4·T·d·ffn; \
-         efficiency = floor ÷ best measured FMA peak ({peak:.1} GFLOP/s) ÷ time; \
-         own-peak = block efficiency against that path's own FMA peak"
+         efficiency = floor ÷ best measured FP32 FMA peak ({peak:.1} GFLOP/s) ÷ time \
+         (avx512bf16: bf16 weights, ÷ its own bf16 dot peak); \
+         own-peak = block efficiency against that path's own peak; \
+         scan efficiency = GB/s ÷ best read pattern ({bw:.1} GB/s)"
     );
     let best_block = figures
         .iter()
+        .filter(|f| f.0 != Isa::Avx512Bf16)
         .map(|f| f.4)
         .min()
         .context("no kernel path ran")?;
@@ -230,10 +263,26 @@ fn main() -> anyhow::Result<()> {
         load_before.map(|l| l[0]),
         load_after.map(|l| l[0])
     );
+    // The headline figures are the active path's f32 kernels.
     let f = figures
         .iter()
-        .find(|f| f.0 == active)
+        .find(|f| f.0 == active.f32_path())
         .context("active path did not run")?;
+    let bf16 = figures.iter().find(|f| f.0 == Isa::Avx512Bf16).map(|b| {
+        let own = peaks
+            .iter()
+            .find(|p| p.0 == Isa::Avx512Bf16)
+            .map_or(0.0, |p| p.1);
+        serde_json::json!({
+            "dot_peak_gflops": own,
+            "mha_b1_t16_us": us(b.1),
+            "mha_b64_t16_us": us(b.2),
+            "mha_b64_t16_efficiency": b.3,
+            "block_b64_t56_us": us(b.4),
+            "block_b64_t56_efficiency": b.5,
+            "block_bf16_over_f32": f.4.as_secs_f64() / b.4.as_secs_f64(),
+        })
+    });
     let portable_ratio = figures
         .iter()
         .find(|f| f.0 == Isa::Portable)
@@ -241,9 +290,10 @@ fn main() -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "isa": active.name(),
+            "isa": active.f32_path().name(),
             "fma_peak_gflops": peak,
             "mem_read_gbps": bw,
+            "mem_read_patterns_gbps": patterns.iter().map(|(p, g)| (p.name().to_string(), serde_json::json!(g))).collect::<serde_json::Map<_, _>>(),
             "mha_b1_t16_us": us(f.1),
             "mha_b64_t16_us": us(f.2),
             "mha_b64_t16_efficiency": f.3,
@@ -252,6 +302,7 @@ fn main() -> anyhow::Result<()> {
             "f16_dot_scan_gbps": f.6,
             "f16_dot_scan_efficiency": f.7,
             "portable_block_slowdown": portable_ratio,
+            "bf16": bf16,
             "load_avg_1m": load_after.map(|l| l[0]),
         })
     );

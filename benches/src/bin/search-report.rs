@@ -68,8 +68,18 @@ fn main() -> Result<()> {
         load()
     );
 
-    let bw = profiled_kernels::probe::mem_read_gbps(512 << 20, 5);
-    println!("memory read bandwidth (single thread, 512 MiB stream): {bw:.1} GB/s");
+    // The yardstick is the best of several access patterns (one stream,
+    // prefetched as the scan does, four streams): see `probe::mem_read`.
+    let patterns = profiled_kernels::probe::mem_read(512 << 20, 5);
+    let bw = profiled_kernels::probe::best_read(&patterns);
+    println!(
+        "memory read bandwidth (single thread, 512 MiB, best of {}): {bw:.1} GB/s",
+        patterns
+            .iter()
+            .map(|(p, g)| format!("{} {g:.1}", p.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 
     let dir = tempfile::tempdir()?;
 
@@ -325,6 +335,7 @@ fn main() -> Result<()> {
         "isa": isa.name(),
         "quick": quick,
         "mem_read_gbps": bw,
+        "mem_read_patterns_gbps": patterns.iter().map(|(p, g)| (p.name().to_string(), serde_json::json!(g))).collect::<serde_json::Map<_, _>>(),
         "exact_1m_d64_q1_ms": q1_ms,
         "exact_1m_d64_q1_min_ms": q1_min_ms,
         "exact_1m_d64_q16_min_ms_per_query": q16_min_ms,

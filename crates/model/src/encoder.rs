@@ -174,6 +174,81 @@ pub struct Encoder {
     items: Vec<f32>,
     report: LoadReport,
     max_tokens_per_call: usize,
+    /// Whether the layers may compute in bf16 ([`Encoder::set_bf16`]).
+    bf16_allowed: bool,
+    /// The precision `layers` and `head` are packed in.
+    precision: WeightPrecision,
+}
+
+/// The smallest golden cosine accepted for bf16 compute (the parity
+/// target against the f32 path; f16 weights have the same).
+pub const BF16_GOLDEN_THRESHOLD: f64 = 0.999;
+
+/// The kernels' storage precision of weights stored as `dtype`.
+fn stored_precision(dtype: Dtype) -> WeightPrecision {
+    match dtype {
+        Dtype::F32 => WeightPrecision::F32,
+        Dtype::F16 => WeightPrecision::F16,
+    }
+}
+
+/// Packs every layer and the head in `precision` (`wpath` names the
+/// weights file in errors).
+fn pack_layers(
+    weights: &Weights,
+    meta: &ModelJson,
+    precision: WeightPrecision,
+    wpath: &Path,
+) -> Result<(Vec<LayerWeights>, PackedMatrix)> {
+    let cfg = &meta.architecture;
+    let d = cfg.d_model;
+    let kerr = |e: profiled_kernels::KernelError| Error::model(wpath, format!("packing: {e}"));
+    let mut layers = Vec::with_capacity(cfg.layers);
+    for l in 0..cfg.layers {
+        let t = |n: &str| weights.f32_copy(&format!("layers.{l}.{n}"));
+        let mut in_w = t("attn.q.weight")?;
+        in_w.extend(t("attn.k.weight")?);
+        in_w.extend(t("attn.v.weight")?);
+        let mut in_b = t("attn.q.bias")?;
+        in_b.extend(t("attn.k.bias")?);
+        in_b.extend(t("attn.v.bias")?);
+        let (ow, ob) = (t("attn.o.weight")?, t("attn.o.bias")?);
+        let (l1w, l1b, l2w, l2b) = (
+            t("ln1.weight")?,
+            t("ln1.bias")?,
+            t("ln2.weight")?,
+            t("ln2.bias")?,
+        );
+        let (f1w, f1b, f2w, f2b) = (
+            t("ffn.up.weight")?,
+            t("ffn.up.bias")?,
+            t("ffn.down.weight")?,
+            t("ffn.down.bias")?,
+        );
+        let lt = LayerTensors {
+            d,
+            heads: cfg.heads,
+            ffn: cfg.ffn,
+            eps: cfg.ln_eps as f32,
+            in_proj_weight: &in_w,
+            in_proj_bias: &in_b,
+            out_proj_weight: &ow,
+            out_proj_bias: &ob,
+            ln1_weight: &l1w,
+            ln1_bias: &l1b,
+            ln2_weight: &l2w,
+            ln2_bias: &l2b,
+            ffn1_weight: &f1w,
+            ffn1_bias: &f1b,
+            ffn2_weight: &f2w,
+            ffn2_bias: &f2b,
+        };
+        layers.push(LayerWeights::new(&lt, precision).map_err(kerr)?);
+    }
+    let head =
+        PackedMatrix::from_out_in(cfg.d_out, d, &weights.f32_copy("head.weight")?, precision)
+            .map_err(kerr)?;
+    Ok((layers, head))
 }
 
 /// Most rows summed into one behaviour-token embedding in one pass (item,
@@ -290,58 +365,9 @@ impl Encoder {
             }
         }
 
-        let precision = match dtype {
-            Dtype::F32 => WeightPrecision::F32,
-            Dtype::F16 => WeightPrecision::F16,
-        };
+        let precision = stored_precision(dtype);
         let cfg = &meta.architecture;
-        let d = cfg.d_model;
-        let kerr = |e: profiled_kernels::KernelError| Error::model(&wpath, format!("packing: {e}"));
-        let mut layers = Vec::with_capacity(cfg.layers);
-        for l in 0..cfg.layers {
-            let t = |n: &str| weights.f32_copy(&format!("layers.{l}.{n}"));
-            let mut in_w = t("attn.q.weight")?;
-            in_w.extend(t("attn.k.weight")?);
-            in_w.extend(t("attn.v.weight")?);
-            let mut in_b = t("attn.q.bias")?;
-            in_b.extend(t("attn.k.bias")?);
-            in_b.extend(t("attn.v.bias")?);
-            let (ow, ob) = (t("attn.o.weight")?, t("attn.o.bias")?);
-            let (l1w, l1b, l2w, l2b) = (
-                t("ln1.weight")?,
-                t("ln1.bias")?,
-                t("ln2.weight")?,
-                t("ln2.bias")?,
-            );
-            let (f1w, f1b, f2w, f2b) = (
-                t("ffn.up.weight")?,
-                t("ffn.up.bias")?,
-                t("ffn.down.weight")?,
-                t("ffn.down.bias")?,
-            );
-            let lt = LayerTensors {
-                d,
-                heads: cfg.heads,
-                ffn: cfg.ffn,
-                eps: cfg.ln_eps as f32,
-                in_proj_weight: &in_w,
-                in_proj_bias: &in_b,
-                out_proj_weight: &ow,
-                out_proj_bias: &ob,
-                ln1_weight: &l1w,
-                ln1_bias: &l1b,
-                ln2_weight: &l2w,
-                ln2_bias: &l2b,
-                ffn1_weight: &f1w,
-                ffn1_bias: &f1b,
-                ffn2_weight: &f2w,
-                ffn2_bias: &f2b,
-            };
-            layers.push(LayerWeights::new(&lt, precision).map_err(kerr)?);
-        }
-        let head =
-            PackedMatrix::from_out_in(cfg.d_out, d, &weights.f32_copy("head.weight")?, precision)
-                .map_err(kerr)?;
+        let (layers, head) = pack_layers(&weights, &meta, precision, &wpath)?;
         let head_b = weights.f32_copy("head.bias")?;
         let final_g = weights.f32_copy("final_norm.weight")?;
         let final_b = weights.f32_copy("final_norm.bias")?;
@@ -461,6 +487,8 @@ impl Encoder {
             items,
             report,
             max_tokens_per_call: DEFAULT_MAX_TOKENS_PER_CALL,
+            bf16_allowed: false,
+            precision,
         };
         if opts.verify_golden {
             let (n, min) = enc.verify_golden()?;
@@ -483,7 +511,11 @@ impl Encoder {
                 "no golden examples: the version cannot be verified",
             ));
         }
-        let threshold = self.dtype.golden_threshold();
+        let threshold = if self.precision == WeightPrecision::Bf16 {
+            BF16_GOLDEN_THRESHOLD
+        } else {
+            self.dtype.golden_threshold()
+        };
         let mut ws = Workspace::new();
         let mut min = f64::INFINITY;
         for (index, g) in golden.iter().enumerate() {
@@ -510,8 +542,9 @@ impl Encoder {
             let c = cosine(got, &g.profile);
             if c.is_nan() || c < threshold {
                 return Err(fail(format!(
-                    "cosine {c:.6} to the expected profile is below {threshold} ({} weights, {} kernels)",
+                    "cosine {c:.6} to the expected profile is below {threshold} ({} weights, {} compute, {} kernels)",
                     self.dtype.name(),
+                    self.precision.name(),
                     self.isa
                 )));
             }
@@ -545,9 +578,58 @@ impl Encoder {
         self.isa
     }
 
-    /// Switches the kernel path (packed weights are path-independent).
+    /// Switches the kernel path. Packed weights are path-independent,
+    /// except that bf16 compute (when allowed, [`Encoder::set_bf16`]) runs
+    /// only on [`Isa::Avx512Bf16`]: switching to or from that path re-packs
+    /// the layers (and, to bf16, re-verifies the golden examples).
     pub fn set_isa(&mut self, isa: Isa) -> Result<()> {
         self.isa = isa.checked()?;
+        self.repack()
+    }
+
+    /// Allows or forbids bf16 compute: weights packed as bf16 and
+    /// activations rounded to bf16 at every GEMM input, f32 accumulation and
+    /// f32 everything else (LayerNorm, softmax, GELU, residuals). It is used
+    /// only on [`Isa::Avx512Bf16`] (elsewhere the stored precision stays);
+    /// when it is, the golden examples (if any) must reach a cosine of
+    /// [`BF16_GOLDEN_THRESHOLD`], or the encoder stays on the stored precision
+    /// and the error is returned. Returns the precision now in use.
+    pub fn set_bf16(&mut self, allowed: bool) -> Result<WeightPrecision> {
+        self.bf16_allowed = allowed;
+        self.repack()?;
+        Ok(self.precision)
+    }
+
+    /// The precision the layers and the head compute in: the stored
+    /// dtype's, or [`WeightPrecision::Bf16`] (see [`Encoder::set_bf16`]).
+    pub fn compute_precision(&self) -> WeightPrecision {
+        self.precision
+    }
+
+    /// Re-packs the layers and head when the wanted precision changed.
+    fn repack(&mut self) -> Result<()> {
+        let want = if self.bf16_allowed && self.isa == Isa::Avx512Bf16 {
+            WeightPrecision::Bf16
+        } else {
+            stored_precision(self.dtype)
+        };
+        if want == self.precision {
+            return Ok(());
+        }
+        let wpath = self.dir.join(WEIGHTS_FILE);
+        let (layers, head) = pack_layers(&self.weights, &self.meta, want, &wpath)?;
+        let old_layers = std::mem::replace(&mut self.layers, layers);
+        let old_head = std::mem::replace(&mut self.head, head);
+        let old = std::mem::replace(&mut self.precision, want);
+        if want == WeightPrecision::Bf16
+            && !self.meta.golden.is_empty()
+            && let Err(e) = self.verify_golden()
+        {
+            self.layers = old_layers;
+            self.head = old_head;
+            self.precision = old;
+            return Err(e);
+        }
         Ok(())
     }
 

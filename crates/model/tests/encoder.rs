@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use profiled_kernels::Isa;
+use profiled_kernels::gemm::WeightPrecision;
 use profiled_model::testing::{
     Rng, SyntheticSpec, random_user, reference_profile, write_synthetic_model,
 };
@@ -572,4 +573,45 @@ fn token_table_flags_unseen_values_and_items_from_the_model() {
         .expect("occupation");
     assert!(occ.oov && !occ.missing, "{occ:?}");
     assert_eq!(occ.label, "occupation = astronaut (unseen)");
+}
+
+#[test]
+fn bf16_compute_is_opt_in_and_stays_within_parity() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let spec = SyntheticSpec::default();
+    let mut enc = model(dir.path(), &spec);
+    let stored = enc.compute_precision();
+    assert_ne!(stored, WeightPrecision::Bf16, "bf16 is never the default");
+    let mut rng = Rng::new(7);
+    let users: Vec<UserFeatures> = (0..40)
+        .map(|_| random_user(&mut rng, spec.items, spec.max_events))
+        .collect();
+    let mut ws = Workspace::new();
+    // Allowed but on a path without vdpbf16ps: the stored precision stays.
+    enc.set_isa(Isa::Scalar).expect("isa");
+    assert_eq!(enc.set_bf16(true).expect("allow"), stored);
+    if !Isa::Avx512Bf16.is_supported() {
+        return;
+    }
+    enc.set_isa(Isa::Avx512).expect("isa");
+    assert_eq!(enc.compute_precision(), stored);
+    let f32_profiles = enc.forward_batch(&users, &mut ws).expect("f32").to_vecs();
+    // The bf16 path with bf16 allowed: re-packed and golden-verified.
+    enc.set_isa(Isa::Avx512Bf16).expect("isa");
+    assert_eq!(enc.compute_precision(), WeightPrecision::Bf16);
+    let bf16_profiles = enc.forward_batch(&users, &mut ws).expect("bf16").to_vecs();
+    let mut differs = false;
+    for (a, b) in f32_profiles.iter().zip(&bf16_profiles) {
+        let c = cosine(a, b);
+        assert!(c >= 0.999, "bf16 against f32: cosine {c}");
+        differs |= a != b;
+    }
+    assert!(differs, "bf16 compute must actually run in bf16");
+    // Forbidding it again restores the stored precision and its results.
+    assert_eq!(enc.set_bf16(false).expect("forbid"), stored);
+    let again = enc
+        .forward_batch(&users, &mut ws)
+        .expect("f32 again")
+        .to_vecs();
+    assert_eq!(again, f32_profiles);
 }

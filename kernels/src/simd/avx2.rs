@@ -15,10 +15,10 @@ use half::slice::HalfFloatSliceExt;
 use super::{MAX_QUERIES, exp2c, expc, geluc};
 use crate::f16;
 
-/// Lanes `< n` set (all-ones), lanes `≥ n` clear; `n ≤ 8`.
+/// Lanes `< n` set (all-ones), lanes `≥ n` clear (every lane for `n ≥ 8`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn tail_mask(n: usize) -> __m256i {
+pub(crate) fn tail_mask(n: usize) -> __m256i {
     _mm256_cmpgt_epi32(
         _mm256_set1_epi32(n as i32),
         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
@@ -28,7 +28,7 @@ fn tail_mask(n: usize) -> __m256i {
 /// Horizontal sum of 8 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn hsum(v: __m256) -> f32 {
+pub(crate) fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -483,7 +483,7 @@ fn exp8(x: __m256) -> __m256 {
 /// `exp(-inf) = 0`. Same polynomial and accuracy as [`exp8`] otherwise.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn exp_neg8(x: __m256) -> __m256 {
+pub(crate) fn exp_neg8(x: __m256) -> __m256 {
     let lo = _mm256_set1_ps(expc::NEG_LO);
     // `max` returns its second operand when either is NaN: NaN is kept.
     let xc = _mm256_max_ps(lo, x);

@@ -15,11 +15,10 @@ use super::avx2::{hsum, hsum8};
 use super::{MAX_QUERIES, exp2c, expc, geluc};
 use crate::f16;
 
-/// The first `n ≤ 16` lanes.
+/// The first `min(n, 16)` lanes.
 #[inline]
-fn mask16(n: usize) -> __mmask16 {
-    debug_assert!(n <= 16);
-    ((1u32 << n) - 1) as __mmask16
+pub(crate) fn mask16(n: usize) -> __mmask16 {
+    ((1u32 << n.min(16)) - 1) as __mmask16
 }
 
 /// Sum of the two 256-bit halves.
@@ -337,7 +336,7 @@ pub(crate) fn l2_normalize(x: &mut [f32]) -> f32 {
 /// `2^n` with correct overflow and gradual underflow.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn exp16(x: __m512) -> __m512 {
+pub(crate) fn exp16(x: __m512) -> __m512 {
     // NaN-preserving operand order (second operand returned on NaN).
     let xc = _mm512_min_ps(
         _mm512_set1_ps(expc::HI),

@@ -6,9 +6,16 @@
 //! [`PackedMatrix`] stores `W` as column panels [`PANEL`] (= 16) columns wide:
 //! panel `p` holds columns `16p..16p+16`, row-major inside the panel, so that
 //! element `(k, j)` sits at `p·K·16 + k·16 + (j − 16p)`. The last panel is
-//! zero-padded. Panels start on 64-byte boundaries. Storage is f32 or f16
-//! ([`WeightPrecision`]); f16 panels are widened with F16C (AVX paths) inside
-//! the micro-kernel, accumulation is always f32.
+//! zero-padded. Panels start on 64-byte boundaries. Storage is f32, f16 or
+//! bf16 ([`WeightPrecision`]); f16 panels are widened with F16C (AVX paths)
+//! inside the micro-kernel, accumulation is always f32.
+//!
+//! bf16 panels hold row *pairs*: pair `kp` of panel `p` is 16 32-bit words,
+//! word `jj` = `W[2kp, 16p + jj]` (low half) and `W[2kp + 1, 16p + jj]`
+//! (high half), an odd `K` padded with a zero row — the operand layout of
+//! `vdpbf16ps`. A GEMM against bf16 weights also rounds `X` to bf16 (round
+//! to nearest even), so every product is exact in f32; see [`bf16`] for the
+//! kernels and the accumulation order.
 //!
 //! # Micro-kernels
 //!
@@ -49,6 +56,8 @@
 use crate::error::check_len;
 use crate::{Isa, KernelError, activation, f16};
 
+pub mod bf16;
+
 /// Width of one packed column panel.
 pub const PANEL: usize = 16;
 
@@ -59,6 +68,21 @@ pub enum WeightPrecision {
     F32,
     /// IEEE half precision, widened to f32 inside the micro-kernel.
     F16,
+    /// bfloat16 in row pairs (see the module docs): the GEMM also rounds its
+    /// input to bf16 and runs `vdpbf16ps` on [`Isa::Avx512Bf16`] (an exact
+    /// scalar emulation of it on every other path).
+    Bf16,
+}
+
+impl WeightPrecision {
+    /// The name used in reports and configuration (`f32`, `f16`, `bf16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightPrecision::F32 => "f32",
+            WeightPrecision::F16 => "f16",
+            WeightPrecision::Bf16 => "bf16",
+        }
+    }
 }
 
 /// One 64-byte aligned storage line.
@@ -153,11 +177,7 @@ impl PackedMatrix {
         get: impl Fn(usize, usize) -> f32,
     ) -> PackedMatrix {
         let panels = n.div_ceil(PANEL);
-        let elem = match precision {
-            WeightPrecision::F32 => 4,
-            WeightPrecision::F16 => 2,
-        };
-        let bytes = panels * k * PANEL * elem;
+        let bytes = panels * panel_bytes(k, precision);
         let mut lines = vec![Line([0; 64]); bytes.div_ceil(64)];
         let raw: &mut [u8] = lines_bytes_mut(&mut lines);
         for p in 0..panels {
@@ -165,14 +185,8 @@ impl PackedMatrix {
                 for jj in 0..PANEL {
                     let j = p * PANEL + jj;
                     let v = if j < n { get(kk, j) } else { 0.0 };
-                    let idx = (p * k + kk) * PANEL + jj;
-                    match precision {
-                        WeightPrecision::F32 => {
-                            raw[idx * 4..idx * 4 + 4].copy_from_slice(&v.to_le_bytes())
-                        }
-                        WeightPrecision::F16 => raw[idx * 2..idx * 2 + 2]
-                            .copy_from_slice(&f16::from_f32(v).to_bits().to_le_bytes()),
-                    }
+                    let (at, bytes, len) = element(k, precision, p, kk, jj, v);
+                    raw[at..at + len].copy_from_slice(&bytes[..len]);
                 }
             }
         }
@@ -210,17 +224,17 @@ impl PackedMatrix {
         if k >= self.k || j >= self.n {
             return None;
         }
-        let idx = ((j / PANEL) * self.k + k) * PANEL + j % PANEL;
+        let (at, _, _) = element(self.k, self.precision, j / PANEL, k, j % PANEL, 0.0);
         let raw = lines_bytes(&self.lines);
         Some(match self.precision {
-            WeightPrecision::F32 => f32::from_le_bytes([
-                raw[idx * 4],
-                raw[idx * 4 + 1],
-                raw[idx * 4 + 2],
-                raw[idx * 4 + 3],
-            ]),
+            WeightPrecision::F32 => {
+                f32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]])
+            }
             WeightPrecision::F16 => {
-                f16::from_bits(u16::from_le_bytes([raw[idx * 2], raw[idx * 2 + 1]])).to_f32()
+                f16::from_bits(u16::from_le_bytes([raw[at], raw[at + 1]])).to_f32()
+            }
+            WeightPrecision::Bf16 => {
+                half::bf16::from_bits(u16::from_le_bytes([raw[at], raw[at + 1]])).to_f32()
             }
         })
     }
@@ -228,6 +242,45 @@ impl PackedMatrix {
     /// Base pointer of the packed data.
     fn base(&self) -> *const u8 {
         self.lines.as_ptr().cast()
+    }
+}
+
+/// Bytes of one packed panel of a `K`-row matrix.
+fn panel_bytes(k: usize, precision: WeightPrecision) -> usize {
+    match precision {
+        WeightPrecision::F32 => k * PANEL * 4,
+        WeightPrecision::F16 => k * PANEL * 2,
+        WeightPrecision::Bf16 => k.div_ceil(2) * PANEL * 4,
+    }
+}
+
+/// Byte offset of element `(kk, 16p + jj)` in the packed storage and its
+/// little-endian bytes when it holds `v` (the first 2 or 4 bytes, as wide as
+/// the element).
+fn element(
+    k: usize,
+    precision: WeightPrecision,
+    p: usize,
+    kk: usize,
+    jj: usize,
+    v: f32,
+) -> (usize, [u8; 4], usize) {
+    let two = |bits: u16| {
+        let [a, b] = bits.to_le_bytes();
+        [a, b, 0, 0]
+    };
+    match precision {
+        WeightPrecision::F32 => ((p * k + kk) * PANEL * 4 + jj * 4, v.to_le_bytes(), 4),
+        WeightPrecision::F16 => (
+            ((p * k + kk) * PANEL + jj) * 2,
+            two(f16::from_f32(v).to_bits()),
+            2,
+        ),
+        WeightPrecision::Bf16 => (
+            p * panel_bytes(k, precision) + ((kk / 2) * PANEL + jj) * 4 + (kk % 2) * 2,
+            two(half::bf16::from_f32(v).to_bits()),
+            2,
+        ),
     }
 }
 
@@ -452,26 +505,29 @@ pub(crate) fn gemm_strided(
             detail: "GELU cannot be combined with a residual".into(),
         });
     }
-    let job = Job {
+    let bf16 = w.precision == WeightPrecision::Bf16;
+    let fisa = isa.f32_path();
+    // GELU in the tile's registers on the AVX paths (and the bf16 kernel);
+    // otherwise one pass over each finished row chunk.
+    let fused = if bf16 {
+        isa == Isa::Avx512Bf16
+    } else {
+        matches!(fisa, Isa::Avx2 | Isa::Avx512)
+    };
+    let mut job = Job {
         k,
         a: a.data.as_ptr(),
         lda: a.ld,
         // SAFETY: col0/16 < panels (checked above), so the offset stays
         // inside the packed storage.
-        b: unsafe {
-            w.base().add(
-                (col0 / PANEL)
-                    * k
-                    * PANEL
-                    * if w.precision == WeightPrecision::F16 {
-                        2
-                    } else {
-                        4
-                    },
-            )
-        },
+        b: unsafe { w.base().add((col0 / PANEL) * panel_bytes(k, w.precision)) },
         f16: w.precision == WeightPrecision::F16,
-        pstride: k * PANEL,
+        pstride: if bf16 {
+            k.div_ceil(2) * PANEL
+        } else {
+            k * PANEL
+        },
+        abf: std::ptr::null(),
         out: out.as_mut_ptr(),
         ldc,
         ncols,
@@ -479,37 +535,42 @@ pub(crate) fn gemm_strided(
         res: res_ptr,
         ldr,
         accumulate: matches!(residual, Res::Accumulate),
-        // The AVX micro-kernels apply GELU in registers as they store; the
-        // others make one pass over each finished row chunk.
-        gelu: (gelu && matches!(isa, Isa::Scalar | Isa::Portable)).then_some(isa),
-        gelu_fused: gelu && matches!(isa, Isa::Avx2 | Isa::Avx512),
+        gelu: (gelu && !fused).then_some(fisa),
+        gelu_fused: gelu && fused,
     };
+    if bf16 {
+        bf16::gemm(isa, &mut job, m);
+        return Ok(());
+    }
     // Rows per chunk: keep the chunk of `a` around 16 KiB so that it and one
     // panel stay in L1 while every panel sweeps over it.
     let mc_target = (16 * 1024 / (4 * k)).max(1);
-    match isa {
-        Isa::Scalar => drive(&job, m, mc_target, 4, 1, &|t, r, np, c0, cols| {
-            scalar_tile(&job, t, r, np, c0, cols)
+    let job = &job;
+    match fisa {
+        Isa::Scalar => drive(job, m, mc_target, 4, 1, &|t, r, np, c0, cols| {
+            scalar_tile(job, t, r, np, c0, cols)
         }),
-        Isa::Portable => drive(&job, m, mc_target, 2, 1, &|t, r, np, c0, cols| {
-            portable::tile(&job, t, r, np, c0, cols)
+        Isa::Portable => drive(job, m, mc_target, 2, 1, &|t, r, np, c0, cols| {
+            portable::tile(job, t, r, np, c0, cols)
         }),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => drive(&job, m, mc_target, 6, 1, &|t, r, np, c0, cols| {
+        Isa::Avx2 => drive(job, m, mc_target, 6, 1, &|t, r, np, c0, cols| {
             // SAFETY: `isa.checked()` above proved AVX2+FMA+F16C are present;
             // `drive` only passes tiles inside the bounds validated above.
-            unsafe { avx2::tile(&job, t, r, np, c0, cols) }
+            unsafe { avx2::tile(job, t, r, np, c0, cols) }
         }),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => drive(&job, m, mc_target, 8, 2, &|t, r, np, c0, cols| {
+        Isa::Avx512 | Isa::Avx512Bf16 => drive(job, m, mc_target, 8, 2, &|t, r, np, c0, cols| {
             // SAFETY: `isa.checked()` proved AVX-512 F/BW/VL (+AVX2/FMA/F16C);
             // `drive` only passes tiles inside the validated bounds.
-            unsafe { avx512::tile(&job, t, r, np, c0, cols) }
+            unsafe { avx512::tile(job, t, r, np, c0, cols) }
         }),
         #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx2 | Isa::Avx512 => drive(&job, m, mc_target, 2, 1, &|t, r, np, c0, cols| {
-            portable::tile(&job, t, r, np, c0, cols)
-        }),
+        Isa::Avx2 | Isa::Avx512 | Isa::Avx512Bf16 => {
+            drive(job, m, mc_target, 2, 1, &|t, r, np, c0, cols| {
+                portable::tile(job, t, r, np, c0, cols)
+            })
+        }
     }
     Ok(())
 }
@@ -525,7 +586,11 @@ pub(crate) struct Job {
     lda: usize,
     b: *const u8,
     f16: bool,
+    /// Elements (f32 / f16) or 32-bit bf16 pairs between panels.
     pstride: usize,
+    /// bf16 weights only: `a` rounded to bf16 pairs, row `i` at
+    /// `abf[i·pstride/16 ..]` (`ceil(k/2)` words; set by [`bf16::gemm`]).
+    abf: *const u32,
     out: *mut f32,
     ldc: usize,
     ncols: usize,
@@ -963,8 +1028,25 @@ mod avx512 {
                 }
             }
         }
-        // Epilogue in registers: bias, residual / accumulation or GELU,
-        // then a (masked) store of the valid columns.
+        // SAFETY: forwarded contract (the tile is inside the job).
+        unsafe { epilogue::<R, NP>(job, r0, c0, cols, &acc) };
+    }
+
+    /// The epilogue in registers: bias, residual / accumulation or GELU,
+    /// then a (masked) store of the valid columns.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F/BW/VL, FMA and F16C; rows `r0..r0 + R`
+    /// and columns `c0..c0 + cols` are inside the job.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn epilogue<const R: usize, const NP: usize>(
+        job: &Job,
+        r0: usize,
+        c0: usize,
+        cols: usize,
+        acc: &[[__m512; NP]; R],
+    ) {
         let mut mask = [0 as __mmask16; NP];
         let mut bias = [_mm512_setzero_ps(); NP];
         for q in 0..NP {
