@@ -2,7 +2,11 @@
 //! service (statuses set through its `HealthReporter`), except that `Watch`
 //! of a service the server does not know streams `SERVICE_UNKNOWN` and keeps
 //! the stream open, instead of ending it with NOT_FOUND (`Check` of an
-//! unknown service still answers NOT_FOUND, as the protocol says).
+//! unknown service still answers NOT_FOUND, as the protocol says). A service
+//! name over `limits.max_string_bytes` is INVALID_ARGUMENT, like every other
+//! name the server is given.
+
+use crate::error::ApiError;
 
 use std::pin::Pin;
 
@@ -17,15 +21,31 @@ use tonic_health::server::{HealthReporter, HealthService};
 #[derive(Debug)]
 pub struct HealthApi {
     inner: HealthService,
+    max_name_bytes: usize,
 }
 
 impl HealthApi {
     /// The service answering from `reporter`'s statuses, ready to add to a
-    /// server.
-    pub fn server(reporter: HealthReporter) -> HealthServer<HealthApi> {
+    /// server; service names over `max_name_bytes` are refused.
+    pub fn server(reporter: HealthReporter, max_name_bytes: usize) -> HealthServer<HealthApi> {
         HealthServer::new(HealthApi {
             inner: HealthService::from_health_reporter(reporter),
+            max_name_bytes,
         })
+    }
+
+    fn check_name(&self, request: &Request<HealthCheckRequest>) -> Result<(), Status> {
+        let n = request.get_ref().service.len();
+        if n > self.max_name_bytes {
+            return Err(ApiError::Limit {
+                field: "service".into(),
+                got: format!("{n} bytes"),
+                limit: "max_string_bytes",
+                value: self.max_name_bytes as u64,
+            }
+            .into());
+        }
+        Ok(())
     }
 }
 
@@ -38,6 +58,7 @@ impl Health for HealthApi {
         &self,
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
+        self.check_name(&request)?;
         self.inner.check(request).await
     }
 
@@ -47,6 +68,7 @@ impl Health for HealthApi {
         &self,
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<WatchStream>, Status> {
+        self.check_name(&request)?;
         match self.inner.watch(request).await {
             Ok(r) => Ok(Response::new(Box::pin(r.into_inner()) as WatchStream)),
             Err(s) if s.code() == Code::NotFound => {

@@ -185,7 +185,8 @@ pub async fn serve(
     let admin_on = admin_auth.is_some();
 
     let reporter = tonic_health::server::HealthReporter::new();
-    let health_svc = crate::health::HealthApi::server(reporter.clone());
+    let health_svc =
+        crate::health::HealthApi::server(reporter.clone(), cfg.limits.max_string_bytes);
     set_health(&reporter, admin_on, ServingStatus::NotServing).await;
     reporter
         .set_service_status("", ServingStatus::Serving)
@@ -242,7 +243,7 @@ pub async fn serve(
         if let Ok(a) = l.local_addr() {
             tracing::info!("plaintext health listener on {a}");
         }
-        let svc = crate::health::HealthApi::server(reporter.clone());
+        let svc = crate::health::HealthApi::server(reporter.clone(), cfg.limits.max_string_bytes);
         Some(tokio::spawn(async move {
             let incoming = nodelay(tokio_stream::wrappers::TcpListenerStream::new(l));
             if let Err(e) = tonic::transport::Server::builder()

@@ -465,6 +465,29 @@ async fn health_watch_of_an_unknown_service_streams_service_unknown() {
         Code::NotFound,
         "",
     );
+    // F6: a service name over limits.max_string_bytes is refused, not echoed.
+    let huge = "s".repeat(100_000);
+    for r in [
+        h.check(tonic_health::pb::HealthCheckRequest {
+            service: huge.clone(),
+        })
+        .await
+        .map(|_| ()),
+        h.watch(tonic_health::pb::HealthCheckRequest {
+            service: huge.clone(),
+        })
+        .await
+        .map(|_| ()),
+    ] {
+        let s = r.unwrap_err();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(
+            s.message()
+                .starts_with("service: 100000 bytes exceeds limits.max_string_bytes = 256"),
+            "{}",
+            s.message()
+        );
+    }
 }
 
 /// F8: a version copied in file by file (`mkdir`, `model.json`, the rest
