@@ -67,6 +67,24 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The [`ApiError::Limit`] of a string over `limits.max_string_bytes`
+    /// (`max`), named by `field` (built only on failure) and never echoed.
+    pub fn check_string(
+        field: impl FnOnce() -> String,
+        value: &str,
+        max: usize,
+    ) -> Result<(), ApiError> {
+        if value.len() > max {
+            return Err(ApiError::Limit {
+                field: field(),
+                got: format!("{} bytes", value.len()),
+                limit: "max_string_bytes",
+                value: max as u64,
+            });
+        }
+        Ok(())
+    }
+
     /// An [`ApiError::Invalid`].
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
         ApiError::Invalid {

@@ -35,17 +35,12 @@ impl HealthApi {
     }
 
     fn check_name(&self, request: &Request<HealthCheckRequest>) -> Result<(), Status> {
-        let n = request.get_ref().service.len();
-        if n > self.max_name_bytes {
-            return Err(ApiError::Limit {
-                field: "service".into(),
-                got: format!("{n} bytes"),
-                limit: "max_string_bytes",
-                value: self.max_name_bytes as u64,
-            }
-            .into());
-        }
-        Ok(())
+        ApiError::check_string(
+            || "service".into(),
+            &request.get_ref().service,
+            self.max_name_bytes,
+        )
+        .map_err(Status::from)
     }
 }
 

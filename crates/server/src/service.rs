@@ -5,7 +5,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 use profiled_proto::v1 as pb;
@@ -18,24 +18,10 @@ use crate::convert;
 use crate::engine::Engine;
 use crate::error::ApiError;
 
-/// Parses the `grpc-timeout` header (`<digits><H|M|S|m|u|n>`) into a deadline.
+/// The deadline of a call from its `grpc-timeout` header (parsed as the edge
+/// layer parses it, [`crate::edge::parse_grpc_timeout`]).
 pub fn deadline_of(md: &MetadataMap, start: Instant) -> Option<Instant> {
-    let v = md.get("grpc-timeout")?.to_str().ok()?;
-    if v.len() < 2 || v.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = v.split_at(v.len() - 1);
-    let n: u64 = digits.parse().ok()?;
-    let d = match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    };
-    start.checked_add(d)
+    start.checked_add(crate::edge::parse_grpc_timeout(md.as_ref())?)
 }
 
 /// Refuses a response larger than `server.max_response_bytes` with a

@@ -81,15 +81,7 @@ pub(crate) fn check_str(
     s: &str,
     limits: &Limits,
 ) -> Result<(), ApiError> {
-    if s.len() > limits.max_string_bytes {
-        return Err(ApiError::Limit {
-            field: path(),
-            got: format!("{} bytes", s.len()),
-            limit: "max_string_bytes",
-            value: limits.max_string_bytes as u64,
-        });
-    }
-    Ok(())
+    ApiError::check_string(path, s, limits.max_string_bytes)
 }
 
 /// Converts and validates one user's features against the generation's schema.

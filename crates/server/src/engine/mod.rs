@@ -220,15 +220,6 @@ impl Engine {
     /// INVALID_ARGUMENT for a caller-given name or id over
     /// `limits.max_string_bytes` (named by `field`, never echoed).
     pub fn check_name(&self, field: &str, value: &str) -> Result<(), ApiError> {
-        let max = self.cfg.limits.max_string_bytes;
-        if value.len() > max {
-            return Err(ApiError::Limit {
-                field: field.into(),
-                got: format!("{} bytes", value.len()),
-                limit: "max_string_bytes",
-                value: max as u64,
-            });
-        }
-        Ok(())
+        ApiError::check_string(|| field.into(), value, self.cfg.limits.max_string_bytes)
     }
 }
