@@ -9,6 +9,13 @@
 //! as shipped by RecBole). A folder may carry its own mapping as
 //! `columns.json` (a JSON [`ColumnMap`]; absent keys keep the MovieLens
 //! defaults), which [`load_atomic_dir`] and [`resolve_dataset`] pick up.
+//! A key that keeps its default also recognises RecBole's other common
+//! names for it (genres: `class`, `genre`, `genres`, `categories`; title:
+//! `movie_title`, `title`, `name`; item id: `item_id`, `business_id`;
+//! rating: `rating`, `stars`; timestamp: `timestamp`, `date`), and default
+//! user / item attribute columns that a file lacks are skipped, so RecBole's
+//! own ml-1m files load without a `columns.json`. A column the mapping names
+//! that is not there is an error naming the `columns.json` key that maps it.
 //!
 //! Decisions:
 //! - `.inter` is required; `.user` and `.item` are optional (without them,
@@ -100,6 +107,20 @@ impl ColumnMap {
         }
     }
 }
+
+/// Common RecBole names of the user id column, tried when `user_id` keeps its default.
+const USER_ID_ALIASES: &[&str] = &["user_id"];
+/// Item id names (`business_id`: Yelp), tried when `item_id` keeps its default.
+const ITEM_ID_ALIASES: &[&str] = &["item_id", "business_id"];
+/// Rating names (`stars`: Yelp), tried when `rating` keeps its default.
+const RATING_ALIASES: &[&str] = &["rating", "stars"];
+/// Timestamp names, tried when `timestamp` keeps its default (none found: row order).
+const TIMESTAMP_ALIASES: &[&str] = &["timestamp", "date"];
+/// Title names (`title`: Amazon, `name`: Yelp), tried when `title` keeps its default.
+const TITLE_ALIASES: &[&str] = &["movie_title", "title", "name"];
+/// Genre / category names (`class`: ml-100k, `genre`: ml-1m / ml-10m / ml-20m,
+/// `categories`: Amazon / Yelp), tried when `genres` keeps its default.
+const GENRE_ALIASES: &[&str] = &["class", "genre", "genres", "categories"];
 
 impl Default for ColumnMap {
     fn default() -> Self {
@@ -206,21 +227,84 @@ impl Table {
         })
     }
 
-    fn column(&self, name: &str) -> Result<(usize, ColumnType)> {
+    fn position(&self, name: &str) -> Option<(usize, ColumnType)> {
         self.columns
             .iter()
             .position(|(n, _)| n == name)
             .map(|i| (i, self.columns[i].1))
-            .ok_or_else(|| Error::UnknownColumn {
-                file: self.path.clone(),
-                column: name.to_string(),
-                available: self
-                    .columns
-                    .iter()
-                    .map(|(n, _)| n.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
+    }
+
+    /// The column `name`, which the `columns.json` key `key` maps.
+    fn column(&self, name: &str, key: &str) -> Result<(usize, ColumnType)> {
+        self.position(name).ok_or_else(|| self.unknown(name, key))
+    }
+
+    fn unknown(&self, name: &str, key: &str) -> Error {
+        Error::UnknownColumn {
+            file: self.path.clone(),
+            column: name.to_string(),
+            key: key.to_string(),
+            available: self
+                .columns
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
+    /// An optional column of the mapping: absent when `name` is `None`; when
+    /// `name` is still the default of `key` and is absent, the first of the
+    /// common RecBole names `aliases` that the header has (or none).
+    fn optional(
+        &self,
+        name: Option<&str>,
+        key: &str,
+        default: Option<&str>,
+        aliases: &[&str],
+    ) -> Result<Option<(usize, ColumnType)>> {
+        let Some(name) = name else {
+            return Ok(None);
+        };
+        if let Some(c) = self.position(name) {
+            return Ok(Some(c));
+        }
+        if Some(name) == default {
+            return Ok(aliases.iter().find_map(|a| self.position(a)));
+        }
+        self.column(name, key).map(Some)
+    }
+
+    /// A required id column: the configured one, or (when it is the
+    /// default) the first alias the header has.
+    fn id_column(&self, name: &str, key: &str, default: &str, aliases: &[&str]) -> Result<usize> {
+        if name == default
+            && let Some((c, _)) = aliases.iter().find_map(|a| self.position(a))
+        {
+            return Ok(c);
+        }
+        self.column(name, key).map(|(c, _)| c)
+    }
+
+    /// The kept attribute columns of a list key: every configured one when
+    /// the list differs from its default, else those of the default that
+    /// the header has.
+    fn fields(
+        &self,
+        names: &[String],
+        key: &str,
+        default: &[String],
+    ) -> Result<Vec<(String, usize)>> {
+        let is_default = names == default;
+        let mut out = Vec::new();
+        for f in names {
+            match self.position(f) {
+                Some((c, _)) => out.push((f.clone(), c)),
+                None if is_default => {}
+                None => return Err(self.unknown(f, key)),
+            }
+        }
+        Ok(out)
     }
 
     fn malformed(&self, line: usize, message: String) -> Error {
@@ -383,6 +467,7 @@ pub fn load_atomic(
     map: &ColumnMap,
 ) -> Result<(Dataset, LoadReport)> {
     let mut report = LoadReport::default();
+    let dflt = ColumnMap::movielens();
     if let Some([lo, hi]) = map.rating_range
         && !(lo.is_finite() && hi.is_finite() && lo <= hi)
     {
@@ -396,12 +481,8 @@ pub fn load_atomic(
     let mut user_index: HashMap<String, u32> = HashMap::new();
     if let Some(path) = &files.user {
         let t = Table::read(path, &mut report)?;
-        let (id_col, _) = t.column(&map.user_id)?;
-        let field_cols = map
-            .user_fields
-            .iter()
-            .map(|f| t.column(f).map(|(c, _)| (f.clone(), c)))
-            .collect::<Result<Vec<_>>>()?;
+        let id_col = t.id_column(&map.user_id, "user_id", &dflt.user_id, USER_ID_ALIASES)?;
+        let field_cols = t.fields(&map.user_fields, "user_fields", &dflt.user_fields)?;
         let mut first_line: HashMap<String, usize> = HashMap::new();
         for (line, cells) in &t.rows {
             let id = t.id(*line, cells, id_col)?;
@@ -431,14 +512,20 @@ pub fn load_atomic(
     let mut item_index: HashMap<String, u32> = HashMap::new();
     if let Some(path) = &files.item {
         let t = Table::read(path, &mut report)?;
-        let (id_col, _) = t.column(&map.item_id)?;
-        let title_col = map.title.as_deref().map(|c| t.column(c)).transpose()?;
-        let genre_col = map.genres.as_deref().map(|c| t.column(c)).transpose()?;
-        let field_cols = map
-            .item_fields
-            .iter()
-            .map(|f| t.column(f).map(|(c, _)| (f.clone(), c)))
-            .collect::<Result<Vec<_>>>()?;
+        let id_col = t.id_column(&map.item_id, "item_id", &dflt.item_id, ITEM_ID_ALIASES)?;
+        let title_col = t.optional(
+            map.title.as_deref(),
+            "title",
+            dflt.title.as_deref(),
+            TITLE_ALIASES,
+        )?;
+        let genre_col = t.optional(
+            map.genres.as_deref(),
+            "genres",
+            dflt.genres.as_deref(),
+            GENRE_ALIASES,
+        )?;
+        let field_cols = t.fields(&map.item_fields, "item_fields", &dflt.item_fields)?;
         let mut first_line: HashMap<String, usize> = HashMap::new();
         for (line, cells) in &t.rows {
             let id = t.id(*line, cells, id_col)?;
@@ -491,10 +578,20 @@ pub fn load_atomic(
 
     // Interactions.
     let t = Table::read(&files.inter, &mut report)?;
-    let (u_col, _) = t.column(&map.user_id)?;
-    let (i_col, _) = t.column(&map.item_id)?;
-    let r_col = map.rating.as_deref().map(|c| t.column(c)).transpose()?;
-    let ts_col = map.timestamp.as_deref().map(|c| t.column(c)).transpose()?;
+    let u_col = t.id_column(&map.user_id, "user_id", &dflt.user_id, USER_ID_ALIASES)?;
+    let i_col = t.id_column(&map.item_id, "item_id", &dflt.item_id, ITEM_ID_ALIASES)?;
+    let r_col = t.optional(
+        map.rating.as_deref(),
+        "rating",
+        dflt.rating.as_deref(),
+        RATING_ALIASES,
+    )?;
+    let ts_col = t.optional(
+        map.timestamp.as_deref(),
+        "timestamp",
+        dflt.timestamp.as_deref(),
+        TIMESTAMP_ALIASES,
+    )?;
     let mut interactions = Vec::with_capacity(t.rows.len());
     for (row_idx, (line, cells)) in t.rows.iter().enumerate() {
         let uid = t.id(*line, cells, u_col)?;

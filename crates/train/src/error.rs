@@ -42,12 +42,17 @@ pub enum Error {
         message: String,
     },
     /// A configured column does not exist in a file's header.
-    #[error("{}: unknown column `{column}` (columns present: {available})", file.display())]
+    #[error(
+        "{}: unknown column `{column}` (mapped by the `{key}` key of columns.json, see docs/datasets.md; columns present: {available})",
+        file.display()
+    )]
     UnknownColumn {
         /// The file.
         file: PathBuf,
         /// The column that was asked for.
         column: String,
+        /// The `columns.json` ([`crate::ColumnMap`]) key that maps it.
+        key: String,
         /// Comma-separated columns the header has.
         available: String,
     },

@@ -299,3 +299,49 @@ fn synthetic_names_resolve() {
         Error::UnknownDataset { .. }
     ));
 }
+
+#[test]
+fn recbole_ml1m_column_names_load_without_a_mapping() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ml-1m");
+    std::fs::create_dir(&dir).unwrap();
+    // RecBole's ml-1m layout: genres in `genre`, no `class`.
+    write(
+        &dir,
+        "ml-1m.inter",
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n\
+         1\t10\t5\t978300760\n\
+         1\t20\t3\t978302109\n",
+    );
+    write(
+        &dir,
+        "ml-1m.user",
+        "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n\
+         1\t1\tF\t10\t48067\n",
+    );
+    write(
+        &dir,
+        "ml-1m.item",
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\tgenre:token_seq\n\
+         10\tToy Story\t1995\tAnimation Children's Comedy\n\
+         20\tJumanji\t1995\tAdventure\n",
+    );
+    let (ds, _) = load_atomic_dir(&dir).unwrap();
+    assert_eq!(ds.items[0].genres, ["Animation", "Children's", "Comedy"]);
+    assert_eq!(ds.items[1].genres, ["Adventure"]);
+    assert_eq!(ds.interactions.len(), 2);
+
+    // A mapping that names a column the file lacks: the error names the key.
+    write(&dir, "columns.json", r#"{"genres": "class_label"}"#);
+    let err = load_atomic_dir(&dir).unwrap_err();
+    match &err {
+        Error::UnknownColumn { column, key, .. } => {
+            assert_eq!(column, "class_label");
+            assert_eq!(key, "genres");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.contains("`genres` key of columns.json"), "{msg}");
+    assert!(msg.contains("genre"), "{msg}");
+}
