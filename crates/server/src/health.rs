@@ -3,8 +3,8 @@
 //! of a service the server does not know streams `SERVICE_UNKNOWN` and keeps
 //! the stream open, instead of ending it with NOT_FOUND (`Check` of an
 //! unknown service still answers NOT_FOUND, as the protocol says). A service
-//! name over `limits.max_string_bytes` is INVALID_ARGUMENT, like every other
-//! name the server is given.
+//! name over `limits.max_string_bytes` (at least 64 bytes) is
+//! INVALID_ARGUMENT, like every other name the server is given.
 
 use crate::error::ApiError;
 
@@ -26,11 +26,13 @@ pub struct HealthApi {
 
 impl HealthApi {
     /// The service answering from `reporter`'s statuses, ready to add to a
-    /// server; service names over `max_name_bytes` are refused.
+    /// server; service names over `max_name_bytes` are refused, but never
+    /// below 64 bytes, so the server's own service names (at most 30 bytes)
+    /// always pass whatever `limits.max_string_bytes` is.
     pub fn server(reporter: HealthReporter, max_name_bytes: usize) -> HealthServer<HealthApi> {
         HealthServer::new(HealthApi {
             inner: HealthService::from_health_reporter(reporter),
-            max_name_bytes,
+            max_name_bytes: max_name_bytes.max(64),
         })
     }
 
