@@ -1,0 +1,27 @@
+//! `profiled-state`: live per-user state — the fields and the most recent
+//! events of every user tracked through `Track`, `TrackStream` or an event
+//! stream — kept durably so that the next profile served for that user, on
+//! any replica, reflects what was tracked.
+//!
+//! - [`UserStateStore`]: the one interface the server uses. Every
+//!   [`UserStateStore::apply`] of one user is all-or-nothing, and an `Ok`
+//!   means durable (it survives a crash of the server and a restart of the
+//!   store). Concurrent updates of the same user, from any number of
+//!   processes, never lose an event.
+//! - [`merge`]: the pure rules every backend applies (time order, duplicate
+//!   skipping, the retained window, clock skew), so both backends agree.
+//! - Backends: [`embedded`] (the default: a file under a data directory,
+//!   group commit) and [`redis`] (a single node or a Redis Cluster; one
+//!   hash-tagged key per user, atomic compare-and-set).
+//! - [`source`]: event ingestion from outside the API (Redis Streams,
+//!   consumer group, at-least-once with idempotent apply).
+
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod types;
+
+pub use error::{Error, Result};
+pub use types::{
+    Applied, FieldUpdate, Policy, StoreStats, StoredEvent, UserState, UserStateStore, UserUpdate,
+};
