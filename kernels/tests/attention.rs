@@ -53,7 +53,7 @@ fn run(d: usize, heads: usize, lens: &[usize], mask_kinds: &[u8], seed: u64, f16
         .map(|(&l, &k)| Sequence::new(l, mask_for(k, l, &mut rng)))
         .collect();
     let total: usize = lens.iter().sum();
-    let x = rng.vec(total * d, 2.0);
+    let x = rng.vec_f32(total * d, 2.0);
     let x64 = to_f64(&x);
     let mut ws = Workspace::new();
     for rows in [OutputRows::All, OutputRows::LastOnly] {
@@ -303,7 +303,7 @@ fn mha_nan_and_inf_stay_in_their_sequence() {
         Sequence::new(9, Mask::None),
         Sequence::new(5, Mask::None),
     ];
-    let mut x = rng.vec(21 * 36, 1.0);
+    let mut x = rng.vec_f32(21 * 36, 1.0);
     x[3 * 36 + 2] = f32::NAN;
     x[(7 + 9 + 1) * 36 + 5] = f32::INFINITY;
     let mut ws = Workspace::new();

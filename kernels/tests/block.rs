@@ -46,7 +46,7 @@ fn run(d: usize, heads: usize, ffn: usize, lens: &[usize], kinds: &[u8], seed: u
         .map(|(&n, &k)| Sequence::new(n, mask_for(k, n, &mut rng)))
         .collect();
     let total: usize = lens.iter().sum();
-    let x = rng.vec(total * d, 2.0);
+    let x = rng.vec_f32(total * d, 2.0);
     let mut ws = Workspace::new();
     let mut outs = Vec::new();
     for rows in [OutputRows::All, OutputRows::LastOnly] {
@@ -218,7 +218,7 @@ fn block_nan_stays_in_its_sequence() {
         Sequence::new(4, Mask::None),
         Sequence::new(6, Mask::PrefixCausal { prefix: 1 }),
     ];
-    let mut x = rng.vec(10 * 24, 1.0);
+    let mut x = rng.vec_f32(10 * 24, 1.0);
     x[7] = f32::NAN;
     let mut ws = Workspace::new();
     for isa in Isa::supported() {
@@ -269,7 +269,7 @@ fn workspace_stops_growing() {
         .collect();
     let small = &big[..5];
     let total: usize = big.iter().map(|s| s.len).sum();
-    let x = rng.vec(total * 36, 1.0);
+    let x = rng.vec_f32(total * 36, 1.0);
     let ts: usize = small.iter().map(|s| s.len).sum();
     for isa in Isa::supported() {
         let mut ws = Workspace::new();

@@ -46,10 +46,10 @@ fn check_bf(
 
 fn run_case(m: usize, k: usize, n: usize, seed: u64, prec: WeightPrecision) {
     let mut rng = Rng::new(seed);
-    let x = rng.vec(m * k, 2.0);
-    let w = rng.vec(n * k, 1.0);
-    let bias = rng.vec(n, 0.5);
-    let resid = rng.vec(m * n, 1.0);
+    let x = rng.vec_f32(m * k, 2.0);
+    let w = rng.vec_f32(n * k, 1.0);
+    let bias = rng.vec_f32(n, 0.5);
+    let resid = rng.vec_f32(m * n, 1.0);
     let pw = PackedMatrix::from_out_in(n, k, &w, prec).expect("pack");
     let wr = if prec == WeightPrecision::F16 {
         round_f16(&w)
@@ -166,8 +166,8 @@ fn bf16_bit_exact(m: usize, k: usize, n: usize, seed: u64) {
         return;
     }
     let mut rng = Rng::new(seed);
-    let x = rng.vec(m * k, 2.0);
-    let w = rng.vec(n * k, 1.0);
+    let x = rng.vec_f32(m * k, 2.0);
+    let w = rng.vec_f32(n * k, 1.0);
     let pw = PackedMatrix::from_out_in(n, k, &w, WeightPrecision::Bf16).expect("pack");
     let mut want = vec![0.0; m * n];
     gemm(Isa::Scalar, &x, m, &pw, None, &mut want).expect("gemm");
@@ -275,10 +275,10 @@ fn gemm_rejects_bad_shapes() {
 fn gemm_propagates_nan_and_inf_per_row() {
     let (m, k, n) = (13, 37, 41);
     let mut rng = Rng::new(7);
-    let mut x = rng.vec(m * k, 1.0);
+    let mut x = rng.vec_f32(m * k, 1.0);
     x[3 * k + 5] = f32::NAN;
     x[8 * k] = f32::INFINITY;
-    let w = rng.vec(n * k, 1.0);
+    let w = rng.vec_f32(n * k, 1.0);
     for prec in PRECISIONS {
         let pw = PackedMatrix::from_out_in(n, k, &w, prec).expect("pack");
         for isa in Isa::supported() {

@@ -82,7 +82,7 @@ fn check(seq: Sequence, victim: usize, sees: impl Fn(usize) -> bool) {
     ];
     let total: usize = seqs.iter().map(|s| s.len).sum();
     let mut rng = Rng::new(victim as u64 + 1000 * seq.len as u64);
-    let x = rng.vec(total * D, 1.5);
+    let x = rng.vec_f32(total * D, 1.5);
     let vrow = 5 + victim;
     for model in models() {
         for isa in Isa::supported() {

@@ -471,14 +471,52 @@ pub struct Overrides {
     pub health_listen: Option<String>,
 }
 
+/// Why a configuration was refused. Every message names the setting (its
+/// TOML path) or the file it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The `--config` file does not exist.
+    #[error("{0}: config file not found")]
+    FileNotFound(PathBuf),
+    /// A layer could not be read or does not fit the schema (unknown key,
+    /// wrong type, unknown enum value); the message comes from the parser.
+    #[error("configuration: {0}")]
+    Parse(String),
+    /// A value the schema accepts but the server cannot use.
+    #[error("configuration: {key}: {why}")]
+    Invalid {
+        /// The setting, e.g. `batcher.max_batch`.
+        key: String,
+        /// What is wrong and what is allowed.
+        why: String,
+    },
+    /// A token file or variable (`auth.*`, `admin.*`) is unreadable or
+    /// malformed; the message names it.
+    #[error("{0}")]
+    Tokens(String),
+    /// A TLS certificate or key file is unreadable or malformed.
+    #[error("{0}")]
+    Tls(String),
+}
+
+impl ConfigError {
+    /// An [`ConfigError::Invalid`] for `key`.
+    pub fn invalid(key: impl Into<String>, why: impl std::fmt::Display) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.into(),
+            why: why.to_string(),
+        }
+    }
+}
+
 impl Config {
     /// Defaults, then the TOML file (when given), then `PROFILED__A__B`
     /// environment variables (e.g. `PROFILED__SERVER__LISTEN`), then `cli`.
-    pub fn load(file: Option<&Path>, cli: &Overrides) -> Result<Config, String> {
+    pub fn load(file: Option<&Path>, cli: &Overrides) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(f) = file {
             if !f.is_file() {
-                return Err(format!("{}: config file not found", f.display()));
+                return Err(ConfigError::FileNotFound(f.to_path_buf()));
             }
             fig = fig.merge(Toml::file(f));
         }
@@ -529,14 +567,16 @@ impl Config {
             put("server", "health_listen", v.clone().into());
         }
         fig = fig.merge(Serialized::defaults(serde_json::Value::Object(over)));
-        let cfg: Config = fig.extract().map_err(|e| format!("configuration: {e}"))?;
+        let cfg: Config = fig
+            .extract()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// Checks values that serde cannot.
-    pub fn validate(&self) -> Result<(), String> {
-        let bad = |k: &str, why: &str| Err(format!("configuration: {k}: {why}"));
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |k: &str, why: &str| Err(ConfigError::invalid(k, why));
         if self.server.max_concurrent_streams == 0 {
             return bad("server.max_concurrent_streams", "must be >= 1");
         }
@@ -596,10 +636,10 @@ impl Config {
         self.models
             .policy
             .parse::<profiled_store::VersionPolicy>()
-            .map_err(|e| format!("configuration: models.policy: {e}"))?;
+            .map_err(|e| ConfigError::invalid("models.policy", e))?;
         for (m, p) in &self.models.policies {
             p.parse::<profiled_store::VersionPolicy>()
-                .map_err(|e| format!("configuration: models.policies.{m}: {e}"))?;
+                .map_err(|e| ConfigError::invalid(format!("models.policies.{m}"), e))?;
         }
         Ok(())
     }
@@ -611,21 +651,23 @@ impl Config {
 
     /// The ModelAdmin tokens (from `admin.token_file` and/or
     /// `admin.token_env`); empty = ModelAdmin off. Never logged.
-    pub fn admin_tokens(&self) -> Result<Vec<crate::auth::TokenEntry>, String> {
+    pub fn admin_tokens(&self) -> Result<Vec<crate::auth::TokenEntry>, ConfigError> {
         crate::auth::load_tokens(
             "admin",
             self.admin.token_file.as_deref(),
             self.admin.token_env.as_deref(),
         )
+        .map_err(ConfigError::Tokens)
     }
 
     /// The data-plane tokens (from `auth.token_file` and/or `auth.token_env`).
-    pub fn auth_tokens(&self) -> Result<Vec<crate::auth::TokenEntry>, String> {
+    pub fn auth_tokens(&self) -> Result<Vec<crate::auth::TokenEntry>, ConfigError> {
         crate::auth::load_tokens(
             "auth",
             self.auth.token_file.as_deref(),
             self.auth.token_env.as_deref(),
         )
+        .map_err(ConfigError::Tokens)
     }
 
     /// The per-token rate limits of `[auth]`.
@@ -673,6 +715,19 @@ mod tests {
         assert_eq!(c.index.factory().name(), "local");
         std::fs::write(&f, "[index]\nbackend = \"faraway\"\n").unwrap();
         let e = Config::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(matches!(e, ConfigError::Parse(_)), "{e:?}");
+        let e = e.to_string();
         assert!(e.contains("faraway") && e.contains("local"), "{e}");
+        // A value serde accepts but the server cannot use names its key.
+        std::fs::write(&f, "[batcher]\nmax_batch = 0\n").unwrap();
+        assert_eq!(
+            Config::load(Some(&f), &Overrides::default()).unwrap_err(),
+            ConfigError::invalid("batcher.max_batch", "must be >= 1")
+        );
+        let missing = dir.join("absent.toml");
+        assert_eq!(
+            Config::load(Some(&missing), &Overrides::default()).unwrap_err(),
+            ConfigError::FileNotFound(missing.clone())
+        );
     }
 }

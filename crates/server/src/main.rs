@@ -75,7 +75,7 @@ fn main() -> anyhow::Result<()> {
         auth_required: a.auth_required.then_some(true),
         health_listen: a.health_listen,
     };
-    let cfg = Config::load(a.config.as_deref(), &over).map_err(anyhow::Error::msg)?;
+    let cfg = Config::load(a.config.as_deref(), &over)?;
     if a.print_config {
         print!("{}", cfg.to_toml());
         return Ok(());

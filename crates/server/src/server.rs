@@ -15,7 +15,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 
 use crate::auth::{Authenticator, RateLimits};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::engine::Engine;
 use crate::service::{AdminApi, ProfileApi};
 use crate::tls::{TlsFiles, TlsReloader, tls_incoming};
@@ -24,8 +24,8 @@ use crate::tls::{TlsFiles, TlsReloader, tls_incoming};
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// Bad configuration.
-    #[error("{0}")]
-    Config(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -41,9 +41,6 @@ pub enum ServeError {
     /// The reflection service could not be built.
     #[error("reflection: {0}")]
     Reflection(String),
-    /// The TLS files could not be loaded.
-    #[error("{0}")]
-    Tls(String),
     /// The gRPC transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -65,11 +62,11 @@ pub fn store_config(cfg: &Config) -> Result<StoreConfig, ServeError> {
         .models
         .policy
         .parse::<VersionPolicy>()
-        .map_err(|e| ServeError::Config(format!("models.policy: {e}")))?;
+        .map_err(|e| ConfigError::invalid("models.policy", e))?;
     for (m, p) in &cfg.models.policies {
         let p = p
             .parse::<VersionPolicy>()
-            .map_err(|e| ServeError::Config(format!("models.policies.{m}: {e}")))?;
+            .map_err(|e| ConfigError::invalid(format!("models.policies.{m}"), e))?;
         s.policies.insert(m.clone(), p);
     }
     s.default_model = cfg.models.default_model.clone();
@@ -89,7 +86,7 @@ pub fn install_metrics(cfg: &Config) -> Result<(), ServeError> {
         .metrics
         .listen
         .parse()
-        .map_err(|e| ServeError::Config(format!("metrics.listen: {e}")))?;
+        .map_err(|e| ConfigError::invalid("metrics.listen", e))?;
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets(&[
@@ -151,23 +148,23 @@ pub async fn serve(
     cfg: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    cfg.validate().map_err(ServeError::Config)?;
+    cfg.validate()?;
     // Tokens and TLS files are read before anything starts: a bad file stops
     // the server at once with a message naming it.
     let admin_auth = {
-        let tokens = cfg.admin_tokens().map_err(ServeError::Config)?;
+        let tokens = cfg.admin_tokens()?;
         (!tokens.is_empty())
             .then(|| Authenticator::new(MODEL_ADMIN_NAME, true, tokens, &RateLimits::default()))
             .transpose()
-            .map_err(ServeError::Config)?
+            .map_err(ConfigError::Tokens)?
     };
     let data_auth = Authenticator::new(
         PROFILE_SERVICE_NAME,
         cfg.auth.required,
-        cfg.auth_tokens().map_err(ServeError::Config)?,
+        cfg.auth_tokens()?,
         &cfg.rate_limits(),
     )
-    .map_err(ServeError::Config)?;
+    .map_err(ConfigError::Tokens)?;
     let tls = match (&cfg.tls.cert_file, &cfg.tls.key_file) {
         (Some(cert), Some(key)) => Some(Arc::new(
             TlsReloader::load(TlsFiles {
@@ -175,7 +172,7 @@ pub async fn serve(
                 key: key.clone(),
                 client_ca: cfg.tls.client_ca_file.clone(),
             })
-            .map_err(ServeError::Tls)?,
+            .map_err(ConfigError::Tls)?,
         )),
         _ => None,
     };
@@ -458,7 +455,7 @@ fn nodelay(
 fn spawn_token_reload(
     auth: Authenticator,
     every: Duration,
-    read: impl Fn() -> Result<(Vec<crate::auth::TokenEntry>, RateLimits), String>
+    read: impl Fn() -> Result<(Vec<crate::auth::TokenEntry>, RateLimits), ConfigError>
     + Send
     + Sync
     + 'static,
@@ -474,7 +471,7 @@ fn spawn_token_reload(
             tick.tick().await;
             let (a, r) = (auth.clone(), read.clone());
             let outcome = tokio::task::spawn_blocking(move || {
-                let (tokens, limits) = r()?;
+                let (tokens, limits) = r().map_err(|e| e.to_string())?;
                 let n = tokens.len();
                 a.reload(tokens, &limits).map(|changed| (changed, n))
             })

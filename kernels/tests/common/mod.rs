@@ -1,40 +1,12 @@
-//! Shared helpers of the GEMM / attention / block tests: a seeded generator
-//! and scalar references that accumulate in f64.
+//! Shared helpers of the GEMM / attention / block tests: the seeded generator
+//! ([`profiled_kernels::rng::SplitMix64`]) and scalar references that accumulate in f64.
 #![allow(dead_code)]
 
 use profiled_kernels::attention::{OutputRows, Sequence};
 use profiled_kernels::f16;
 
-/// SplitMix64: small, seeded, good enough for test data.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[-a, a)`.
-    pub fn uniform(&mut self, a: f32) -> f32 {
-        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
-        (2.0 * u - 1.0) * a
-    }
-
-    pub fn vec(&mut self, n: usize, a: f32) -> Vec<f32> {
-        (0..n).map(|_| self.uniform(a)).collect()
-    }
-
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-}
+/// The project's one seeded generator, under the name the tests use.
+pub use profiled_kernels::rng::SplitMix64 as Rng;
 
 /// Rounds through f16 (what F16 packing stores).
 pub fn round_f16(v: &[f32]) -> Vec<f32> {
@@ -107,10 +79,10 @@ impl AttnRef {
         AttnRef {
             d,
             heads,
-            in_w: rng.vec(3 * d * d, s * 1.5),
-            in_b: rng.vec(3 * d, 0.2),
-            out_w: rng.vec(d * d, s),
-            out_b: rng.vec(d, 0.2),
+            in_w: rng.vec_f32(3 * d * d, s * 1.5),
+            in_b: rng.vec_f32(3 * d, 0.2),
+            out_w: rng.vec_f32(d * d, s),
+            out_b: rng.vec_f32(d, 0.2),
         }
     }
 
@@ -212,19 +184,23 @@ pub struct LayerRef {
 impl LayerRef {
     pub fn random(rng: &mut Rng, d: usize, heads: usize, ffn: usize) -> LayerRef {
         let attn = AttnRef::random(rng, d, heads);
-        let g = |rng: &mut Rng, n| (0..n).map(|_| 1.0 + rng.uniform(0.3)).collect::<Vec<f32>>();
+        let g = |rng: &mut Rng, n| {
+            (0..n)
+                .map(|_| 1.0 + rng.uniform_f32(0.3))
+                .collect::<Vec<f32>>()
+        };
         LayerRef {
             attn,
             ffn,
             eps: 1e-5,
             ln1_g: g(rng, d),
-            ln1_b: rng.vec(d, 0.2),
+            ln1_b: rng.vec_f32(d, 0.2),
             ln2_g: g(rng, d),
-            ln2_b: rng.vec(d, 0.2),
-            w1: rng.vec(ffn * d, 1.5 / (d as f32).sqrt()),
-            b1: rng.vec(ffn, 0.2),
-            w2: rng.vec(d * ffn, 1.0 / (ffn as f32).sqrt()),
-            b2: rng.vec(d, 0.2),
+            ln2_b: rng.vec_f32(d, 0.2),
+            w1: rng.vec_f32(ffn * d, 1.5 / (d as f32).sqrt()),
+            b1: rng.vec_f32(ffn, 0.2),
+            w2: rng.vec_f32(d * ffn, 1.0 / (ffn as f32).sqrt()),
+            b2: rng.vec_f32(d, 0.2),
         }
     }
 
