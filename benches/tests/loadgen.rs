@@ -233,6 +233,7 @@ impl ProfileService for Stalling {
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
         Err(Status::unimplemented(""))
     }
+    profiled_proto::user_state_unimplemented!("");
 }
 
 async fn stalling_server(stall_at: u64, stall: Duration) -> String {

@@ -125,6 +125,7 @@ impl ProfileService for Echo {
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
         Err(Status::unimplemented("echo: Embed only"))
     }
+    profiled_proto::user_state_unimplemented!("echo: Embed only");
 }
 
 /// `--serve-echo TEMPLATE`: serve the echo service with the server's default
@@ -446,6 +447,7 @@ fn main() -> Result<()> {
             }),
             users: vec![pb::UserInput {
                 source: Some(pb::user_input::Source::Features(pool.users[0].clone())),
+                context: None,
             }],
             ..Default::default()
         };

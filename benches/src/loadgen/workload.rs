@@ -51,6 +51,7 @@ impl UserPool {
                     item_id: item.id.clone(),
                     timestamp: e.timestamp,
                     rating: e.rating,
+                    event_id: String::new(),
                 });
             }
         }
@@ -386,6 +387,7 @@ impl Workload {
                     .iter()
                     .map(|u| pb::UserInput {
                         source: Some(pb::user_input::Source::Features(u.clone())),
+                        context: None,
                     })
                     .collect(),
                 ..Default::default()
@@ -466,6 +468,7 @@ impl Generator {
                     item_id: "loadgen".into(),
                     timestamp: k,
                     rating: None,
+                    event_id: String::new(),
                 }),
             }
         }
@@ -496,6 +499,7 @@ impl Generator {
                 users: (0..e.batch)
                     .map(|_| pb::UserInput {
                         source: Some(pb::user_input::Source::Features(self.user())),
+                        context: None,
                     })
                     .collect(),
                 encoding: if e.f16 {

@@ -169,6 +169,10 @@ pub struct ExplainArgs {
     /// The user's features.
     #[command(flatten)]
     pub features: FeatureArgs,
+    /// Explain a tracked user's live profile (their stored fields and
+    /// events; `--field`/`--event` are then request-time context).
+    #[arg(long = "user-id")]
+    pub user_id: Option<String>,
     /// Method: occlusion, rollout or attention.
     #[arg(long, default_value = "occlusion")]
     pub method: String,
@@ -371,6 +375,7 @@ fn build_features(f: &FeatureArgs, kinds: &HashMap<String, i32>) -> Result<pb::U
             item_id: item,
             timestamp,
             rating,
+            event_id: String::new(),
         });
     }
     Ok(pb::UserFeatures {
@@ -410,11 +415,13 @@ pub fn run_embed(a: EmbedArgs) -> Result<()> {
                     &a.features,
                     &kinds,
                 )?)),
+                context: None,
             });
         }
         for id in &a.user_ids {
             users.push(pb::UserInput {
                 source: Some(pb::user_input::Source::UserId(id.clone())),
+                context: None,
             });
         }
         let req = pb::EmbedRequest {
@@ -505,9 +512,22 @@ pub fn run_explain(a: ExplainArgs) -> Result<()> {
                 item_id: id.clone(),
             })),
         });
+        let given = !a.features.fields.is_empty() || !a.features.events.is_empty();
+        let (features, user_id, context) = match &a.user_id {
+            Some(id) => (
+                None,
+                id.clone(),
+                given
+                    .then(|| build_features(&a.features, &kinds))
+                    .transpose()?,
+            ),
+            None => (Some(build_features(&a.features, &kinds)?), String::new(), None),
+        };
         let req = pb::ExplainRequest {
             model: Some(spec(&a.conn)),
-            features: Some(build_features(&a.features, &kinds)?),
+            features,
+            user_id,
+            context,
             target,
             method: method as i32,
             top_n: a.top_n,

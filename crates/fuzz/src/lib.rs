@@ -636,6 +636,7 @@ pub fn seeds() -> anyhow::Result<Vec<(&'static str, String, Vec<u8>)>> {
                 let u = profiled_model::testing::random_user(&mut rng, s.items, s.max_events);
                 pb::UserInput {
                     source: Some(pb::user_input::Source::Features(to_pb(&u))),
+                    context: None,
                 }
             })
             .collect();

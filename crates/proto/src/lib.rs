@@ -56,3 +56,49 @@ pub const PROFILE_SERVICE_NAME: &str = "profiled.v1.ProfileService";
 
 /// Fully qualified name of the control-plane service (for health and reflection).
 pub const MODEL_ADMIN_NAME: &str = "profiled.v1.ModelAdmin";
+
+/// Inside a `#[tonic::async_trait] impl ProfileService for X` of a test fake
+/// or a bench echo that serves other calls only: `Track`, `TrackStream`,
+/// `GetUser` and `DeleteUser` answering UNIMPLEMENTED with `$why`. Written
+/// in the form `async_trait` gives methods (the attribute does not look
+/// inside macro calls). The caller's crate needs `tonic` and `futures`.
+#[macro_export]
+macro_rules! user_state_unimplemented {
+    ($why:expr) => {
+        $crate::user_state_unimplemented!(@method track, $crate::v1::TrackRequest, $crate::v1::TrackResponse, $why);
+        $crate::user_state_unimplemented!(@method track_stream, ::tonic::Streaming<$crate::v1::TrackRequest>, Self::TrackStreamStream, $why);
+        $crate::user_state_unimplemented!(@method get_user, $crate::v1::GetUserRequest, $crate::v1::GetUserResponse, $why);
+        $crate::user_state_unimplemented!(@method delete_user, $crate::v1::DeleteUserRequest, $crate::v1::DeleteUserResponse, $why);
+
+        type TrackStreamStream = ::std::pin::Pin<
+            Box<
+                dyn ::futures::Stream<
+                        Item = ::std::result::Result<
+                            $crate::v1::TrackStreamResponse,
+                            ::tonic::Status,
+                        >,
+                    > + Send
+                    + 'static,
+            >,
+        >;
+    };
+    (@method $name:ident, $req:ty, $resp:ty, $why:expr) => {
+        fn $name<'life0, 'async_trait>(
+            &'life0 self,
+            _: ::tonic::Request<$req>,
+        ) -> ::std::pin::Pin<
+            Box<
+                dyn ::std::future::Future<
+                        Output = ::std::result::Result<::tonic::Response<$resp>, ::tonic::Status>,
+                    > + Send
+                    + 'async_trait,
+            >,
+        >
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            Box::pin(async move { Err(::tonic::Status::unimplemented($why)) })
+        }
+    };
+}

@@ -100,6 +100,8 @@ impl ProfileService for Fake {
     ) -> Result<Response<ListModelsResponse>, Status> {
         Ok(Response::new(ListModelsResponse::default()))
     }
+
+    profiled_proto::user_state_unimplemented!("fake: no user state");
 }
 
 #[tokio::test]
@@ -143,6 +145,7 @@ async fn generated_server_and_client_over_loopback() -> Result<(), Box<dyn std::
             } else {
                 vec![v1::UserInput {
                     source: Some(v1::user_input::Source::UserId(i.to_string())),
+                    context: None,
                 }]
             },
             request_id: format!("r{i}"),

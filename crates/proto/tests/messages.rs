@@ -62,11 +62,13 @@ fn features() -> UserFeatures {
                 item_id: "242".to_owned(),
                 timestamp: 881_250_949,
                 rating: Some(3.0),
+                event_id: String::new(),
             },
             BehaviourEvent {
                 item_id: "50".to_owned(),
                 timestamp: 875_072_484,
                 rating: None,
+                event_id: "click-7".to_owned(),
             },
         ],
     }
@@ -90,9 +92,11 @@ fn embed_round_trip() {
         users: vec![
             UserInput {
                 source: Some(v1::user_input::Source::Features(features())),
+                context: None,
             },
             UserInput {
                 source: Some(v1::user_input::Source::UserId("42".to_owned())),
+                context: Some(features()),
             },
         ],
         encoding: VectorEncoding::F16 as i32,
@@ -173,6 +177,7 @@ fn search_round_trip() {
         include_vectors: false,
         encoding: VectorEncoding::Unspecified as i32,
         cache: CacheMode::Bypass as i32,
+        context: None,
     };
     round_trip(&request);
 
@@ -219,6 +224,8 @@ fn explain_round_trip() {
         top_n: 5,
         cache: CacheMode::Unspecified as i32,
         groups_only: false,
+        user_id: String::new(),
+        context: None,
     };
     round_trip(&request);
 
@@ -307,4 +314,58 @@ fn enum_string_names_match_the_proto() {
         ValueKind::AttentionMass.as_str_name(),
         "VALUE_KIND_ATTENTION_MASS"
     );
+}
+
+#[test]
+fn track_and_user_round_trip() {
+    let request = v1::TrackRequest {
+        model: None,
+        users: vec![v1::UserTrack {
+            user_id: "196".to_owned(),
+            events: features().events,
+            fields: vec![
+                v1::FieldChange {
+                    name: "age".to_owned(),
+                    change: Some(v1::field_change::Change::Set(FieldValue {
+                        kind: Some(v1::field_value::Kind::Number(49.0)),
+                    })),
+                },
+                v1::FieldChange {
+                    name: "zip_code".to_owned(),
+                    change: Some(v1::field_change::Change::Clear(true)),
+                },
+            ],
+        }],
+        allow_partial: true,
+        request_id: "batch-1".to_owned(),
+    };
+    round_trip(&request);
+    let response = v1::TrackStreamResponse {
+        request_id: "batch-1".to_owned(),
+        outcome: Some(v1::track_stream_response::Outcome::Response(
+            v1::TrackResponse {
+                users: vec![v1::TrackedUser {
+                    user_id: "196".to_owned(),
+                    stored: 1,
+                    duplicates: 1,
+                    dropped_too_old: 0,
+                    state_version: 7,
+                    error: None,
+                }],
+                request_id: "batch-1".to_owned(),
+            },
+        )),
+    };
+    round_trip(&response);
+    let user = v1::GetUserResponse {
+        user_id: "196".to_owned(),
+        state_version: 7,
+        fields: features().fields,
+        events: features().events,
+        next_page_token: "7.100".to_owned(),
+        total_events: 150,
+        updated_ms: 1_765_000_000_000,
+    };
+    round_trip(&user);
+    assert_eq!(ProfileSource::UserState as i32, 4);
 }

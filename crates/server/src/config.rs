@@ -37,6 +37,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Bearer tokens and rate limits of the data plane (see docs/security.md).
     pub auth: AuthConfig,
+    /// Live user state (`[state]`).
+    pub state: StateConfig,
 }
 
 /// gRPC listener and transport settings.
@@ -182,6 +184,13 @@ pub struct Limits {
     pub max_explain_top_n: u32,
     /// EmbedStream batches in flight per stream.
     pub stream_max_in_flight: usize,
+    /// Longest user id of Track, GetUser, DeleteUser and by-id queries
+    /// (bytes).
+    pub max_user_id_bytes: usize,
+    /// Users per Track call (or TrackStream message).
+    pub max_track_users_per_call: usize,
+    /// Events per Track call, all users together.
+    pub max_track_events_per_call: usize,
 }
 
 impl Default for Limits {
@@ -199,6 +208,119 @@ impl Default for Limits {
             max_filter_ids: 100_000,
             max_explain_top_n: 256,
             stream_max_in_flight: 16,
+            max_user_id_bytes: 128,
+            max_track_users_per_call: 256,
+            max_track_events_per_call: 10_000,
+        }
+    }
+}
+
+/// Where live user state is kept (`state.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    /// A file under `state.dir` (the default): one server, durable, group
+    /// commit.
+    #[default]
+    Embedded,
+    /// Redis, a single node or a Redis Cluster (`[state.redis]`): state
+    /// shared by every replica.
+    Redis,
+    /// No live state: Track, GetUser and DeleteUser answer
+    /// FAILED_PRECONDITION; a user id resolves to the users index only.
+    Off,
+}
+
+/// Redis settings of `[state.redis]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateRedisConfig {
+    /// Node addresses, e.g. `["redis://10.0.0.1:6379"]`. With `cluster`, any
+    /// subset of the cluster's nodes (the rest are discovered).
+    pub urls: Vec<String>,
+    /// Talk the Redis Cluster protocol.
+    pub cluster: bool,
+    /// Connect timeout (milliseconds).
+    pub connect_timeout_ms: u64,
+    /// Timeout of one command (milliseconds).
+    pub response_timeout_ms: u64,
+    /// Prefix of every key (one key per user: `<prefix>{<user id>}`).
+    pub key_prefix: String,
+}
+
+impl Default for StateRedisConfig {
+    fn default() -> Self {
+        StateRedisConfig {
+            urls: vec!["redis://127.0.0.1:6379".into()],
+            cluster: false,
+            connect_timeout_ms: 1_000,
+            response_timeout_ms: 1_000,
+            key_prefix: "profiled:u:".into(),
+        }
+    }
+}
+
+/// Ingestion of events from a Redis stream (`[state.ingest]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateIngestConfig {
+    /// Read the stream (off by default).
+    pub enabled: bool,
+    /// Redis URL of the stream (any node of a cluster is not enough: the
+    /// node holding the stream's key).
+    pub url: String,
+    /// Stream key.
+    pub stream: String,
+    /// Consumer group (created when absent).
+    pub group: String,
+    /// This consumer's name (default: the host name and process id).
+    pub consumer: String,
+    /// Entries read per batch.
+    pub batch: usize,
+}
+
+impl Default for StateIngestConfig {
+    fn default() -> Self {
+        StateIngestConfig {
+            enabled: false,
+            url: "redis://127.0.0.1:6379".into(),
+            stream: "profiled:events".into(),
+            group: "profiled".into(),
+            consumer: String::new(),
+            batch: 512,
+        }
+    }
+}
+
+/// Live user state (`[state]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// `embedded` (default), `redis` or `off`.
+    pub backend: StateBackend,
+    /// Directory of the embedded store (created when absent; one server
+    /// process per directory).
+    pub dir: PathBuf,
+    /// Events kept per user (the newest); never fewer than the largest
+    /// `max_events` of the loaded models (raised to it, with a warning).
+    pub retain_events: usize,
+    /// Events more than this many seconds in the future are refused.
+    pub max_clock_skew_s: i64,
+    /// Redis (`backend = "redis"`).
+    pub redis: StateRedisConfig,
+    /// Event ingestion from a Redis stream.
+    pub ingest: StateIngestConfig,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            backend: StateBackend::Embedded,
+            dir: PathBuf::from("state"),
+            retain_events: 200,
+            max_clock_skew_s: 300,
+            redis: StateRedisConfig::default(),
+            ingest: StateIngestConfig::default(),
         }
     }
 }
@@ -614,6 +736,27 @@ impl Config {
         }
         if self.limits.max_users_per_call == 0 {
             return bad("limits.max_users_per_call", "must be >= 1");
+        }
+        if self.limits.max_user_id_bytes == 0 {
+            return bad("limits.max_user_id_bytes", "must be >= 1");
+        }
+        if self.limits.max_track_users_per_call == 0 {
+            return bad("limits.max_track_users_per_call", "must be >= 1");
+        }
+        if self.state.retain_events == 0 {
+            return bad("state.retain_events", "must be >= 1");
+        }
+        if self.state.max_clock_skew_s < 0 {
+            return bad("state.max_clock_skew_s", "must be >= 0");
+        }
+        if self.state.backend == StateBackend::Redis && self.state.redis.urls.is_empty() {
+            return bad("state.redis.urls", "needs at least one address");
+        }
+        if self.state.ingest.enabled && self.state.backend == StateBackend::Off {
+            return bad(
+                "state.ingest.enabled",
+                "needs a state backend (embedded or redis)",
+            );
         }
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return bad("tls", "set both cert_file and key_file (or neither)");

@@ -52,9 +52,20 @@ pub enum ApiError {
     /// No generation is ready, or the server is draining.
     #[error("{0}")]
     Unavailable(String),
-    /// Admin call in a state that does not allow it.
+    /// Admin call in a state that does not allow it, or a user-state call
+    /// on a server without a state store.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A conflict the caller may retry: a user written by too many writers
+    /// at once, or a page token of a state that changed since.
+    #[error("{0}")]
+    Aborted(String),
+    /// A store is out of space; nothing was half-written.
+    #[error("{0}")]
+    StoreFull(String),
+    /// Stored data that cannot be read back.
+    #[error("{0}")]
+    DataLoss(String),
     /// Missing or wrong bearer token.
     #[error("{0}")]
     Unauthenticated(String),
@@ -103,6 +114,9 @@ impl ApiError {
             ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ApiError::Aborted(_) => Code::Aborted,
+            ApiError::StoreFull(_) => Code::ResourceExhausted,
+            ApiError::DataLoss(_) => Code::DataLoss,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::Unimplemented(_) => Code::Unimplemented,
             ApiError::Internal(_) => Code::Internal,
@@ -114,6 +128,25 @@ impl ApiError {
         profiled_proto::v1::ItemError {
             code: self.code() as i32,
             message: self.to_string(),
+        }
+    }
+}
+
+/// User-state store errors: the store is named in every message.
+impl From<profiled_state::Error> for ApiError {
+    fn from(e: profiled_state::Error) -> ApiError {
+        use profiled_state::Error as E;
+        let msg = e.to_string();
+        match e {
+            E::Invalid { .. } => ApiError::Invalid {
+                field: "users".into(),
+                message: msg,
+            },
+            E::Unavailable { .. } => ApiError::Unavailable(msg),
+            E::Full { .. } => ApiError::StoreFull(msg),
+            E::Corrupt { .. } => ApiError::DataLoss(msg),
+            E::Contended { .. } => ApiError::Aborted(msg),
+            E::Config(_) => ApiError::FailedPrecondition(msg),
         }
     }
 }

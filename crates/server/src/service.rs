@@ -173,6 +173,20 @@ async fn embed_one(
 }
 
 type EmbedStreamOut = Pin<Box<dyn Stream<Item = Result<pb::EmbedStreamResponse, Status>> + Send>>;
+type TrackStreamOut = Pin<Box<dyn Stream<Item = Result<pb::TrackStreamResponse, Status>> + Send>>;
+
+/// One Track request through the core (shared by Track and TrackStream).
+async fn track_one(
+    engine: &Engine,
+    req: pb::TrackRequest,
+    deadline: Option<Instant>,
+) -> Result<pb::TrackResponse, ApiError> {
+    engine.check_name("request_id", &req.request_id)?;
+    let request_id = req.request_id.clone();
+    let q = convert::users::query(req)?;
+    let users = engine.track(q, deadline).await?;
+    Ok(convert::users::response(users, request_id))
+}
 
 #[tonic::async_trait]
 impl pb::profile_service_server::ProfileService for ProfileApi {
@@ -309,6 +323,116 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         .instrument(span.clone())
         .await;
         observe(&span, &self.engine, "Explain", spec.as_ref(), start, &r);
+        r.map(Response::new).map_err(Status::from)
+    }
+
+    async fn track(
+        &self,
+        request: Request<pb::TrackRequest>,
+    ) -> Result<Response<pb::TrackResponse>, Status> {
+        let start = Instant::now();
+        let deadline = deadline_of(request.metadata(), start);
+        let req = request.into_inner();
+        let model = self.engine.model_label(&requested(req.model.as_ref()));
+        let span = rpc_span("Track");
+        let r = track_one(&self.engine, req, deadline)
+            .instrument(span.clone())
+            .await;
+        observe_labels(&span, "Track", model, String::new(), start, &r);
+        r.map(Response::new).map_err(Status::from)
+    }
+
+    type TrackStreamStream = TrackStreamOut;
+
+    /// Batches are applied one after the other, in stream order (a later
+    /// batch may change a field an earlier one set): one acknowledgement
+    /// per batch, in order. Concurrency comes from several streams.
+    async fn track_stream(
+        &self,
+        request: Request<Streaming<pb::TrackRequest>>,
+    ) -> Result<Response<Self::TrackStreamStream>, Status> {
+        let start = Instant::now();
+        let deadline = deadline_of(request.metadata(), start);
+        self.engine.check_serving(None)?;
+        let max_request_bytes = self.max_request_bytes;
+        let engine = self.engine.clone();
+        let out = request.into_inner().then(move |msg| {
+            let engine = engine.clone();
+            async move {
+                let req =
+                    msg.map_err(|s| crate::error::name_request_limit(s, max_request_bytes))?;
+                let id = if engine.check_name("request_id", &req.request_id).is_ok() {
+                    req.request_id.clone()
+                } else {
+                    String::new()
+                };
+                let model = engine.model_label(&requested(req.model.as_ref()));
+                let t = Instant::now();
+                let span = rpc_span("TrackStream");
+                let r = track_one(&engine, req, deadline)
+                    .instrument(span.clone())
+                    .await;
+                observe_labels(&span, "TrackStream", model, String::new(), t, &r);
+                Ok(pb::TrackStreamResponse {
+                    request_id: id,
+                    outcome: Some(match r {
+                        Ok(resp) => pb::track_stream_response::Outcome::Response(resp),
+                        Err(e) => pb::track_stream_response::Outcome::Error(e.to_item()),
+                    }),
+                })
+            }
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn get_user(
+        &self,
+        request: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::GetUserResponse>, Status> {
+        let start = Instant::now();
+        let deadline = deadline_of(request.metadata(), start);
+        let req = request.into_inner();
+        let r = self
+            .engine
+            .get_user(
+                &req.user_id,
+                req.page_size as usize,
+                &req.page_token,
+                deadline,
+            )
+            .await
+            .map(convert::users::user_page);
+        observe_labels(
+            &tracing::Span::none(),
+            "GetUser",
+            String::new(),
+            String::new(),
+            start,
+            &r,
+        );
+        r.map(Response::new).map_err(Status::from)
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        let start = Instant::now();
+        let deadline = deadline_of(request.metadata(), start);
+        let req = request.into_inner();
+        let r = self
+            .engine
+            .delete_user(&req.user_id, deadline)
+            .await
+            .map(|existed| pb::DeleteUserResponse { existed });
+        observe_labels(
+            &tracing::Span::none(),
+            "DeleteUser",
+            String::new(),
+            String::new(),
+            start,
+            &r,
+        );
         r.map(Response::new).map_err(Status::from)
     }
 

@@ -36,6 +36,20 @@ pub fn event(item_id: &str, timestamp: i64, rating: Option<f32>) -> pb::Behaviou
         item_id: item_id.into(),
         timestamp,
         rating,
+        event_id: String::new(),
+    }
+}
+
+/// A behaviour event with a client event id (Track's idempotency key).
+pub fn event_with_id(
+    item_id: &str,
+    timestamp: i64,
+    rating: Option<f32>,
+    event_id: &str,
+) -> pb::BehaviourEvent {
+    pb::BehaviourEvent {
+        event_id: event_id.into(),
+        ..event(item_id, timestamp, rating)
     }
 }
 
@@ -61,13 +75,15 @@ pub fn user_features(user_id: &str, occupation: &str, age: f64) -> pb::UserFeatu
 pub fn input(features: pb::UserFeatures) -> pb::UserInput {
     pb::UserInput {
         source: Some(pb::user_input::Source::Features(features)),
+        context: None,
     }
 }
 
-/// A user given by its id in the users index.
+/// A user given by its id (live state, else the users index).
 pub fn input_by_id(user_id: &str) -> pb::UserInput {
     pb::UserInput {
         source: Some(pb::user_input::Source::UserId(user_id.into())),
+        context: None,
     }
 }
 

@@ -167,7 +167,10 @@ async fn every_rpc_happy_and_bad_paths() {
         "bytes exceeds server.max_request_bytes = 65536",
     );
     let unset = pb::EmbedRequest {
-        users: vec![pb::UserInput { source: None }],
+        users: vec![pb::UserInput {
+            source: None,
+            context: None,
+        }],
         ..Default::default()
     };
     assert_status(

@@ -3,7 +3,7 @@
 use profiled_proto::v1 as pb;
 
 use super::{cache_use, model_ref, model_sel, vector, wants_f16};
-use crate::engine::{EmbedQuery, Embedded, ProfileSource, UserQuery};
+use crate::engine::{EmbedQuery, Embedded, ProfileSource, UserQuery, UserRef};
 use crate::error::ApiError;
 
 /// The query of an Embed request (the users' features stay messages: the
@@ -15,13 +15,19 @@ pub fn query(r: pb::EmbedRequest) -> Result<EmbedQuery<pb::UserFeatures>, ApiErr
             .users
             .into_iter()
             .enumerate()
-            .map(|(i, u)| match u.source {
-                None => Err(ApiError::invalid(
+            .map(|(i, u)| match (u.source, u.context) {
+                (None, _) => Err(ApiError::invalid(
                     format!("users[{i}].source"),
                     "set exactly one of features or user_id",
                 )),
-                Some(pb::user_input::Source::UserId(id)) => Ok(UserQuery::UserId(id)),
-                Some(pb::user_input::Source::Features(f)) => Ok(UserQuery::Features(f)),
+                (Some(pb::user_input::Source::UserId(id)), context) => {
+                    Ok(UserQuery::User(UserRef { id, context }))
+                }
+                (Some(pb::user_input::Source::Features(_)), Some(_)) => Err(ApiError::invalid(
+                    format!("users[{i}].context"),
+                    "context goes with a user_id only (put the fields and events in features)",
+                )),
+                (Some(pb::user_input::Source::Features(f)), None) => Ok(UserQuery::Features(f)),
             })
             .collect(),
         cache: cache_use(r.cache),
@@ -34,6 +40,7 @@ fn source(s: ProfileSource) -> pb::ProfileSource {
         ProfileSource::Computed => pb::ProfileSource::Computed,
         ProfileSource::Cache => pb::ProfileSource::Cache,
         ProfileSource::UsersIndex => pb::ProfileSource::UsersIndex,
+        ProfileSource::UserState => pb::ProfileSource::UserState,
     }
 }
 

@@ -5,14 +5,36 @@ use profiled_model::{Method, TokenInfo};
 use profiled_proto::v1 as pb;
 
 use super::{cache_use, group, model_ref, model_sel, vector_values};
-use crate::engine::{ExplainQuery, ExplainTarget, Explained, Seeds};
+use crate::engine::{ExplainQuery, ExplainTarget, Explained, Seeds, UserQuery, UserRef};
 use crate::error::ApiError;
 
 /// The query of an Explain request.
 pub fn query(r: pb::ExplainRequest) -> Result<ExplainQuery<pb::UserFeatures>, ApiError> {
     let model = model_sel(r.model.as_ref())?;
-    let Some(features) = r.features else {
-        return Err(ApiError::invalid("features", "required"));
+    let user = match (r.features, r.user_id.is_empty(), r.context) {
+        (Some(_), false, _) => {
+            return Err(ApiError::invalid(
+                "user_id",
+                "set exactly one of features and user_id",
+            ));
+        }
+        (Some(_), true, Some(_)) => {
+            return Err(ApiError::invalid(
+                "context",
+                "context goes with a user_id only (put the fields and events in features)",
+            ));
+        }
+        (Some(f), true, None) => UserQuery::Features(f),
+        (None, false, context) => UserQuery::User(UserRef {
+            id: r.user_id,
+            context,
+        }),
+        (None, true, _) => {
+            return Err(ApiError::invalid(
+                "features",
+                "required (or a user_id of a tracked user)",
+            ));
+        }
     };
     let target = match r.target.and_then(|t| t.kind) {
         None | Some(pb::explain_target::Kind::Profile(_)) => ExplainTarget::Profile,
@@ -29,7 +51,7 @@ pub fn query(r: pb::ExplainRequest) -> Result<ExplainQuery<pb::UserFeatures>, Ap
     };
     Ok(ExplainQuery {
         model,
-        features,
+        user,
         target,
         method: method(r.method),
         groups_only: r.groups_only,

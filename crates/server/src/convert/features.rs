@@ -7,72 +7,14 @@
 use std::collections::BTreeMap;
 
 use profiled_model::features::{CanonicalWriter, sort_tags};
-use profiled_model::format::{CategoricalTransform, FieldKind as ModelKind};
-use profiled_model::{Event, FieldValue, ModelJson, UserFeatures};
+use profiled_model::{Event, FieldValue, UserFeatures};
 use profiled_proto::v1 as pb;
 use profiled_store::Generation;
 
 use crate::config::Limits;
 use crate::engine::FeatureInput;
+use crate::engine::schema::{InputKind, input_kind_of, input_kinds};
 use crate::error::ApiError;
-
-/// The value kind an input accepts, per the model's schema.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InputKind {
-    /// A categorical string.
-    Categorical,
-    /// A number.
-    Number,
-    /// Weighted tags.
-    Tags,
-}
-
-impl InputKind {
-    fn name(self) -> &'static str {
-        match self {
-            InputKind::Categorical => "categorical",
-            InputKind::Number => "a number",
-            InputKind::Tags => "tags",
-        }
-    }
-}
-
-/// The kind a schema field accepts; `None` for fields derived from events.
-pub fn field_input_kind(f: &profiled_model::format::FieldSchema) -> Option<InputKind> {
-    if f.source.starts_with("events.") {
-        return None;
-    }
-    Some(match &f.kind {
-        ModelKind::Categorical {
-            transform: CategoricalTransform::Bucket { .. },
-            ..
-        } => InputKind::Number,
-        ModelKind::Categorical { .. } => InputKind::Categorical,
-        ModelKind::Numeric { .. } => InputKind::Number,
-        ModelKind::Preference => InputKind::Tags,
-    })
-}
-
-/// The kind the input `name` accepts (first schema field reading it), without
-/// building the whole map: the request path calls this once per field.
-fn input_kind_of(meta: &ModelJson, name: &str) -> Option<InputKind> {
-    meta.schema
-        .fields
-        .iter()
-        .filter(|f| f.source == name)
-        .find_map(field_input_kind)
-}
-
-/// Input name → accepted kind, for a model.
-pub fn input_kinds(meta: &ModelJson) -> BTreeMap<String, InputKind> {
-    let mut out = BTreeMap::new();
-    for f in &meta.schema.fields {
-        if let Some(k) = field_input_kind(f) {
-            out.entry(f.source.clone()).or_insert(k);
-        }
-    }
-    out
-}
 
 /// `path` is built only when the check fails (the happy path allocates no
 /// request paths).
@@ -112,89 +54,13 @@ pub fn features(
     }
     let mut fields = BTreeMap::new();
     for (key, value) in &p.fields {
-        let fpath = || format!("{path}.fields[{key:?}]");
-        check_str(fpath, key, limits)?;
-        let Some(want) = input_kind_of(meta, key) else {
-            let kinds = input_kinds(meta);
-            let known: Vec<&str> = kinds.keys().map(String::as_str).collect();
-            return Err(ApiError::invalid(
-                fpath(),
-                format!("unknown field (the model reads: {})", known.join(", ")),
-            ));
-        };
-        let (got, v) = match &value.kind {
-            None => {
-                return Err(ApiError::invalid(
-                    fpath(),
-                    "no value set (set one of categorical, number, tags)",
-                ));
-            }
-            Some(pb::field_value::Kind::Categorical(s)) => {
-                check_str(fpath, s, limits)?;
-                (InputKind::Categorical, FieldValue::Categorical(s.clone()))
-            }
-            Some(pb::field_value::Kind::Number(x)) => {
-                if !x.is_finite() {
-                    return Err(ApiError::invalid(
-                        fpath(),
-                        format!("{x} is not a finite number"),
-                    ));
-                }
-                (InputKind::Number, FieldValue::Number(*x))
-            }
-            Some(pb::field_value::Kind::Tags(list)) => {
-                if list.tags.len() > limits.max_tags_per_field {
-                    return Err(ApiError::Limit {
-                        field: format!("{}.tags", fpath()),
-                        got: format!("{} tags", list.tags.len()),
-                        limit: "max_tags_per_field",
-                        value: limits.max_tags_per_field as u64,
-                    });
-                }
-                let mut seen = std::collections::BTreeSet::new();
-                let mut tags = Vec::with_capacity(list.tags.len());
-                for (i, t) in list.tags.iter().enumerate() {
-                    let tpath = || format!("{}.tags[{i}]", fpath());
-                    check_str(tpath, &t.tag, limits)?;
-                    let w = t.weight.unwrap_or(1.0);
-                    if !w.is_finite() || w < 0.0 {
-                        return Err(ApiError::invalid(
-                            format!("{}.weight", tpath()),
-                            format!("{w} is not a finite weight >= 0"),
-                        ));
-                    }
-                    if !seen.insert(t.tag.as_str()) {
-                        return Err(ApiError::invalid(
-                            tpath(),
-                            format!("duplicate tag {:?}", t.tag),
-                        ));
-                    }
-                    tags.push((t.tag.clone(), w));
-                }
-                (InputKind::Tags, FieldValue::Tags(tags))
-            }
-        };
-        // Numbers and categorical strings convert where unambiguous (see
-        // common.proto): a number for a categorical input is used in its
-        // string form, a numeric string for a numeric input is parsed (blank =
-        // missing). Tags never stand for a single value, nor the reverse.
-        let scalar = |k| matches!(k, InputKind::Categorical | InputKind::Number);
-        if got != want && !(scalar(got) && scalar(want)) {
-            return Err(ApiError::invalid(
-                fpath(),
-                format!("expected {}, got {}", want.name(), got.name()),
-            ));
-        }
-        if want == InputKind::Number
-            && let FieldValue::Categorical(text) = &v
-            && !text.trim().is_empty()
-            && !text.trim().parse::<f64>().is_ok_and(f64::is_finite)
-        {
-            return Err(ApiError::invalid(
-                fpath(),
-                format!("{text:?} is not a number"),
-            ));
-        }
+        let v = field_value(
+            key,
+            value,
+            meta,
+            &|| format!("{path}.fields[{key:?}]"),
+            limits,
+        )?;
         fields.insert(key.clone(), v);
     }
     let mut events = Vec::with_capacity(p.events.len());
@@ -227,34 +93,114 @@ pub fn features(
     })
 }
 
+/// One field value of a request (features, or a Track field change)
+/// validated against the model's schema: the input `key` must exist, the
+/// value kind must fit it (a number and a categorical string convert where
+/// unambiguous), strings and tag lists within the limits. `fpath` names the
+/// value in errors.
+pub(crate) fn field_value(
+    key: &str,
+    value: &pb::FieldValue,
+    meta: &profiled_model::ModelJson,
+    fpath: &dyn Fn() -> String,
+    limits: &Limits,
+) -> Result<FieldValue, ApiError> {
+    check_str(fpath, key, limits)?;
+    let Some(want) = input_kind_of(meta, key) else {
+        let kinds = input_kinds(meta);
+        let known: Vec<&str> = kinds.keys().map(String::as_str).collect();
+        return Err(ApiError::invalid(
+            fpath(),
+            format!("unknown field (the model reads: {})", known.join(", ")),
+        ));
+    };
+    let (got, v) = match &value.kind {
+        None => {
+            return Err(ApiError::invalid(
+                fpath(),
+                "no value set (set one of categorical, number, tags)",
+            ));
+        }
+        Some(pb::field_value::Kind::Categorical(s)) => {
+            check_str(fpath, s, limits)?;
+            (InputKind::Categorical, FieldValue::Categorical(s.clone()))
+        }
+        Some(pb::field_value::Kind::Number(x)) => {
+            if !x.is_finite() {
+                return Err(ApiError::invalid(
+                    fpath(),
+                    format!("{x} is not a finite number"),
+                ));
+            }
+            (InputKind::Number, FieldValue::Number(*x))
+        }
+        Some(pb::field_value::Kind::Tags(list)) => {
+            if list.tags.len() > limits.max_tags_per_field {
+                return Err(ApiError::Limit {
+                    field: format!("{}.tags", fpath()),
+                    got: format!("{} tags", list.tags.len()),
+                    limit: "max_tags_per_field",
+                    value: limits.max_tags_per_field as u64,
+                });
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            let mut tags = Vec::with_capacity(list.tags.len());
+            for (i, t) in list.tags.iter().enumerate() {
+                let tpath = || format!("{}.tags[{i}]", fpath());
+                check_str(tpath, &t.tag, limits)?;
+                let w = t.weight.unwrap_or(1.0);
+                if !w.is_finite() || w < 0.0 {
+                    return Err(ApiError::invalid(
+                        format!("{}.weight", tpath()),
+                        format!("{w} is not a finite weight >= 0"),
+                    ));
+                }
+                if !seen.insert(t.tag.as_str()) {
+                    return Err(ApiError::invalid(
+                        tpath(),
+                        format!("duplicate tag {:?}", t.tag),
+                    ));
+                }
+                tags.push((t.tag.clone(), w));
+            }
+            (InputKind::Tags, FieldValue::Tags(tags))
+        }
+    };
+    // Numbers and categorical strings convert where unambiguous (see
+    // common.proto): a number for a categorical input is used in its
+    // string form, a numeric string for a numeric input is parsed (blank =
+    // missing). Tags never stand for a single value, nor the reverse.
+    let scalar = |k| matches!(k, InputKind::Categorical | InputKind::Number);
+    if got != want && !(scalar(got) && scalar(want)) {
+        return Err(ApiError::invalid(
+            fpath(),
+            format!("expected {}, got {}", want.name(), got.name()),
+        ));
+    }
+    if want == InputKind::Number
+        && let FieldValue::Categorical(text) = &v
+        && !text.trim().is_empty()
+        && !text.trim().parse::<f64>().is_ok_and(f64::is_finite)
+    {
+        return Err(ApiError::invalid(
+            fpath(),
+            format!("{text:?} is not a number"),
+        ));
+    }
+    Ok(v)
+}
+
 /// The request message of `u`: the inverse of [`features`], value for
 /// value (a categorical stays categorical, a number a number, tags tags, the
 /// events in their order); for clients, load generators and tests that hold
 /// model-side features.
 pub fn to_proto(u: &UserFeatures) -> pb::UserFeatures {
-    use pb::field_value::Kind;
-    let value = |v: &FieldValue| {
-        let kind = match v {
-            FieldValue::Categorical(s) => Kind::Categorical(s.clone()),
-            FieldValue::Number(x) => Kind::Number(*x),
-            FieldValue::Tags(t) => Kind::Tags(pb::TagList {
-                tags: t
-                    .iter()
-                    .map(|(tag, w)| pb::WeightedTag {
-                        tag: tag.clone(),
-                        weight: Some(*w),
-                    })
-                    .collect(),
-            }),
-        };
-        pb::FieldValue { kind: Some(kind) }
-    };
     pb::UserFeatures {
         user_id: u.user_id.clone().unwrap_or_default(),
         fields: u
             .fields
             .iter()
-            .map(|(k, v)| (k.clone(), value(v)))
+            .map(|(k, v)| (k.clone(), value_to_proto(v)))
             .collect(),
         events: u
             .events
@@ -263,9 +209,29 @@ pub fn to_proto(u: &UserFeatures) -> pb::UserFeatures {
                 item_id: e.item.clone(),
                 timestamp: e.timestamp,
                 rating: e.rating,
+                event_id: String::new(),
             })
             .collect(),
     }
+}
+
+/// A field value as a message (the inverse of [`field_value`]).
+pub fn value_to_proto(v: &FieldValue) -> pb::FieldValue {
+    use pb::field_value::Kind;
+    let kind = match v {
+        FieldValue::Categorical(s) => Kind::Categorical(s.clone()),
+        FieldValue::Number(x) => Kind::Number(*x),
+        FieldValue::Tags(t) => Kind::Tags(pb::TagList {
+            tags: t
+                .iter()
+                .map(|(tag, w)| pb::WeightedTag {
+                    tag: tag.clone(),
+                    weight: Some(*w),
+                })
+                .collect(),
+        }),
+    };
+    pb::FieldValue { kind: Some(kind) }
 }
 
 /// The hot cache's key bytes of a request's features: exactly

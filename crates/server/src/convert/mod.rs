@@ -8,6 +8,7 @@
 //! - [`embed`], [`search`] (with `TryFrom<&pb::Filter>`), [`explain`]: one
 //!   request → query and answer → response pair each.
 //! - [`models`]: model status messages (`ModelInfo`, schema, architecture).
+//! - [`users`]: Track (`UserTrack` is the core's `TrackInput`), GetUser.
 
 use profiled_proto::v1 as pb;
 use profiled_store::Selector;
@@ -20,8 +21,9 @@ pub mod explain;
 pub mod features;
 pub mod models;
 pub mod search;
+pub mod users;
 
-pub use features::{InputKind, cache_key, features, field_input_kind, input_kinds, to_proto};
+pub use features::{cache_key, features, to_proto};
 pub use models::{group, model_info, model_ref};
 
 /// The model selection of a `ModelSpec` (unset = default model, default version).

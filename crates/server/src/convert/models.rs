@@ -10,7 +10,7 @@ use profiled_model::{Group, ModelJson};
 use profiled_proto::v1 as pb;
 use profiled_store::{Generation, ModelSnapshot, VersionState};
 
-use super::features::{InputKind, field_input_kind};
+use crate::engine::schema::{InputKind, field_input_kind};
 
 /// A proto `DimensionGroup` of a model group.
 pub fn group(g: Group) -> pb::DimensionGroup {

@@ -6,7 +6,7 @@ use profiled_proto::v1 as pb;
 
 use super::{cache_use, model_ref, model_sel, vector, vector_values, wants_f16};
 use crate::engine::search::SearchInput;
-use crate::engine::{Found, SearchFilter, SearchQuery, Seeds};
+use crate::engine::{Found, SearchFilter, SearchQuery, Seeds, UserRef};
 use crate::error::ApiError;
 
 impl TryFrom<&pb::Filter> for SearchFilter {
@@ -66,6 +66,13 @@ impl TryFrom<&pb::Filter> for SearchFilter {
 
 /// The query of a Search request.
 pub fn query(r: pb::SearchRequest) -> Result<SearchQuery<pb::UserFeatures>, ApiError> {
+    let is_user = matches!(r.query, Some(pb::search_request::Query::UserId(_)));
+    if r.context.is_some() && !is_user {
+        return Err(ApiError::invalid(
+            "context",
+            "context goes with a user_id query only",
+        ));
+    }
     let input = match r.query {
         None => {
             return Err(ApiError::invalid(
@@ -74,7 +81,10 @@ pub fn query(r: pb::SearchRequest) -> Result<SearchQuery<pb::UserFeatures>, ApiE
             ));
         }
         Some(pb::search_request::Query::Features(f)) => SearchInput::Features(f),
-        Some(pb::search_request::Query::UserId(id)) => SearchInput::UserId(id),
+        Some(pb::search_request::Query::UserId(id)) => SearchInput::User(UserRef {
+            id,
+            context: r.context,
+        }),
         Some(pb::search_request::Query::Vector(v)) => {
             SearchInput::Vector(vector_values("vector", &v)?)
         }

@@ -1,10 +1,12 @@
 //! Embed: the profile vectors of a batch of users, each from features
-//! (through the cache and the batcher) or from the users index by id.
+//! (through the cache and the batcher) or by id: from the user's live state
+//! (through the cache and the batcher too), else from the users index.
 
 use std::sync::Arc;
 
 use profiled_store::Generation;
 
+use super::users::{Resolved, UserRef};
 use super::{CacheUse, Deadline, Engine, FeatureInput, ModelSel, Profile};
 use crate::error::ApiError;
 
@@ -13,8 +15,9 @@ use crate::error::ApiError;
 pub enum UserQuery<F> {
     /// Compute from features.
     Features(F),
-    /// The stored profile of a known user.
-    UserId(String),
+    /// A known user: live state (with optional context), else the users
+    /// index snapshot.
+    User(UserRef<F>),
 }
 
 /// An Embed call. Each user arrives as the edge converted it: an input the
@@ -41,6 +44,9 @@ pub enum ProfileSource {
     Cache,
     /// The stored profile of the users index (as of the version's publish).
     UsersIndex,
+    /// Computed (or a cache hit: see `Profile::cache_hit`) from the user's
+    /// live stored state.
+    UserState,
 }
 
 /// The answer for one user.
@@ -68,7 +74,13 @@ pub struct Embedded {
 
 /// A user after the first phase: validated, a cache hit, or stored.
 enum Ready {
-    Compute(profiled_model::UserFeatures, Option<super::CacheKey>),
+    /// To compute; the source it will be answered with when computed
+    /// (`Computed` for features, `UserState` for live state).
+    Compute(
+        profiled_model::UserFeatures,
+        Option<super::CacheKey>,
+        ProfileSource,
+    ),
     Done(Profile, ProfileSource),
 }
 
@@ -96,35 +108,54 @@ impl Engine {
         let mode = q.cache;
         let generation = self.resolve(&q.model)?;
 
-        // Phase 1: validate every user (cheap) before any work. Request
-        // paths are built only for messages and misses.
-        let mut ready: Vec<(String, Result<Ready, ApiError>)> = Vec::with_capacity(q.users.len());
-        for (i, u) in q.users.into_iter().enumerate() {
-            let item = match u {
-                Err(e) => (String::new(), Err(e)),
-                Ok(UserQuery::UserId(id)) => {
-                    let r = self
-                        .stored_profile(&generation, &id, &format!("users[{i}].user_id"))
-                        .map(|p| Ready::Done(p, ProfileSource::UsersIndex));
-                    (id, r)
+        // Phase 1: validate every user (cheap) and resolve ids (one store
+        // read each, concurrently) before any compute. Request paths are
+        // built only for messages, misses and ids.
+        let first = q.users.into_iter().enumerate().map(|(i, u)| {
+            let generation = generation.clone();
+            async move {
+                match u {
+                    Err(e) => (String::new(), Err(e)),
+                    Ok(UserQuery::User(user)) => {
+                        let path = format!("users[{i}].user_id");
+                        let r = match self
+                            .resolve_user(&generation, &user, &path, true, deadline)
+                            .await
+                        {
+                            Ok(Resolved::Snapshot(p)) => {
+                                Ok(Ready::Done(p, ProfileSource::UsersIndex))
+                            }
+                            Ok(Resolved::Live(f)) => {
+                                let (key, hit) = self.lookup(&generation, &f, mode).await;
+                                Ok(match hit {
+                                    Some(v) => {
+                                        Ready::Done(Profile::hit(v), ProfileSource::UserState)
+                                    }
+                                    None => Ready::Compute(f, key, ProfileSource::UserState),
+                                })
+                            }
+                            Err(e) => Err(e),
+                        };
+                        (user.id, r)
+                    }
+                    Ok(UserQuery::Features(f)) => {
+                        let (key, hit) = self.lookup(&generation, &f, mode).await;
+                        let r = match hit {
+                            Some(v) => Ok(Ready::Done(Profile::hit(v), ProfileSource::Cache)),
+                            None => f
+                                .to_features(&format!("users[{i}].features"), &generation, limits)
+                                .map(|x| Ready::Compute(x, key, ProfileSource::Computed)),
+                        };
+                        (f.user_id().to_string(), r)
+                    }
                 }
-                Ok(UserQuery::Features(f)) => {
-                    let (key, hit) = self.lookup(&generation, &f, mode).await;
-                    let r = match hit {
-                        Some(v) => Ok(Ready::Done(Profile::hit(v), ProfileSource::Cache)),
-                        None => f
-                            .to_features(&format!("users[{i}].features"), &generation, limits)
-                            .map(|x| Ready::Compute(x, key)),
-                    };
-                    (f.user_id().to_string(), r)
-                }
-            };
-            if !q.allow_partial
-                && let Err(e) = &item.1
-            {
-                return Err(e.clone());
             }
-            ready.push(item);
+        });
+        let ready: Vec<(String, Result<Ready, ApiError>)> = futures::future::join_all(first).await;
+        if !q.allow_partial
+            && let Some((_, Err(e))) = ready.iter().find(|(_, r)| r.is_err())
+        {
+            return Err(e.clone());
         }
 
         // Phase 2: compute (cache + batcher), all users concurrently.
@@ -132,14 +163,13 @@ impl Engine {
             let generation = generation.clone();
             async move {
                 let result = match r {
-                    Ok(Ready::Compute(f, key)) => self
+                    Ok(Ready::Compute(f, key, source)) => self
                         .profile(&generation, key, f, format!("users[{i}]"), mode, deadline)
                         .await
                         .map(|p| {
-                            let source = if p.cache_hit {
-                                ProfileSource::Cache
-                            } else {
-                                ProfileSource::Computed
+                            let source = match source {
+                                ProfileSource::Computed if p.cache_hit => ProfileSource::Cache,
+                                other => other,
                             };
                             (p, source)
                         }),

@@ -11,7 +11,8 @@ use std::time::Instant;
 use profiled_model::{ExplainOptions, Explanation, Method, Target};
 use profiled_store::Generation;
 
-use super::{CacheUse, Deadline, Engine, FeatureInput, ModelSel, Seeds, remaining};
+use super::users::Resolved;
+use super::{CacheUse, Deadline, Engine, FeatureInput, ModelSel, Seeds, UserQuery, remaining};
 use crate::error::{ApiError, model_error};
 
 /// What the explanation is about.
@@ -31,8 +32,9 @@ pub enum ExplainTarget {
 pub struct ExplainQuery<F> {
     /// The model version to use.
     pub model: ModelSel,
-    /// The user's features.
-    pub features: F,
+    /// The user: features, or a tracked user's id (live state only: an
+    /// explanation needs the tokens).
+    pub user: UserQuery<F>,
     /// What to explain.
     pub target: ExplainTarget,
     /// How.
@@ -80,7 +82,25 @@ impl Engine {
         }
         let top_n = if q.top_n == 0 { 10 } else { q.top_n as usize };
         let generation = self.resolve(&q.model)?;
-        let features = q.features.to_features("features", &generation, limits)?;
+        let features = match &q.user {
+            UserQuery::Features(f) => f.to_features("features", &generation, limits)?,
+            UserQuery::User(user) => {
+                match self
+                    .resolve_user(&generation, user, "user_id", false, deadline)
+                    .await?
+                {
+                    Resolved::Live(f) => f,
+                    Resolved::Snapshot(_) => {
+                        return Err(ApiError::Internal(
+                            "a users index snapshot cannot be explained".into(),
+                        ));
+                    }
+                }
+            }
+        };
+        // A tracked user's features fill the cache afterwards (a request's
+        // fill from its own message).
+        let live = matches!(q.user, UserQuery::User(_)).then(|| features.clone());
         let target = match q.target {
             ExplainTarget::Profile => Target::Profile,
             ExplainTarget::Item(id) => {
@@ -123,8 +143,18 @@ impl Engine {
         let compute_us = c0.elapsed().as_micros() as u64;
         // The unmasked profile computed on the way fills the cache, so an
         // Embed of the same user after an Explain is a hit.
-        self.fill(&generation, &q.features, q.cache, &explanation.profile)
-            .await;
+        match &q.user {
+            UserQuery::Features(f) => {
+                self.fill(&generation, f, q.cache, &explanation.profile)
+                    .await;
+            }
+            UserQuery::User(_) => {
+                if let Some(f) = &live {
+                    self.fill(&generation, f, q.cache, &explanation.profile)
+                        .await;
+                }
+            }
+        }
         Ok(Explained {
             generation,
             explanation,

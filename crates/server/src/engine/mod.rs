@@ -11,12 +11,16 @@
 //! - [`search`]: [`SearchQuery`] → [`Found`] (nearest items, lookalikes).
 //! - [`explain`]: [`ExplainQuery`] → [`Explained`].
 //! - [`models`]: model status and the admin operations.
+//! - [`users`]: live user state (Track, GetUser, DeleteUser) and the one
+//!   resolution of a user id (live state, else users index, else
+//!   NOT_FOUND) that Embed, Search and Explain share.
+//! - [`schema`]: the value kind each model input accepts.
 //!
 //! Features arrive as anything that implements [`FeatureInput`]: the edge's
 //! message (converted only on a cache miss) or plain `UserFeatures`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use dashmap::DashMap;
@@ -31,14 +35,17 @@ pub mod cache;
 pub mod embed;
 pub mod explain;
 pub mod models;
+pub mod schema;
 pub mod search;
 #[cfg(test)]
 mod tests;
+pub mod users;
 
 pub use cache::{CacheKey, CacheUse, Profile};
 pub use embed::{EmbedQuery, Embedded, EmbeddedUser, ProfileSource, UserQuery};
 pub use explain::{ExplainQuery, ExplainTarget, Explained};
 pub use search::{Found, FoundRow, SearchFilter, SearchQuery, SearchTarget, Seeds};
+pub use users::{TrackInput, TrackQuery, TrackedUser, UserPage, UserRef};
 
 /// The deadline of a call (`None`: no deadline).
 pub type Deadline = Option<Instant>;
@@ -105,6 +112,11 @@ pub struct Engine {
     draining: AtomicBool,
     explain_slots: tokio::sync::Semaphore,
     stream_users: Arc<tokio::sync::Semaphore>,
+    /// Live user state (`None`: `state.backend = "off"`).
+    state: Option<Arc<dyn profiled_state::UserStateStore>>,
+    /// The largest `max_events` of the models resolved so far: the state
+    /// keeps at least this many events per user.
+    retain_floor: AtomicUsize,
 }
 
 /// DEADLINE_EXCEEDED when `deadline` has passed.
@@ -133,7 +145,21 @@ impl Engine {
             batchers: DashMap::new(),
             draining: AtomicBool::new(false),
             explain_slots: tokio::sync::Semaphore::new(workers),
+            state: None,
+            retain_floor: AtomicUsize::new(0),
         }
+    }
+
+    /// The engine with a live user state store (Track, GetUser, DeleteUser,
+    /// and user ids resolving to live state first).
+    pub fn with_state(mut self, state: Arc<dyn profiled_state::UserStateStore>) -> Engine {
+        self.state = Some(state);
+        self
+    }
+
+    /// The user state store, when there is one.
+    pub fn state(&self) -> Option<&Arc<dyn profiled_state::UserStateStore>> {
+        self.state.as_ref()
     }
 
     /// Users that all streams together may have in the core at once: half

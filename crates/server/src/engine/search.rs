@@ -12,6 +12,7 @@ use profiled_index::{
 };
 use profiled_store::Generation;
 
+use super::users::{Resolved, UserRef};
 use super::{CacheUse, Deadline, Engine, FeatureInput, ModelSel, remaining};
 use crate::config::Limits;
 use crate::error::ApiError;
@@ -33,8 +34,9 @@ pub struct Seeds {
 pub enum SearchInput<F> {
     /// The profile of these features (through the cache).
     Features(F),
-    /// The stored profile of a known user.
-    UserId(String),
+    /// A known user: live state (with optional context), else the users
+    /// index snapshot.
+    User(UserRef<F>),
     /// A query vector (normalised here).
     Vector(Vec<f32>),
     /// The centroid of a seed set ([`profiled_index::seed_centroid`]).
@@ -284,23 +286,42 @@ impl Engine {
                 cache_hit = p.cache_hit;
                 p.vector.to_vec()
             }
-            SearchInput::UserId(id) => {
-                let v = self.stored_profile(&generation, &id, "user_id")?;
-                if filter.exclude_seen_items && !to_users {
-                    match generation.users.as_ref() {
-                        Some(u) if u.has_attribute(SEEN_ITEMS_ATTRIBUTE) => {
-                            deny.extend(
-                                u.values_of(&id, SEEN_ITEMS_ATTRIBUTE)?.unwrap_or_default(),
-                            );
+            SearchInput::User(user) => {
+                let id = user.id.clone();
+                let v = match self
+                    .resolve_user(&generation, &user, "user_id", true, deadline)
+                    .await?
+                {
+                    Resolved::Live(f) => {
+                        if filter.exclude_seen_items && !to_users {
+                            deny.extend(f.events.iter().map(|e| e.item.clone()));
                         }
-                        _ => plan_notes.push(
-                            "seen items not excluded: the users index holds no item histories"
-                                .into(),
-                        ),
+                        let p = self
+                            .profile_of(&generation, &f, "user_id", q.cache, deadline)
+                            .await?;
+                        cache_hit = p.cache_hit;
+                        p.vector
                     }
-                }
+                    Resolved::Snapshot(p) => {
+                        if filter.exclude_seen_items && !to_users {
+                            match generation.users.as_ref() {
+                                Some(u) if u.has_attribute(SEEN_ITEMS_ATTRIBUTE) => {
+                                    deny.extend(
+                                        u.values_of(&id, SEEN_ITEMS_ATTRIBUTE)?.unwrap_or_default(),
+                                    );
+                                }
+                                _ => plan_notes.push(
+                                    "seen items not excluded: the users index holds no item \
+                                     histories"
+                                        .into(),
+                                ),
+                            }
+                        }
+                        p.vector
+                    }
+                };
                 query_users.push(id);
-                v.vector.to_vec()
+                v.to_vec()
             }
             SearchInput::Vector(v) => {
                 unit("vector", &check_vector("vector", v, generation.dim())?)?

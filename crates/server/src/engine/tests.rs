@@ -289,7 +289,7 @@ async fn embed_misses_then_hits_and_answers_partial_failures_in_place() {
     // A miss (computed) and a stored user (users index).
     let q = embed_query(vec![
         Ok(UserQuery::Features(fresh.clone())),
-        Ok(UserQuery::UserId(id0.clone())),
+        Ok(UserQuery::User(UserRef::id(id0.clone()))),
     ]);
     let e = f.engine.embed(q.clone(), None).await.unwrap();
     assert_eq!(
@@ -324,7 +324,7 @@ async fn embed_misses_then_hits_and_answers_partial_failures_in_place() {
     let users = vec![
         Ok(UserQuery::Features(fresh.clone())),
         Err(ApiError::invalid("users[1].source", "set one")),
-        Ok(UserQuery::UserId("nobody".into())),
+        Ok(UserQuery::User(UserRef::id("nobody"))),
     ];
     let mut q = embed_query(users.clone());
     q.allow_partial = true;
@@ -476,7 +476,7 @@ async fn search_filters_exclusions_and_lookalikes_run_on_any_backend() {
     }
 
     // Lookalikes of one user: not themselves, in score order.
-    let q = search_query(SearchInput::UserId("u5".into()), IndexRole::Users);
+    let q = search_query(SearchInput::User(UserRef::id("u5")), IndexRole::Users);
     let found = f.engine.search(q, None).await.unwrap();
     let got: Vec<String> = found.hits.iter().map(|h| h.id.clone()).collect();
     assert_eq!(got, best(&users, &users[5].1, 5, &|id| id == "u5"));
@@ -501,12 +501,12 @@ async fn search_filters_exclusions_and_lookalikes_run_on_any_backend() {
             || writers(id))
     );
     // exclude_query_user = false keeps the seed itself (it ranks first).
-    let mut q = search_query(SearchInput::UserId("u5".into()), IndexRole::Users);
+    let mut q = search_query(SearchInput::User(UserRef::id("u5")), IndexRole::Users);
     q.filter.exclude_query_user = false;
     let found = f.engine.search(q, None).await.unwrap();
     assert_eq!(found.hits[0].id, "u5");
     // Items for a user id: their stored history is excluded.
-    let mut q = search_query(SearchInput::UserId("u3".into()), IndexRole::Items);
+    let mut q = search_query(SearchInput::User(UserRef::id("u3")), IndexRole::Items);
     q.filter.exclude_seen_items = true;
     q.k = 30;
     let found = f.engine.search(q, None).await.unwrap();
@@ -573,7 +573,7 @@ async fn explain_every_method_and_target() {
         for target in &targets {
             let q = ExplainQuery {
                 model: ModelSel::default(),
-                features: u.clone(),
+                user: UserQuery::Features(u.clone()),
                 target: target.clone(),
                 method,
                 groups_only: false,
@@ -617,7 +617,7 @@ async fn explain_every_method_and_target() {
     // Unknown item: NOT_FOUND naming the field.
     let q = ExplainQuery {
         model: ModelSel::default(),
-        features: u.clone(),
+        user: UserQuery::Features(u.clone()),
         target: ExplainTarget::Item("no-such-item".into()),
         method: Method::Occlusion,
         groups_only: true,
@@ -630,7 +630,7 @@ async fn explain_every_method_and_target() {
     // With USE, the unmasked profile fills the cache: Embed is then a hit.
     let q = ExplainQuery {
         model: ModelSel::default(),
-        features: u.clone(),
+        user: UserQuery::Features(u.clone()),
         target: ExplainTarget::Profile,
         method: Method::Occlusion,
         groups_only: true,
