@@ -19,9 +19,11 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod merge;
 pub mod types;
 
 pub use error::{Error, Result};
+pub use merge::merge;
 pub use types::{
     Applied, FieldUpdate, Policy, StoreStats, StoredEvent, UserState, UserStateStore, UserUpdate,
 };
