@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod codec;
 pub mod error;
 pub mod merge;
 pub mod types;
