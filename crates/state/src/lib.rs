@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod embedded;
 pub mod error;
 pub mod merge;
 pub mod types;

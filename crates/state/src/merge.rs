@@ -157,6 +157,34 @@ pub fn merge(
     }
 }
 
+/// The tombstone [`crate::UserStateStore::delete`] writes over `state`:
+/// `None` when `state` is already a tombstone (nothing to write). A user
+/// never tracked still gets one (version 1), so that the users index
+/// snapshot stops serving them too. The `bool` is whether there was live
+/// state.
+pub fn erase(state: Option<&UserState>, user_id: &str, now_ms: i64) -> Option<(UserState, bool)> {
+    match state {
+        Some(s) if s.erased => None,
+        _ => Some((
+            UserState {
+                user_id: user_id.to_owned(),
+                version: state.map_or(0, |s| s.version) + 1,
+                updated_ms: now_ms,
+                erased: true,
+                ..UserState::default()
+            },
+            state.is_some(),
+        )),
+    }
+}
+
+/// Milliseconds since the Unix epoch now (0 if the clock is before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Refuses the update when any event or field breaks the rules (see the
 /// module docs); names the user and the event index or field.
 fn validate(update: &UserUpdate, policy: Policy) -> Result<()> {
