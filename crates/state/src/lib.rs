@@ -18,10 +18,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod codec;
+pub mod embedded;
 pub mod error;
+pub mod merge;
 pub mod types;
 
 pub use error::{Error, Result};
+pub use merge::merge;
 pub use types::{
     Applied, FieldUpdate, Policy, StoreStats, StoredEvent, UserState, UserStateStore, UserUpdate,
 };
