@@ -316,7 +316,7 @@ impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             backend: StateBackend::Embedded,
-            dir: PathBuf::from("state"),
+            dir: PathBuf::from("data/state"),
             retain_events: 200,
             max_clock_skew_s: 300,
             redis: StateRedisConfig::default(),

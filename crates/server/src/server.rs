@@ -38,6 +38,9 @@ pub enum ServeError {
     /// The metrics endpoint could not start.
     #[error("metrics: {0}")]
     Metrics(String),
+    /// The live user state store could not be opened.
+    #[error("user state: {0}")]
+    State(String),
     /// The reflection service could not be built.
     #[error("reflection: {0}")]
     Reflection(String),
@@ -53,6 +56,35 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Opens the live user state store of `state.backend` (`None` when off).
+/// A store that cannot be opened stops the server with a message naming it.
+pub async fn open_state(
+    cfg: &Config,
+) -> Result<Option<Arc<dyn profiled_state::UserStateStore>>, ServeError> {
+    use crate::config::StateBackend;
+    let store: Arc<dyn profiled_state::UserStateStore> = match cfg.state.backend {
+        StateBackend::Off => return Ok(None),
+        StateBackend::Embedded => {
+            let c = profiled_state::embedded::EmbeddedConfig {
+                dir: cfg.state.dir.clone(),
+                ..Default::default()
+            };
+            Arc::new(
+                tokio::task::spawn_blocking(move || profiled_state::embedded::EmbeddedStore::open(&c))
+                    .await
+                    .map_err(|e| ServeError::State(format!("opening the state store: {e}")))?
+                    .map_err(|e| ServeError::State(e.to_string()))?,
+            )
+        }
+        StateBackend::Redis => {
+            return Err(ServeError::State(
+                "state.backend = \"redis\" is not in this build yet".into(),
+            ));
+        }
+    };
+    Ok(Some(store))
 }
 
 /// The store configuration of a server configuration.
@@ -178,7 +210,12 @@ pub async fn serve(
     };
     install_metrics(&cfg)?;
     let store = Store::new(store_config(&cfg)?);
-    let engine = Arc::new(Engine::new(store.clone(), cfg.clone()));
+    let mut engine = Engine::new(store.clone(), cfg.clone());
+    if let Some(state) = open_state(&cfg).await? {
+        tracing::info!(store = state.name(), "live user state");
+        engine = engine.with_state(state);
+    }
+    let engine = Arc::new(engine);
     let admin_on = admin_auth.is_some();
 
     let reporter = tonic_health::server::HealthReporter::new();

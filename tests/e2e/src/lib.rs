@@ -48,8 +48,9 @@ pub use models::{
 };
 pub use raw::{RawAnswer, RawConn, closed_within, grpc_frame};
 pub use requests::{
-    categorical, condition, embed_req, event, features, input, input_by_id, item_target, number,
-    occupation_and_age, search_features, search_user, user_features, users_target, with_bearer,
+    categorical, clear_field, condition, embed_req, event, event_with_id, features, input,
+    input_by_id, item_target, number, occupation_and_age, search_features, search_user, set_field,
+    track_req, user_features, user_track, users_target, with_bearer,
 };
 pub use rpc::{ProfileClient, get_model, health_status, list_services, version_of, wait_model};
 pub use server::Server;

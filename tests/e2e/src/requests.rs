@@ -157,3 +157,40 @@ pub fn with_bearer<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
     }
     r
 }
+
+/// One user's Track entry.
+pub fn user_track(
+    user_id: &str,
+    events: Vec<pb::BehaviourEvent>,
+    fields: Vec<pb::FieldChange>,
+) -> pb::UserTrack {
+    pb::UserTrack {
+        user_id: user_id.into(),
+        events,
+        fields,
+    }
+}
+
+/// A field change that stores `value` under `name`.
+pub fn set_field(name: &str, value: pb::FieldValue) -> pb::FieldChange {
+    pb::FieldChange {
+        name: name.into(),
+        change: Some(pb::field_change::Change::Set(value)),
+    }
+}
+
+/// A field change that clears `name`.
+pub fn clear_field(name: &str) -> pb::FieldChange {
+    pb::FieldChange {
+        name: name.into(),
+        change: Some(pb::field_change::Change::Clear(true)),
+    }
+}
+
+/// A Track request for `users` (default model, all-or-nothing).
+pub fn track_req(users: Vec<pb::UserTrack>) -> pb::TrackRequest {
+    pb::TrackRequest {
+        users,
+        ..Default::default()
+    }
+}

@@ -53,12 +53,21 @@ impl Server {
             .unwrap_or(repo)
             .join(format!("profiled-{}.log", std::process::id()));
         let log_file = std::fs::File::create(&log)?;
+        // Each server its own embedded state store (one process per
+        // directory), unless the test chooses the state settings.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let state_dir = repo.parent().unwrap_or(repo).join(format!(
+            "state-{}-{}",
+            std::process::id(),
+            STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let mut cmd = Command::new(bin);
         cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", metrics])
             .arg("--models")
             .arg(repo)
             .env("PROFILED__MODELS__POLL_INTERVAL_MS", "200")
             .env("PROFILED__MODELS__DEBOUNCE_MS", "50")
+            .env("PROFILED__STATE__DIR", &state_dir)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file));

@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use profiled_model::{Event, UserFeatures};
 use profiled_state::{Applied, Policy, UserState, UserStateStore, UserUpdate};
@@ -163,16 +162,15 @@ impl Engine {
         }
     }
 
-    /// Runs a store operation within the call's deadline, timing it per
-    /// backend and operation.
-    async fn timed<T>(
+    /// Runs a store operation within the call's deadline (the store
+    /// records its own latency per backend and operation).
+    async fn within_deadline<T>(
         &self,
         store: &Arc<dyn UserStateStore>,
         op: &'static str,
         deadline: Deadline,
         f: impl Future<Output = Result<T, profiled_state::Error>>,
     ) -> Result<T, ApiError> {
-        let t = Instant::now();
         let r = match deadline {
             Some(d) => tokio::time::timeout_at(d.into(), f).await.map_err(|_| {
                 ApiError::DeadlineExceeded(format!(
@@ -182,8 +180,6 @@ impl Engine {
             })?,
             None => f.await,
         };
-        metrics::histogram!("profiled_state_seconds", "backend" => store.backend(), "op" => op)
-            .record(t.elapsed().as_secs_f64());
         Ok(r?)
     }
 
@@ -249,7 +245,7 @@ impl Engine {
             return Ok(answers);
         }
         let results = self
-            .timed(&store, "apply", deadline, async {
+            .within_deadline(&store, "apply", deadline, async {
                 Ok(store.apply(updates, policy).await)
             })
             .await?;
@@ -323,7 +319,7 @@ impl Engine {
         };
         let start = parse_page_token(page_token)?;
         let state = self
-            .timed(&store, "get", deadline, store.get(user_id))
+            .within_deadline(&store, "get", deadline, store.get(user_id))
             .await?
             .filter(|s| !s.erased)
             .ok_or_else(|| {
@@ -374,7 +370,7 @@ impl Engine {
         self.check_serving(deadline)?;
         let store = self.state_store()?.clone();
         self.check_user_id(|| "user_id".into(), user_id)?;
-        self.timed(&store, "delete", deadline, store.delete(user_id))
+        self.within_deadline(&store, "delete", deadline, store.delete(user_id))
             .await
     }
 
@@ -407,7 +403,7 @@ impl Engine {
             }
         };
         if let Some(store) = &self.state {
-            match self.timed(store, "get", deadline, store.get(id)).await? {
+            match self.within_deadline(store, "get", deadline, store.get(id)).await? {
                 Some(s) if s.erased => {
                     return Err(ApiError::NotFound(format!(
                         "{path}: user {id:?} was erased"
