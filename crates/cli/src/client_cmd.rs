@@ -245,13 +245,13 @@ pub struct QuickstartArgs {
     pub no_serve: bool,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
 }
 
-async fn connect(addr: &str, secure: &Secure) -> Result<ProfileServiceClient<Channel>> {
+pub(crate) async fn connect(addr: &str, secure: &Secure) -> Result<ProfileServiceClient<Channel>> {
     secure.bearer()?;
     let ch = secure
         .endpoint(addr)?
@@ -262,7 +262,7 @@ async fn connect(addr: &str, secure: &Secure) -> Result<ProfileServiceClient<Cha
     Ok(ProfileServiceClient::new(ch))
 }
 
-fn spec(c: &Conn) -> pb::ModelSpec {
+pub(crate) fn spec(c: &Conn) -> pb::ModelSpec {
     pb::ModelSpec {
         name: c.model.clone(),
         selector: match (&c.version, &c.label) {
@@ -273,7 +273,7 @@ fn spec(c: &Conn) -> pb::ModelSpec {
     }
 }
 
-fn request<T>(c: &Conn, msg: T) -> tonic::Request<T> {
+pub(crate) fn request<T>(c: &Conn, msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.set_timeout(Duration::from_millis(c.timeout_ms));
     // The token was checked by `connect`.
@@ -283,12 +283,12 @@ fn request<T>(c: &Conn, msg: T) -> tonic::Request<T> {
     r
 }
 
-fn status_err(s: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
     anyhow!("{:?}: {}", s.code(), s.message())
 }
 
 /// The value kind of each input, from the server's schema of the model.
-async fn input_kinds(
+pub(crate) async fn input_kinds(
     client: &mut ProfileServiceClient<Channel>,
     c: &Conn,
 ) -> Result<HashMap<String, i32>> {
@@ -315,7 +315,13 @@ async fn input_kinds(
     Ok(out)
 }
 
-fn build_features(f: &FeatureArgs, kinds: &HashMap<String, i32>) -> Result<pb::UserFeatures> {
+/// The features of `--field`/`--event`; an event without a timestamp gets
+/// `first_ts + its position`.
+pub(crate) fn build_features_at(
+    f: &FeatureArgs,
+    kinds: &HashMap<String, i32>,
+    first_ts: i64,
+) -> Result<pb::UserFeatures> {
     let mut fields = HashMap::new();
     for kv in &f.fields {
         let (k, v) = kv
@@ -359,10 +365,10 @@ fn build_features(f: &FeatureArgs, kinds: &HashMap<String, i32>) -> Result<pb::U
         let mut parts = e.split(':');
         let item = parts.next().unwrap_or_default().to_string();
         let timestamp = match parts.next() {
-            Some(t) => t
+            Some(t) if !t.is_empty() => t
                 .parse()
                 .with_context(|| format!("--event {e:?}: bad timestamp"))?,
-            None => i as i64,
+            _ => first_ts + i as i64,
         };
         let rating = match parts.next() {
             Some(r) => Some(
@@ -385,6 +391,10 @@ fn build_features(f: &FeatureArgs, kinds: &HashMap<String, i32>) -> Result<pb::U
     })
 }
 
+fn build_features(f: &FeatureArgs, kinds: &HashMap<String, i32>) -> Result<pb::UserFeatures> {
+    build_features_at(f, kinds, 0)
+}
+
 fn model_ref_json(m: Option<&pb::ModelRef>) -> Value {
     m.map_or(
         Value::Null,
@@ -399,7 +409,7 @@ fn model_ref_text(m: Option<&pb::ModelRef>) -> String {
     )
 }
 
-fn vector_values(v: &pb::Vector) -> Vec<f32> {
+pub(crate) fn vector_values(v: &pb::Vector) -> Vec<f32> {
     v.to_f32().unwrap_or_default()
 }
 
@@ -832,7 +842,14 @@ Ready. Try (in another terminal):
       --event 50:874965758:5 --method occlusion --top-n 5
   profilectl search --model {name} --field occupation=technician --event 50:874965758:5 --k 10
   profilectl search --model {name} --user-id 196 --target users --k 10
-  profilectl embed --model {name} --user-id 196 --json
+
+Live user state: user 196's profile from the users index, then two events
+tracked now, then the very next profile by id — computed from the live state:
+
+  profilectl embed --model {name} --user-id 196
+  profilectl track --model {name} --user-id 196 --event 50 --event 172::4 --field occupation=writer
+  profilectl embed --model {name} --user-id 196
+  profilectl user get --user-id 196
 
   grpcurl -plaintext {addr} list
   grpcurl -plaintext -d '{{"service": "profiled.v1.ProfileService"}}' {addr} grpc.health.v1.Health/Check
@@ -848,11 +865,14 @@ Ready. Try (in another terminal):
     }
     let bin = sibling_exe("profiled")?;
     eprintln!("$ profiled --listen {addr} --models {}", a.models.display());
+    // The live user state (embedded store) lives beside the dataset.
+    let state_dir = a.data_dir.join("state");
     let mut child = Command::new(bin)
         .arg("--listen")
         .arg(&addr)
         .arg("--models")
         .arg(&a.models)
+        .env("PROFILED__STATE__DIR", &state_dir)
         .stdout(Stdio::piped())
         .spawn()?;
     let stdout = child.stdout.take().context("no stdout of profiled")?;

@@ -10,6 +10,7 @@ mod health_cmd;
 mod index_cmd;
 mod parity_cmd;
 mod train_cmd;
+mod users_cmd;
 
 /// profilectl — data, training, evaluation and client commands for profiled.
 #[derive(Debug, Parser)]
@@ -44,6 +45,11 @@ enum Command {
     Search(client_cmd::SearchArgs),
     /// Which dimensions and tokens drove a profile (gRPC client).
     Explain(client_cmd::ExplainArgs),
+    /// Store events and field values of a user on a running profiled (live state).
+    Track(users_cmd::TrackArgs),
+    /// A user's live state on a running profiled: get, delete.
+    #[command(subcommand)]
+    User(users_cmd::UserCommand),
     /// Models, versions and their states on a running profiled (gRPC client).
     Models(client_cmd::ModelsArgs),
     /// Copy a model version into a repository atomically (next version number).
@@ -66,6 +72,8 @@ fn main() -> anyhow::Result<()> {
         Command::Embed(args) => client_cmd::run_embed(args),
         Command::Search(args) => client_cmd::run_search(args),
         Command::Explain(args) => client_cmd::run_explain(args),
+        Command::Track(args) => users_cmd::run_track(args),
+        Command::User(cmd) => users_cmd::run_user(cmd),
         Command::Models(args) => client_cmd::run_models(args),
         Command::Publish(args) => client_cmd::run_publish(args),
         Command::Health(args) => health_cmd::run(args),

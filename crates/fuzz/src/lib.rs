@@ -22,6 +22,11 @@
 //! * `index_file`: bytes → an index file (CRCs optionally recomputed so
 //!   mutations get past the checksums) → `IndexFile::open_with`, then ids,
 //!   vectors, attributes and a search over whatever opened.
+//! * `track`: bytes → `TrackRequest` (prost) → `profiled_server::convert`
+//!   (the core's `TrackInput::to_update`: user ids, events, field changes
+//!   against the schema) → `profiled_state::merge` twice (the second apply
+//!   of the same update stores nothing) → the stored state read back as
+//!   features (`state_features`) → tokenizer → encoder forward.
 //! * `request_status`: bytes → the body of a unary gRPC call (`Embed`) →
 //!   the server's edge layer (`profiled_server::edge`) → tonic's unary
 //!   path with the prost codec → the status the caller gets. A request
@@ -47,8 +52,9 @@ use profiled_store::Generation;
 use prost::Message;
 
 /// The fuzz targets, in the order the docs list them.
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 6] = [
     "convert",
+    "track",
     "tokenizer",
     "model_files",
     "index_file",
@@ -75,6 +81,7 @@ impl Outcome {
 pub fn run(name: &str, data: &[u8]) -> Option<Outcome> {
     Some(match name {
         "convert" => convert(data),
+        "track" => track(data),
         "tokenizer" => tokenizer(data),
         "model_files" => model_files(data),
         "index_file" => index_file(data),
@@ -188,6 +195,98 @@ pub fn convert(data: &[u8]) -> Outcome {
                 check_profiles(&p.to_vecs(), dim);
             }
             Err(e) => panic!("forward failed on converted features: {e}"),
+        });
+    }
+    match last_err {
+        Some(r) if users.is_empty() => r,
+        _ => Outcome::Accepted,
+    }
+}
+
+/// `track`: protobuf bytes of a `TrackRequest` → validated updates → the
+/// merge rules → stored state → features → tokens → profiles, against a
+/// synthetic model version. Every converted update must merge (the server
+/// checks what the rules refuse before storing), twice idempotently.
+pub fn track(data: &[u8]) -> Outcome {
+    use profiled_server::engine::TrackInput;
+    use profiled_state::{Policy, merge};
+    let req = match pb::TrackRequest::decode(data) {
+        Ok(r) => r,
+        Err(e) => return rejected(format!("decode: {e}")),
+    };
+    let ctx = convert_ctx();
+    let limits = &ctx.limits;
+    if req.users.len() > limits.max_track_users_per_call {
+        return rejected(format!("{} users", req.users.len()));
+    }
+    let q = match convert::users::query(req) {
+        Ok(q) => q,
+        Err(e) => return client_error(&e),
+    };
+    let g = &ctx.generation;
+    let policy = Policy {
+        retain_events: 20,
+        max_clock_skew_s: i64::MAX / 4,
+        now_s: 1_700_000_000,
+    };
+    let mut features = Vec::new();
+    let mut last_err = None;
+    for (i, u) in q.users.iter().enumerate() {
+        let path = format!("users[{i}]");
+        if u.user_id().is_empty() || u.user_id().len() > limits.max_user_id_bytes {
+            last_err = Some(rejected(format!("{path}.user_id")));
+            continue;
+        }
+        let update = match u.to_update(&path, g, limits) {
+            Ok(up) => up,
+            Err(e) => {
+                last_err = Some(client_error(&e));
+                continue;
+            }
+        };
+        let (state, applied) = match merge(None, &update, policy, 0) {
+            Ok(x) => x,
+            // Timestamps beyond the skew are the one thing the core checks
+            // itself before storing; the rules refuse them too.
+            Err(profiled_state::Error::Invalid { message }) => {
+                last_err = Some(rejected(message));
+                continue;
+            }
+            Err(e) => panic!("a converted update failed to merge: {e}"),
+        };
+        assert!(
+            state.events.len() <= policy.retain_events,
+            "retained window"
+        );
+        assert!(
+            profiled_state::merge::in_time_order(&state.events),
+            "time order"
+        );
+        assert_eq!(
+            applied.stored as usize
+                + applied.duplicates as usize
+                + applied.dropped_too_old as usize,
+            update.events.len(),
+            "every event accounted for"
+        );
+        let (again, twice) = match merge(Some(state.clone()), &update, policy, 1) {
+            Ok(x) => x,
+            Err(e) => panic!("re-applying an update failed: {e}"),
+        };
+        assert_eq!(twice.stored, 0, "a second apply stores nothing new");
+        assert_eq!(again.events, state.events, "idempotent");
+        features.push(profiled_server::engine::users::state_features(g, &state));
+    }
+    let tk = g.encoder.tokenizer();
+    let users: Vec<UserFeatures> = features
+        .into_iter()
+        .filter(|f| tk.tokenize(f).is_ok())
+        .collect();
+    if !users.is_empty() {
+        let dim = g.encoder.dim();
+        WS.with_borrow_mut(|ws| match g.encoder.forward_batch(&users, ws) {
+            Ok(p) => check_profiles(&p.to_vecs(), dim),
+            Err(e) => panic!("forward failed on stored state: {e}"),
         });
     }
     match last_err {
@@ -652,6 +751,53 @@ pub fn seeds() -> anyhow::Result<Vec<(&'static str, String, Vec<u8>)>> {
         };
         out.push(("convert", format!("embed-{i}"), req.encode_to_vec()));
     }
+    // track: updates of synthetic users (events with and without ids,
+    // fields set and cleared).
+    for i in 0..4u64 {
+        let users = (0..1 + i)
+            .map(|k| {
+                let u = profiled_model::testing::random_user(&mut rng, s.items, s.max_events);
+                let p = to_pb(&u);
+                let mut fields: Vec<pb::FieldChange> = p
+                    .fields
+                    .into_iter()
+                    .map(|(name, v)| pb::FieldChange {
+                        name,
+                        change: Some(pb::field_change::Change::Set(v)),
+                    })
+                    .collect();
+                fields.sort_by(|a, b| a.name.cmp(&b.name));
+                if k % 2 == 1 {
+                    fields.push(pb::FieldChange {
+                        name: "age".into(),
+                        change: Some(pb::field_change::Change::Clear(true)),
+                    });
+                }
+                let events = p
+                    .events
+                    .into_iter()
+                    .enumerate()
+                    .map(|(j, mut e)| {
+                        if j % 2 == 0 {
+                            e.event_id = format!("e{i}-{k}-{j}");
+                        }
+                        e
+                    })
+                    .collect();
+                pb::UserTrack {
+                    user_id: format!("user-{i}-{k}"),
+                    events,
+                    fields,
+                }
+            })
+            .collect();
+        let req = pb::TrackRequest {
+            users,
+            allow_partial: i == 2,
+            ..pb::TrackRequest::default()
+        };
+        out.push(("track", format!("track-{i}"), req.encode_to_vec()));
+    }
     // request_status: the convert seeds as gRPC bodies (one message each),
     // and an empty message (a valid, empty request). Seeds must be
     // accepted: refused shapes (two messages, cut frames) come from the
@@ -662,7 +808,11 @@ pub fn seeds() -> anyhow::Result<Vec<(&'static str, String, Vec<u8>)>> {
         f.extend_from_slice(m);
         f
     };
-    let convert_seeds: Vec<Vec<u8>> = out.iter().map(|(_, _, b)| b.clone()).collect();
+    let convert_seeds: Vec<Vec<u8>> = out
+        .iter()
+        .filter(|(t, _, _)| *t == "convert")
+        .map(|(_, _, b)| b.clone())
+        .collect();
     for (i, m) in convert_seeds.iter().enumerate() {
         out.push(("request_status", format!("embed-{i}"), frame(m)));
     }

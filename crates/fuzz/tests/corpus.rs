@@ -83,6 +83,11 @@ fn convert_corpus_and_mutations() {
 }
 
 #[test]
+fn track_corpus_and_mutations() {
+    run_target("track", iters(3000));
+}
+
+#[test]
 fn tokenizer_corpus_and_mutations() {
     run_target("tokenizer", iters(3000));
 }

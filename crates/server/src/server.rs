@@ -72,10 +72,12 @@ pub async fn open_state(
                 ..Default::default()
             };
             Arc::new(
-                tokio::task::spawn_blocking(move || profiled_state::embedded::EmbeddedStore::open(&c))
-                    .await
-                    .map_err(|e| ServeError::State(format!("opening the state store: {e}")))?
-                    .map_err(|e| ServeError::State(e.to_string()))?,
+                tokio::task::spawn_blocking(move || {
+                    profiled_state::embedded::EmbeddedStore::open(&c)
+                })
+                .await
+                .map_err(|e| ServeError::State(format!("opening the state store: {e}")))?
+                .map_err(|e| ServeError::State(e.to_string()))?,
             )
         }
         StateBackend::Redis => {
@@ -296,6 +298,32 @@ pub async fn serve(
     }
     let watcher = store.spawn_watcher();
 
+    // The size of the live user state, every 10 s (a failure is logged and
+    // tried again; the store's own histograms show its latency).
+    let state_stats_task = engine.state().cloned().map(|state| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            let mut failing = false;
+            loop {
+                tick.tick().await;
+                match state.stats().await {
+                    Ok(st) => {
+                        failing = false;
+                        metrics::gauge!("profiled_state_users", "backend" => state.backend())
+                            .set(st.users as f64);
+                        metrics::gauge!("profiled_state_bytes", "backend" => state.backend())
+                            .set(st.bytes as f64);
+                    }
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "user state store: cannot read its size");
+                    }
+                    Err(_) => {}
+                }
+            }
+        })
+    });
+
     // Health follows the store: SERVING once a generation is ready and warm.
     let health_task = {
         let reporter = reporter.clone();
@@ -464,6 +492,9 @@ pub async fn serve(
     }
     if let Some(h) = health_only {
         h.abort();
+    }
+    if let Some(t) = state_stats_task {
+        t.abort();
     }
     watcher.stop();
     tracing::info!("profiled stopped");

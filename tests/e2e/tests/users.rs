@@ -234,7 +234,11 @@ async fn tracked_events_change_the_next_profile() {
         .filter(|t| !t.item_id.is_empty())
         .map(|t| t.item_id.as_str())
         .collect();
-    assert_eq!(items, BTreeSet::from(["3", "7", "11"]), "the live state's events");
+    assert_eq!(
+        items,
+        BTreeSet::from(["3", "7", "11"]),
+        "the live state's events"
+    );
     let r = c
         .explain(pb::ExplainRequest {
             user_id: "u3".into(),
@@ -344,10 +348,17 @@ async fn users_pages_erasure_and_bad_input() {
     // Erasure: by id nothing comes back, the users index snapshot of a
     // tracked user included; a later Track starts afresh.
     let by_index = c.embed(embed_ids(&["u3"])).await.unwrap().into_inner();
-    assert_eq!(by_index.users[0].source, pb::ProfileSource::UsersIndex as i32);
-    c.track(track_req(vec![user_track("u3", vec![event("5", T0, None)], vec![])]))
-        .await
-        .unwrap();
+    assert_eq!(
+        by_index.users[0].source,
+        pb::ProfileSource::UsersIndex as i32
+    );
+    c.track(track_req(vec![user_track(
+        "u3",
+        vec![event("5", T0, None)],
+        vec![],
+    )]))
+    .await
+    .unwrap();
     let live = c.embed(embed_ids(&["u3"])).await.unwrap().into_inner();
     assert_eq!(live.users[0].source, pb::ProfileSource::UserState as i32);
     for id in ["bob", "u3"] {
@@ -382,7 +393,11 @@ async fn users_pages_erasure_and_bad_input() {
         .into_inner();
     assert!(!d.existed);
     let fresh = c
-        .track(track_req(vec![user_track("bob", vec![event("2", T0, None)], vec![])]))
+        .track(track_req(vec![user_track(
+            "bob",
+            vec![event("2", T0, None)],
+            vec![],
+        )]))
         .await
         .unwrap()
         .into_inner();
@@ -399,7 +414,11 @@ async fn users_pages_erasure_and_bad_input() {
 
     // Bad input: each names the problem, nothing is stored.
     let cases: Vec<(pb::TrackRequest, Code, &str)> = vec![
-        (track_req(vec![]), Code::InvalidArgument, "users: at least one"),
+        (
+            track_req(vec![]),
+            Code::InvalidArgument,
+            "users: at least one",
+        ),
         (
             track_req(vec![user_track("", vec![event("1", T0, None)], vec![])]),
             Code::InvalidArgument,
@@ -505,7 +524,11 @@ async fn users_pages_erasure_and_bad_input() {
     assert!(r.users[2].state_version > r.users[0].state_version);
     let e = r.users[1].error.as_ref().expect("erin refused");
     assert_eq!(e.code, Code::InvalidArgument as i32);
-    assert!(e.message.contains("users[1].events[0].timestamp"), "{}", e.message);
+    assert!(
+        e.message.contains("users[1].events[0].timestamp"),
+        "{}",
+        e.message
+    );
     let dave = c
         .get_user(pb::GetUserRequest {
             user_id: "dave".into(),
@@ -521,7 +544,11 @@ async fn users_pages_erasure_and_bad_input() {
     let batches = vec![
         pb::TrackRequest {
             request_id: "b1".into(),
-            ..track_req(vec![user_track("frank", vec![event("1", T0, None)], vec![])])
+            ..track_req(vec![user_track(
+                "frank",
+                vec![event("1", T0, None)],
+                vec![],
+            )])
         },
         pb::TrackRequest {
             request_id: "b2".into(),
@@ -529,7 +556,11 @@ async fn users_pages_erasure_and_bad_input() {
         },
         pb::TrackRequest {
             request_id: "b3".into(),
-            ..track_req(vec![user_track("frank", vec![event("2", T0 + 1, None)], vec![])])
+            ..track_req(vec![user_track(
+                "frank",
+                vec![event("2", T0 + 1, None)],
+                vec![],
+            )])
         },
     ];
     let mut answers = c
@@ -565,8 +596,12 @@ async fn without_a_state_store_track_is_failed_precondition() {
     .unwrap();
     let mut c = server.client().await.unwrap();
     assert_status(
-        c.track(track_req(vec![user_track("a", vec![event("1", T0, None)], vec![])]))
-            .await,
+        c.track(track_req(vec![user_track(
+            "a",
+            vec![event("1", T0, None)],
+            vec![],
+        )]))
+        .await,
         Code::FailedPrecondition,
         "state.backend",
     );
@@ -607,7 +642,10 @@ async fn acknowledged_events_survive_kill_9() {
                             )
                         })
                         .collect();
-                    match c.track(track_req(vec![user_track(&user, events, vec![])])).await {
+                    match c
+                        .track(track_req(vec![user_track(&user, events, vec![])]))
+                        .await
+                    {
                         Ok(r) => ok.push((user, r.into_inner().users[0].stored as usize)),
                         Err(_) => break,
                     }
@@ -624,7 +662,10 @@ async fn acknowledged_events_survive_kill_9() {
             }
         }
     }
-    assert!(acked.values().sum::<usize>() > 0, "nothing was acknowledged");
+    assert!(
+        acked.values().sum::<usize>() > 0,
+        "nothing was acknowledged"
+    );
     let server = Server::start_serving(&repo, &env, Duration::from_secs(30))
         .await
         .unwrap();

@@ -403,7 +403,10 @@ impl Engine {
             }
         };
         if let Some(store) = &self.state {
-            match self.within_deadline(store, "get", deadline, store.get(id)).await? {
+            match self
+                .within_deadline(store, "get", deadline, store.get(id))
+                .await?
+            {
                 Some(s) if s.erased => {
                     return Err(ApiError::NotFound(format!(
                         "{path}: user {id:?} was erased"
@@ -464,7 +467,7 @@ fn check_clock(path: &str, up: UserUpdate, policy: Policy) -> Result<UserUpdate,
 /// into each other; anything else is left out, so the model sees its
 /// "missing" token), and every retained event. Fields the model does not
 /// know are ignored (a state written for another schema).
-pub(crate) fn state_features(generation: &Generation, s: &UserState) -> UserFeatures {
+pub fn state_features(generation: &Generation, s: &UserState) -> UserFeatures {
     let meta = generation.encoder.metadata();
     let fields = s
         .fields
