@@ -38,6 +38,7 @@ fn workload_with(pool: UserPool, mix: &str, hit: f64) -> Workload {
         known_users: Arc::new(parse_known_users("u[0..20]").unwrap()),
         hit_ratio: hit,
         mix: Workload::parse_mix(mix).unwrap(),
+        tracked: Arc::new(profiled_benches::loadgen::Zipf::new(50, 1.0)),
     }
 }
 

@@ -20,7 +20,7 @@ use clap::Parser;
 use profiled_benches::loadgen::workload::parse_known_users;
 use profiled_benches::loadgen::{
     Generator, Mode, RunConfig, SwapPlan, SweepConfig, Target, TargetConfig, UserPool, Workload,
-    run, sweep,
+    Zipf, run, sweep,
 };
 
 /// Load generator for profiled servers.
@@ -92,6 +92,13 @@ struct Args {
     /// Known user ids for Search by user / seeds: `a,b,c` or `PREFIX[START..END]`.
     #[arg(long, default_value = "")]
     known_users: String,
+    /// Users of the tracked population (Track and `embed:tracked` calls;
+    /// ids `t0`, `t1`, …).
+    #[arg(long, default_value_t = 10_000)]
+    tracked_users: usize,
+    /// Zipf exponent of the tracked population's activity.
+    #[arg(long, default_value_t = 1.0)]
+    tracked_zipf: f64,
     /// Random seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -247,6 +254,7 @@ fn main() -> Result<()> {
             known_users: Arc::new(parse_known_users(&a.known_users)?),
             hit_ratio: a.hit_ratio,
             mix: Workload::parse_mix(&a.workload)?,
+            tracked: Arc::new(Zipf::new(a.tracked_users, a.tracked_zipf)),
         };
         let generator = Generator::new(workload, a.seed)?;
         if let Some(p99_ms) = a.sweep_p99_ms {

@@ -38,7 +38,8 @@ use futures::Stream;
 use profiled_benches::load_average;
 use profiled_benches::loadgen::cpu::total_cpu_seconds;
 use profiled_benches::loadgen::{
-    Generator, Mode, RunConfig, RunReport, SwapPlan, Target, TargetConfig, UserPool, Workload, run,
+    Generator, Mode, RunConfig, RunReport, SwapPlan, Target, TargetConfig, UserPool, Workload,
+    Zipf, run,
 };
 use profiled_model::testing::{SyntheticSpec, write_synthetic_model};
 use profiled_proto::v1 as pb;
@@ -424,6 +425,7 @@ fn main() -> Result<()> {
         known_users: Arc::new(Vec::new()),
         hit_ratio: hit,
         mix: Workload::parse_mix("embed").unwrap_or_default(),
+        tracked: Arc::new(Zipf::new(1, 1.0)),
     };
     let target_cfg = |addr: &str| TargetConfig {
         addr: addr.to_string(),

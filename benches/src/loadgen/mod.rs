@@ -25,7 +25,8 @@ pub mod workload;
 pub use run::{Mode, RunConfig, RunReport, SwapPlan, SweepConfig, SweepReport, run, sweep};
 pub use target::{Call, Outcome, Target, TargetConfig};
 pub use workload::{
-    EmbedSpec, ExplainSpec, Generator, SearchQuery, SearchSpec, Spec, UserPool, Workload,
+    EmbedSpec, ExplainSpec, Generator, SearchQuery, SearchSpec, Spec, TrackSpec, UserPool,
+    Workload, Zipf,
 };
 
 /// Errors of the load generator.

@@ -61,6 +61,8 @@ pub enum Call {
     Search(pb::SearchRequest),
     /// `ProfileService.Explain`.
     Explain(pb::ExplainRequest),
+    /// `ProfileService.Track`.
+    Track(pb::TrackRequest),
 }
 
 impl Call {
@@ -70,6 +72,7 @@ impl Call {
             Call::Embed(_) => "embed",
             Call::Search(_) => "search",
             Call::Explain(_) => "explain",
+            Call::Track(_) => "track",
         }
     }
 }
@@ -220,6 +223,8 @@ impl Target {
                 let r = r.get_ref();
                 (version(r.model.as_ref()), r.queue_us + r.compute_us)
             }),
+            // Track answers name no model version.
+            Call::Track(r) => c.track(self.request(r)).await.map(|_| (0, 0)),
         };
         match r {
             Ok((version, server_us)) => (Outcome::Ok { version, server_us }, None),

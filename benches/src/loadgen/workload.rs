@@ -145,6 +145,53 @@ pub struct EmbedSpec {
     pub batch: usize,
     /// Ask for f16 vectors.
     pub f16: bool,
+    /// Ask by id for users of the tracked population (live state) instead
+    /// of sending pool users' features.
+    pub tracked: bool,
+}
+
+/// Track calls: events for a user population whose activity follows a
+/// Zipf law (a few users get most events).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackSpec {
+    /// Events per call (spread over the users drawn for them).
+    pub events: usize,
+}
+
+/// The tracked population: `users` ids `t0`…, ranked by a Zipf law with
+/// exponent `s` (rank 0 the most active).
+#[derive(Debug, Clone)]
+pub struct Zipf {
+    cdf: Vec<f64>,
+}
+
+impl Zipf {
+    /// Zipf(`s`) over `n` ranks.
+    pub fn new(n: usize, s: f64) -> Zipf {
+        let mut acc = 0.0;
+        let mut cdf: Vec<f64> = (1..=n.max(1))
+            .map(|k| {
+                acc += 1.0 / (k as f64).powf(s);
+                acc
+            })
+            .collect();
+        for c in &mut cdf {
+            *c /= acc;
+        }
+        Zipf { cdf }
+    }
+
+    /// The rank for a uniform `u` in `[0, 1)`.
+    pub fn rank(&self, u: f64) -> usize {
+        self.cdf
+            .partition_point(|&c| c <= u)
+            .min(self.cdf.len() - 1)
+    }
+
+    /// The id of a rank.
+    pub fn user_id(rank: usize) -> String {
+        format!("t{rank}")
+    }
 }
 
 /// The query of a Search call.
@@ -193,12 +240,15 @@ pub enum Spec {
     Search(SearchSpec),
     /// Explain.
     Explain(ExplainSpec),
+    /// Track (live user state).
+    Track(TrackSpec),
 }
 
 impl Spec {
     /// Parses `embed[:batch=N,f16]`, `search[:query=features|user|seeds,
     /// index=items|users,k=N,filter=ATTR=V1|V2,seeds=N]`,
-    /// `explain[:method=occlusion|rollout|attention,groups,top=N]`.
+    /// `explain[:method=occlusion|rollout|attention,groups,top=N]`,
+    /// `track[:events=N]`; `embed:tracked` asks by id for tracked users.
     pub fn parse(s: &str) -> Result<Spec> {
         let (kind, opts) = s.split_once(':').unwrap_or((s, ""));
         let opts: Vec<(&str, &str)> = opts
@@ -216,11 +266,13 @@ impl Spec {
                 let mut e = EmbedSpec {
                     batch: 1,
                     f16: false,
+                    tracked: false,
                 };
                 for (o, v) in opts {
                     match o {
                         "batch" => e.batch = num(o, v)?.max(1) as usize,
                         "f16" => e.f16 = true,
+                        "tracked" => e.tracked = true,
                         _ => return Err(bad(o)),
                     }
                 }
@@ -304,8 +356,18 @@ impl Spec {
                 }
                 Ok(Spec::Explain(x))
             }
+            "track" => {
+                let mut t = TrackSpec { events: 100 };
+                for (o, v) in opts {
+                    match o {
+                        "events" => t.events = num(o, v)?.max(1) as usize,
+                        _ => return Err(bad(o)),
+                    }
+                }
+                Ok(Spec::Track(t))
+            }
             _ => Err(Error::Config(format!(
-                "workload {s:?}: unknown kind {kind:?} (use embed, search or explain)"
+                "workload {s:?}: unknown kind {kind:?} (use embed, search, explain or track)"
             ))),
         }
     }
@@ -325,6 +387,8 @@ pub struct Workload {
     pub hit_ratio: f64,
     /// `(weight, shape)`.
     pub mix: Vec<(u32, Spec)>,
+    /// The tracked population (Track and `embed:tracked`).
+    pub tracked: Arc<Zipf>,
 }
 
 impl Workload {
@@ -413,6 +477,9 @@ pub struct Generator {
     counter: Arc<AtomicU64>,
     salt: i64,
     total_weight: u32,
+    /// Seconds of the first tracked event: a month ago, so that a run's
+    /// events (one second apart, in send order) never reach the future.
+    track_base: i64,
 }
 
 impl Generator {
@@ -425,12 +492,16 @@ impl Generator {
         let salt = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| (d.as_micros() % 1_000_000_000_000) as i64);
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
         Ok(Generator {
             w: Arc::new(w),
             rng: SplitMix::new(seed),
             counter: Arc::new(AtomicU64::new(0)),
             salt,
             total_weight,
+            track_base: now_s - 30 * 86_400 + (salt % 1_000_000),
         })
     }
 
@@ -498,7 +569,11 @@ impl Generator {
                 model,
                 users: (0..e.batch)
                     .map(|_| pb::UserInput {
-                        source: Some(pb::user_input::Source::Features(self.user())),
+                        source: Some(if e.tracked {
+                            pb::user_input::Source::UserId(self.tracked_user())
+                        } else {
+                            pb::user_input::Source::Features(self.user())
+                        }),
                         context: None,
                     })
                     .collect(),
@@ -547,6 +622,49 @@ impl Generator {
                 top_n: x.top_n,
                 ..Default::default()
             }),
+            Spec::Track(t) => Call::Track(self.track_request(model, t.events)),
+        }
+    }
+
+    /// A user of the tracked population, drawn by its Zipf law.
+    pub fn tracked_user(&mut self) -> String {
+        let u = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        Zipf::user_id(self.w.tracked.rank(u))
+    }
+
+    /// A Track call of `events` events: each for a user drawn by the Zipf
+    /// law, an item of a pool user's history, a timestamp one second after
+    /// the previous event of the run and a unique event id.
+    pub fn track_request(&mut self, model: Option<pb::ModelSpec>, events: usize) -> pb::TrackRequest {
+        let mut by_user: std::collections::BTreeMap<String, Vec<pb::BehaviourEvent>> =
+            Default::default();
+        for _ in 0..events {
+            let user = self.tracked_user();
+            let n = self.counter.fetch_add(1, Ordering::Relaxed) as i64;
+            let w = self.w.clone();
+            let pool_user = &w.pool.users[self.below(w.pool.users.len())];
+            let item_id = match pool_user.events.len() {
+                0 => "1".to_string(),
+                k => pool_user.events[self.below(k)].item_id.clone(),
+            };
+            by_user.entry(user).or_default().push(pb::BehaviourEvent {
+                item_id,
+                timestamp: self.track_base + n,
+                rating: None,
+                event_id: format!("{}-{n}", self.salt),
+            });
+        }
+        pb::TrackRequest {
+            model,
+            users: by_user
+                .into_iter()
+                .map(|(user_id, events)| pb::UserTrack {
+                    user_id,
+                    events,
+                    fields: Vec::new(),
+                })
+                .collect(),
+            ..Default::default()
         }
     }
 }
@@ -583,6 +701,7 @@ mod tests {
             known_users: Arc::new(parse_known_users("u[0..20]").unwrap()),
             hit_ratio: hit,
             mix: Workload::parse_mix(mix).unwrap(),
+            tracked: Arc::new(Zipf::new(100, 1.0)),
         }
     }
 
@@ -614,6 +733,48 @@ mod tests {
     }
 
     #[test]
+    fn track_calls_follow_the_zipf_population() {
+        let z = Zipf::new(1000, 1.0);
+        assert_eq!(z.rank(0.0), 0);
+        assert_eq!(z.rank(0.999_999_9), 999);
+        // Rank 0 of Zipf(1) over 1000 ranks holds 1 / H(1000) ≈ 13 % of the mass.
+        let mut g = Generator::new(workload(0.0, "track:events=50*1;embed:tracked*1"), 3).unwrap();
+        let mut events = 0usize;
+        let mut top = 0usize;
+        let mut stamps = std::collections::BTreeSet::new();
+        let mut by_id = 0;
+        for _ in 0..200 {
+            match g.next_call() {
+                Call::Track(t) => {
+                    for u in &t.users {
+                        assert!(u.user_id.starts_with('t'));
+                        for e in &u.events {
+                            events += 1;
+                            top += usize::from(u.user_id == "t0");
+                            assert!(stamps.insert(e.timestamp), "timestamps are unique");
+                            assert!(!e.event_id.is_empty());
+                        }
+                    }
+                    let n: usize = t.users.iter().map(|u| u.events.len()).sum();
+                    assert_eq!(n, 50);
+                }
+                Call::Embed(e) => {
+                    by_id += 1;
+                    assert!(matches!(
+                        &e.users[0].source,
+                        Some(pb::user_input::Source::UserId(id)) if id.starts_with('t')
+                    ));
+                }
+                other => panic!("unexpected call {}", other.kind()),
+            }
+        }
+        assert!(by_id > 50 && events > 2500);
+        // The 100-user population of the test workload: rank 0 ≈ 19 %.
+        let share = top as f64 / events as f64;
+        assert!((0.12..0.27).contains(&share), "rank-0 share {share}");
+    }
+
+    #[test]
     fn mix_weights_and_shapes() {
         let w = workload(
             1.0,
@@ -638,7 +799,7 @@ mod tests {
                     assert_eq!(f.conditions[0].values, vec!["a", "b"]);
                     *n.entry("search").or_insert(0) += 1;
                 }
-                Call::Explain(_) => panic!("no explain in the mix"),
+                Call::Explain(_) | Call::Track(_) => panic!("no explain or track in the mix"),
             }
         }
         assert!((2800..3200).contains(&n["embed"]), "{n:?}");
