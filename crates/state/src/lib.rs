@@ -24,6 +24,7 @@ pub mod embedded;
 pub mod error;
 pub mod merge;
 pub mod redis;
+pub mod source;
 pub mod types;
 
 pub use config::{Backend, StateConfig, open};

@@ -96,7 +96,7 @@ return 1
 
 /// One multiplexed connection, single node or cluster; cheap to clone.
 #[derive(Clone)]
-enum Conn {
+pub(crate) enum Conn {
     Single(redis::aio::ConnectionManager),
     Cluster(redis::cluster_async::ClusterConnection),
 }
@@ -177,51 +177,60 @@ pub(crate) fn redis_error(store: &str, e: &redis::RedisError) -> Error {
     }
 }
 
+/// Opens a connection for `config`; `extra_response` is added to the
+/// response timeout (for blocking reads such as `XREADGROUP … BLOCK`).
+pub(crate) async fn connect(
+    config: &RedisConfig,
+    name: &str,
+    extra_response: Duration,
+) -> Result<Conn> {
+    if config.urls.is_empty() {
+        return Err(Error::Config("state.redis.urls is empty".to_owned()));
+    }
+    if !config.cluster && config.urls.len() != 1 {
+        return Err(Error::Config(format!(
+            "state.redis.urls has {} addresses but state.redis.cluster is false: \
+             give one node, or set cluster = true",
+            config.urls.len()
+        )));
+    }
+    let connect = Duration::from_millis(config.connect_timeout_ms.max(1));
+    let response = Duration::from_millis(config.response_timeout_ms.max(1)) + extra_response;
+    let config_error =
+        |e: redis::RedisError| Error::Config(format!("state.redis.urls {:?}: {e}", config.urls));
+    Ok(if config.cluster {
+        let client = redis::cluster::ClusterClientBuilder::new(config.urls.clone())
+            .connection_timeout(connect)
+            .response_timeout(response)
+            .retries(config.reconnect_retries.min(u32::MAX as usize) as u32)
+            .build()
+            .map_err(config_error)?;
+        let c = client
+            .get_async_connection()
+            .await
+            .map_err(|e| redis_error(name, &e))?;
+        Conn::Cluster(c)
+    } else {
+        let client = redis::Client::open(config.urls[0].as_str()).map_err(config_error)?;
+        let cm_config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect))
+            .set_response_timeout(Some(response))
+            .set_number_of_retries(config.reconnect_retries)
+            .set_max_delay(Duration::from_millis(500));
+        let c = redis::aio::ConnectionManager::new_with_config(client, cm_config)
+            .await
+            .map_err(|e| redis_error(name, &e))?;
+        Conn::Single(c)
+    })
+}
+
 impl RedisStore {
     /// Connects to the node or cluster of `config` (failing with
     /// [`Error::Unavailable`] when it cannot be reached now, with
     /// [`Error::Config`] when the settings are wrong).
     pub async fn open(config: &RedisConfig) -> Result<Self> {
         let name = store_name(config);
-        if config.urls.is_empty() {
-            return Err(Error::Config("state.redis.urls is empty".to_owned()));
-        }
-        if !config.cluster && config.urls.len() != 1 {
-            return Err(Error::Config(format!(
-                "state.redis.urls has {} addresses but state.redis.cluster is false: \
-                 give one node, or set cluster = true",
-                config.urls.len()
-            )));
-        }
-        let connect = Duration::from_millis(config.connect_timeout_ms.max(1));
-        let response = Duration::from_millis(config.response_timeout_ms.max(1));
-        let config_error = |e: redis::RedisError| {
-            Error::Config(format!("state.redis.urls {:?}: {e}", config.urls))
-        };
-        let conn = if config.cluster {
-            let client = redis::cluster::ClusterClientBuilder::new(config.urls.clone())
-                .connection_timeout(connect)
-                .response_timeout(response)
-                .retries(config.reconnect_retries.min(u32::MAX as usize) as u32)
-                .build()
-                .map_err(config_error)?;
-            let c = client
-                .get_async_connection()
-                .await
-                .map_err(|e| redis_error(&name, &e))?;
-            Conn::Cluster(c)
-        } else {
-            let client = redis::Client::open(config.urls[0].as_str()).map_err(config_error)?;
-            let cm_config = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(connect))
-                .set_response_timeout(Some(response))
-                .set_number_of_retries(config.reconnect_retries)
-                .set_max_delay(Duration::from_millis(500));
-            let c = redis::aio::ConnectionManager::new_with_config(client, cm_config)
-                .await
-                .map_err(|e| redis_error(&name, &e))?;
-            Conn::Single(c)
-        };
+        let conn = connect(config, &name, Duration::ZERO).await?;
         Ok(Self {
             name,
             conn,
