@@ -19,11 +19,15 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod config;
 pub mod embedded;
 pub mod error;
 pub mod merge;
+pub mod redis;
+pub mod source;
 pub mod types;
 
+pub use config::{Backend, StateConfig, open};
 pub use error::{Error, Result};
 pub use merge::merge;
 pub use types::{

@@ -381,3 +381,113 @@ fn record(line: &str, acked: &mut BTreeMap<String, HashSet<String>>) -> bool {
         .extend(parts.map(str::to_owned));
     true
 }
+
+/// A tmpfs mounted for one test, unmounted on drop (after the store that
+/// uses it is dropped: declare it first).
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()?;
+        anyhow::ensure!(
+            status.success(),
+            "this test fills a small tmpfs and needs root to mount one (tests run as root \
+             on the project's machines and in CI)"
+        );
+        Ok(Self { dir })
+    }
+
+    fn resize(&self, size: &str) -> anyhow::Result<()> {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()?;
+        anyhow::ensure!(status.success(), "remount failed");
+        Ok(())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_full_writes_nothing_and_the_same_store_recovers() -> anyhow::Result<()> {
+    let fs = Tmpfs::mount("1m")?;
+    let store = EmbeddedStore::open(&config(fs.dir.path()))?;
+    let mut acked = Vec::new();
+    let mut full = None;
+    for i in 0..10_000 {
+        let user = format!("user{i}");
+        let events = (0..20)
+            .map(|e| event(&"x".repeat(100), 1000 + e, &format!("{i}-{e}")))
+            .collect();
+        match store
+            .apply(vec![update(&user, events)], policy(1000))
+            .await
+            .remove(0)
+        {
+            Ok(_) => acked.push(user),
+            Err(e) => {
+                full = Some((user, e));
+                break;
+            }
+        }
+    }
+    let Some((failed_user, err)) = full else {
+        anyhow::bail!("a 1 MiB tmpfs never filled up");
+    };
+    match &err {
+        Error::Full { store: name, .. } => assert!(name.starts_with("embedded:"), "{name}"),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    // Nothing of the failed write, everything acknowledged before it.
+    fs.resize("64m")?;
+    let mut recovered = false;
+    for _ in 0..200 {
+        // The store reopens its file after the I/O error, by itself.
+        match store.get(&failed_user).await {
+            Ok(state) => {
+                assert!(state.is_none(), "the failed write left {state:?}");
+                recovered = true;
+                break;
+            }
+            Err(Error::Unavailable { .. }) => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    assert!(
+        recovered,
+        "the store did not come back after the disk had room again"
+    );
+    for user in &acked {
+        let s = store
+            .get(user)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("{user} lost"))?;
+        assert_eq!(s.events.len(), 20);
+    }
+    let r = store
+        .apply(
+            vec![update(&failed_user, vec![event("y", 1, "again")])],
+            policy(10),
+        )
+        .await;
+    assert_eq!(
+        r[0].clone()?.stored,
+        1,
+        "writes work again in the same store"
+    );
+    drop(store);
+    Ok(())
+}
