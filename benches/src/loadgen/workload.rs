@@ -635,7 +635,11 @@ impl Generator {
     /// A Track call of `events` events: each for a user drawn by the Zipf
     /// law, an item of a pool user's history, a timestamp one second after
     /// the previous event of the run and a unique event id.
-    pub fn track_request(&mut self, model: Option<pb::ModelSpec>, events: usize) -> pb::TrackRequest {
+    pub fn track_request(
+        &mut self,
+        model: Option<pb::ModelSpec>,
+        events: usize,
+    ) -> pb::TrackRequest {
         let mut by_user: std::collections::BTreeMap<String, Vec<pb::BehaviourEvent>> =
             Default::default();
         for _ in 0..events {

@@ -872,7 +872,7 @@ tracked now, then the very next profile by id — computed from the live state:
         .arg(&addr)
         .arg("--models")
         .arg(&a.models)
-        .env("PROFILED__STATE__DIR", &state_dir)
+        .env("PROFILED__STATE__EMBEDDED__DIR", &state_dir)
         .stdout(Stdio::piped())
         .spawn()?;
     let stdout = child.stdout.take().context("no stdout of profiled")?;

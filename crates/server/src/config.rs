@@ -231,96 +231,40 @@ pub enum StateBackend {
     Off,
 }
 
-/// Redis settings of `[state.redis]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StateRedisConfig {
-    /// Node addresses, e.g. `["redis://10.0.0.1:6379"]`. With `cluster`, any
-    /// subset of the cluster's nodes (the rest are discovered).
-    pub urls: Vec<String>,
-    /// Talk the Redis Cluster protocol.
-    pub cluster: bool,
-    /// Connect timeout (milliseconds).
-    pub connect_timeout_ms: u64,
-    /// Timeout of one command (milliseconds).
-    pub response_timeout_ms: u64,
-    /// Prefix of every key (one key per user: `<prefix>{<user id>}`).
-    pub key_prefix: String,
-}
-
-impl Default for StateRedisConfig {
-    fn default() -> Self {
-        StateRedisConfig {
-            urls: vec!["redis://127.0.0.1:6379".into()],
-            cluster: false,
-            connect_timeout_ms: 1_000,
-            response_timeout_ms: 1_000,
-            key_prefix: "profiled:u:".into(),
-        }
-    }
-}
-
-/// Ingestion of events from a Redis stream (`[state.ingest]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StateIngestConfig {
-    /// Read the stream (off by default).
-    pub enabled: bool,
-    /// Redis URL of the stream (any node of a cluster is not enough: the
-    /// node holding the stream's key).
-    pub url: String,
-    /// Stream key.
-    pub stream: String,
-    /// Consumer group (created when absent).
-    pub group: String,
-    /// This consumer's name (default: the host name and process id).
-    pub consumer: String,
-    /// Entries read per batch.
-    pub batch: usize,
-}
-
-impl Default for StateIngestConfig {
-    fn default() -> Self {
-        StateIngestConfig {
-            enabled: false,
-            url: "redis://127.0.0.1:6379".into(),
-            stream: "profiled:events".into(),
-            group: "profiled".into(),
-            consumer: String::new(),
-            batch: 512,
-        }
-    }
-}
-
 /// Live user state (`[state]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StateConfig {
     /// `embedded` (default), `redis` or `off`.
     pub backend: StateBackend,
-    /// Directory of the embedded store (created when absent; one server
-    /// process per directory).
-    pub dir: PathBuf,
+    /// The embedded store (`[state.embedded] dir, queue`): its directory
+    /// (default `data/state`; one server process per directory).
+    pub embedded: profiled_state::embedded::EmbeddedConfig,
+    /// Redis or Redis Cluster (`[state.redis] urls, cluster, timeouts,
+    /// key_prefix, …`), for `backend = "redis"`.
+    pub redis: profiled_state::redis::RedisConfig,
     /// Events kept per user (the newest); never fewer than the largest
-    /// `max_events` of the loaded models (raised to it, with a warning).
+    /// `max_events` of the models the server has served.
     pub retain_events: usize,
     /// Events more than this many seconds in the future are refused.
     pub max_clock_skew_s: i64,
-    /// Redis (`backend = "redis"`).
-    pub redis: StateRedisConfig,
-    /// Event ingestion from a Redis stream.
-    pub ingest: StateIngestConfig,
+    /// Consume events from a Redis stream (`[state.stream]`) into the store.
+    pub ingest: bool,
+    /// The Redis Streams source (`[state.stream]`: `stream`, `group`,
+    /// `consumer`, `batch`, … and `[state.stream.redis]`).
+    pub stream: profiled_state::source::StreamConfig,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             backend: StateBackend::Embedded,
-            dir: PathBuf::from("data/state"),
+            embedded: profiled_state::embedded::EmbeddedConfig::default(),
+            redis: profiled_state::redis::RedisConfig::default(),
             retain_events: 200,
             max_clock_skew_s: 300,
-            redis: StateRedisConfig::default(),
-            ingest: StateIngestConfig::default(),
+            ingest: false,
+            stream: profiled_state::source::StreamConfig::default(),
         }
     }
 }
@@ -752,11 +696,8 @@ impl Config {
         if self.state.backend == StateBackend::Redis && self.state.redis.urls.is_empty() {
             return bad("state.redis.urls", "needs at least one address");
         }
-        if self.state.ingest.enabled && self.state.backend == StateBackend::Off {
-            return bad(
-                "state.ingest.enabled",
-                "needs a state backend (embedded or redis)",
-            );
+        if self.state.ingest && self.state.backend == StateBackend::Off {
+            return bad("state.ingest", "needs a state backend (embedded or redis)");
         }
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return bad("tls", "set both cert_file and key_file (or neither)");

@@ -59,34 +59,55 @@ pub enum ServeError {
 }
 
 /// Opens the live user state store of `state.backend` (`None` when off).
-/// A store that cannot be opened stops the server with a message naming it.
+/// A store that cannot be opened (a directory in use, Redis unreachable)
+/// stops the server with a message naming it.
 pub async fn open_state(
     cfg: &Config,
 ) -> Result<Option<Arc<dyn profiled_state::UserStateStore>>, ServeError> {
     use crate::config::StateBackend;
-    let store: Arc<dyn profiled_state::UserStateStore> = match cfg.state.backend {
+    let backend = match cfg.state.backend {
         StateBackend::Off => return Ok(None),
-        StateBackend::Embedded => {
-            let c = profiled_state::embedded::EmbeddedConfig {
-                dir: cfg.state.dir.clone(),
-                ..Default::default()
-            };
-            Arc::new(
-                tokio::task::spawn_blocking(move || {
-                    profiled_state::embedded::EmbeddedStore::open(&c)
-                })
-                .await
-                .map_err(|e| ServeError::State(format!("opening the state store: {e}")))?
-                .map_err(|e| ServeError::State(e.to_string()))?,
-            )
-        }
-        StateBackend::Redis => {
-            return Err(ServeError::State(
-                "state.backend = \"redis\" is not in this build yet".into(),
-            ));
-        }
+        StateBackend::Embedded => profiled_state::Backend::Embedded,
+        StateBackend::Redis => profiled_state::Backend::Redis,
     };
+    let c = profiled_state::StateConfig {
+        backend,
+        embedded: cfg.state.embedded.clone(),
+        redis: cfg.state.redis.clone(),
+    };
+    // The embedded open reads the file and recovers it: off the async threads.
+    let store = tokio::task::spawn_blocking(move || {
+        tokio::runtime::Handle::current().block_on(profiled_state::open(&c))
+    })
+    .await
+    .map_err(|e| ServeError::State(format!("opening the state store: {e}")))?
+    .map_err(|e| ServeError::State(e.to_string()))?;
     Ok(Some(store))
+}
+
+/// Starts the Redis Streams source of `[state.stream]` into `state` when
+/// `state.ingest` is on; it runs until `shutdown` turns true.
+pub fn spawn_ingest(
+    cfg: &Config,
+    state: &Arc<dyn profiled_state::UserStateStore>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    use profiled_state::source::EventSource;
+    if !cfg.state.ingest {
+        return None;
+    }
+    let source = profiled_state::source::RedisStreamSource::new(cfg.state.stream.clone());
+    let policy = profiled_state::Policy {
+        retain_events: cfg.state.retain_events,
+        max_clock_skew_s: cfg.state.max_clock_skew_s,
+        now_s: 0,
+    };
+    let state = state.clone();
+    Some(tokio::spawn(async move {
+        if let Err(e) = source.run(state, policy, shutdown).await {
+            tracing::error!(error = %e, "the event stream source stopped");
+        }
+    }))
 }
 
 /// The store configuration of a server configuration.
@@ -300,6 +321,10 @@ pub async fn serve(
 
     // The size of the live user state, every 10 s (a failure is logged and
     // tried again; the store's own histograms show its latency).
+    let (ingest_stop, ingest_rx) = tokio::sync::watch::channel(false);
+    let ingest_task = engine
+        .state()
+        .and_then(|state| spawn_ingest(&cfg, state, ingest_rx));
     let state_stats_task = engine.state().cloned().map(|state| {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -495,6 +520,16 @@ pub async fn serve(
     }
     if let Some(t) = state_stats_task {
         t.abort();
+    }
+    // The stream source stops between batches (an entry is acknowledged
+    // only after its apply, so stopping loses nothing).
+    let _ = ingest_stop.send(true);
+    if let Some(t) = ingest_task
+        && tokio::time::timeout(Duration::from_secs(5), t)
+            .await
+            .is_err()
+    {
+        tracing::warn!("the event stream source did not stop within 5 s");
     }
     watcher.stop();
     tracing::info!("profiled stopped");

@@ -25,6 +25,8 @@ pub mod error;
 pub mod merge;
 pub mod redis;
 pub mod source;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod types;
 
 pub use config::{Backend, StateConfig, open};

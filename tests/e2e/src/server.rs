@@ -67,7 +67,7 @@ impl Server {
             .arg(repo)
             .env("PROFILED__MODELS__POLL_INTERVAL_MS", "200")
             .env("PROFILED__MODELS__DEBOUNCE_MS", "50")
-            .env("PROFILED__STATE__DIR", &state_dir)
+            .env("PROFILED__STATE__EMBEDDED__DIR", &state_dir)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file));

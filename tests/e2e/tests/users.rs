@@ -617,7 +617,7 @@ async fn acknowledged_events_survive_kill_9() {
     let (tmp, repo) = synth_repo(10).unwrap();
     let dir = tmp.path().join("state-kill");
     let dir_s = dir.to_str().unwrap().to_string();
-    let env = [("PROFILED__STATE__DIR", dir_s.as_str())];
+    let env = [("PROFILED__STATE__EMBEDDED__DIR", dir_s.as_str())];
     let mut acked: std::collections::BTreeMap<String, usize> = Default::default();
     for round in 0..3u64 {
         let mut server = Server::start_serving(&repo, &env, Duration::from_secs(30))
