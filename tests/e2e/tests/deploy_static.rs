@@ -429,6 +429,26 @@ fn kustomize_production_overlay_renders_and_validates() {
         "pinned image {image}"
     );
     assert_eq!(kind(&objs, "ServiceMonitor").len(), 1);
+    // Live user state: Redis, its addresses from a Secret, never a Redis of
+    // our own.
+    let env = &dep["spec"]["template"]["spec"]["containers"][0]["env"];
+    let urls = env
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "PROFILED__STATE__REDIS__URLS")
+        .expect("PROFILED__STATE__REDIS__URLS in the production Deployment");
+    assert_eq!(urls["valueFrom"]["secretKeyRef"]["name"], "profiled-redis");
+    assert!(
+        !yaml.contains("image: redis"),
+        "the overlay deploys no Redis"
+    );
+    let cfg = effective_config(
+        &std::fs::read_to_string(repo_root().join("deploy/k8s/overlays/production/profiled.toml"))
+            .unwrap(),
+    );
+    assert_eq!(cfg["state"]["backend"], "redis");
+    assert_eq!(cfg["state"]["redis"]["cluster"], true);
 }
 
 #[test]
