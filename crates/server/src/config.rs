@@ -37,6 +37,33 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Bearer tokens and rate limits of the data plane (see docs/security.md).
     pub auth: AuthConfig,
+    /// The HTTP/JSON API, its OpenAPI document and the explanation viewer
+    /// on a listener of their own (see docs/api.md, "HTTP/JSON").
+    pub http: HttpConfig,
+}
+
+/// The HTTP/JSON edge (`[http]`): the same operations, limits, tokens and
+/// TLS (when `[tls]` is set) as the gRPC port, on its own listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Serve it (off by default; `profilectl quickstart` turns it on).
+    pub enabled: bool,
+    /// Listen address (`127.0.0.1:0` picks a free port; the bound address
+    /// is printed on stdout as `http listening on ADDR`).
+    pub addr: String,
+    /// Serve the explanation viewer at `/ui/`.
+    pub ui: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: false,
+            addr: "127.0.0.1:8080".into(),
+            ui: true,
+        }
+    }
 }
 
 /// gRPC listener and transport settings.
@@ -559,6 +586,9 @@ impl Config {
                 "server.max_header_list_bytes",
                 "must be >= server.max_metadata_bytes (the larger, HTTP/2 limit comes first)",
             );
+        }
+        if self.http.enabled && self.http.addr.is_empty() {
+            return bad("http.addr", "must be set when http.enabled is true");
         }
         if self.batcher.max_batch == 0 {
             return bad("batcher.max_batch", "must be >= 1");

@@ -227,6 +227,35 @@ pub async fn serve(
                 source,
             })?;
     }
+    // The HTTP/JSON edge (crate::http) on its own listener: the same engine,
+    // tokens and TLS as the gRPC port.
+    let http_task = if cfg.http.enabled {
+        let l = crate::http::bind(&cfg).await?;
+        let a = l.local_addr().map_err(|source| ServeError::Bind {
+            addr: cfg.http.addr.clone(),
+            source,
+        })?;
+        {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "http listening on {a}");
+            let _ = out.flush();
+        }
+        tracing::info!(addr = %a, tls = tls.is_some(), ui = cfg.http.ui, "http listening");
+        let state = crate::http::HttpState::new(
+            engine.clone(),
+            &cfg,
+            data_auth.clone(),
+            admin_auth.clone(),
+        );
+        Some(crate::http::spawn(
+            l,
+            crate::http::router(state, cfg.http.ui),
+            tls.clone(),
+            Duration::from_millis(cfg.tls.handshake_timeout_ms),
+        ))
+    } else {
+        None
+    };
     tracing::info!(addr = %local, repository = %cfg.models.repository.display(), admin = admin_on,
         tls = tls.is_some(), mtls = tls.as_ref().is_some_and(|t| t.mtls()),
         data_tokens = data_auth.len(), auth_required = cfg.auth.required, "profiled listening");
@@ -429,6 +458,9 @@ pub async fn serve(
         t.abort();
     }
     if let Some(h) = health_only {
+        h.abort();
+    }
+    if let Some(h) = http_task {
         h.abort();
     }
     watcher.stop();
