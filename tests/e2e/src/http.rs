@@ -91,13 +91,21 @@ pub fn http_request(
         bytes.extend_from_slice(b);
     }
     s.write_all(&bytes)?;
+    // Read the head, then exactly content-length bytes (or to the end of a
+    // chunked body, or to EOF): some servers keep the connection open.
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no end of headers in the answer")?;
-    let head = std::str::from_utf8(&raw[..split])?;
+    let mut buf = [0u8; 16 << 10];
+    let split = loop {
+        if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            bail!("connection closed before the end of the answer's headers");
+        }
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let head = std::str::from_utf8(&raw[..split])?.to_string();
     let mut lines = head.split("\r\n");
     let status_line = lines.next().context("no status line")?;
     let status: u16 = status_line
@@ -109,14 +117,33 @@ pub fn http_request(
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let rest = &raw[split + 4..];
     let chunked = headers
         .iter()
         .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    let body = if chunked {
-        dechunk(rest)?
-    } else {
-        rest.to_vec()
+    let length = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    let mut rest = raw[split + 4..].to_vec();
+    loop {
+        let done = match (length, chunked) {
+            (Some(n), _) => rest.len() >= n,
+            (None, true) => rest.ends_with(b"0\r\n\r\n"),
+            (None, false) => method == "HEAD" || status == 204 || status == 304,
+        };
+        if done {
+            break;
+        }
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        rest.extend_from_slice(&buf[..n]);
+    }
+    let body = match (length, chunked) {
+        (Some(n), _) => rest[..n.min(rest.len())].to_vec(),
+        (None, true) => dechunk(&rest)?,
+        (None, false) => rest,
     };
     Ok(HttpAnswer {
         status,
