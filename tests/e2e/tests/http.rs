@@ -927,3 +927,121 @@ async fn request_metrics_are_labelled_by_protocol() {
         "{text}"
     );
 }
+
+/// One HTTPS request (`connection: close`) trusting `ca_pem`; the status
+/// and the body, or the TLS / connection error.
+fn https(
+    addr: &str,
+    ca_pem: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<(u16, Value)> {
+    use rustls::pki_types::pem::PemObject;
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let conn = rustls::ClientConnection::new(
+        std::sync::Arc::new(cfg),
+        rustls::pki_types::ServerName::try_from("localhost")?.to_owned(),
+    )?;
+    let tcp = std::net::TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let bytes = body
+        .map(serde_json::to_vec)
+        .transpose()?
+        .unwrap_or_default();
+    write!(
+        tls,
+        "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        bytes.len()
+    )?;
+    tls.write_all(&bytes)?;
+    let mut raw = Vec::new();
+    if let Err(e) = tls.read_to_end(&mut raw)
+        && (raw.is_empty() || e.kind() != std::io::ErrorKind::UnexpectedEof)
+    {
+        return Err(e.into());
+    }
+    let text = String::from_utf8(raw)?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no head"))?;
+    let status = head.split(' ').nth(1).unwrap_or("").parse()?;
+    Ok((status, serde_json::from_str(body)?))
+}
+
+/// A CA and a server certificate for `localhost` / 127.0.0.1 signed by it:
+/// (CA PEM, certificate PEM, key PEM).
+fn certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, "test CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = p.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(p, ca_key);
+    let leaf =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    (ca_pem, cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_the_http_listener_serves_https_with_the_same_certificates() {
+    let (tmp, repo) = synth_repo(13).unwrap();
+    let (ca, cert, key) = certificates();
+    let (cert_file, key_file) = (tmp.path().join("tls.crt"), tmp.path().join("tls.key"));
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let server = Server::start(
+        &repo,
+        &[
+            ("PROFILED__HTTP__ENABLED", "true"),
+            ("PROFILED__HTTP__ADDR", "127.0.0.1:0"),
+            ("PROFILED__TLS__CERT_FILE", cert_file.to_str().unwrap()),
+            ("PROFILED__TLS__KEY_FILE", key_file.to_str().unwrap()),
+        ],
+    )
+    .unwrap();
+    let addr = server.http_addr().unwrap();
+    let mut serving = false;
+    for _ in 0..600 {
+        if https(&addr, &ca, "GET", "/healthz", None).is_ok_and(|(s, _)| s == 200) {
+            serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        serving,
+        "never healthy over HTTPS; log:\n{}",
+        server.log_text()
+    );
+    let (status, j) = https(
+        &addr,
+        &ca,
+        "POST",
+        "/v1/embed",
+        Some(&json!({"users": [{"user_id": "u0"}]})),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{j}");
+    assert_eq!(j["users"][0]["source"], "users_index");
+    // Plaintext HTTP on the TLS listener gets no answer; nor does a client
+    // that trusts another CA.
+    let plain = profiled_e2e::http::get(&addr, "/healthz");
+    assert!(!matches!(&plain, Ok(a) if a.status == 200), "{plain:?}");
+    let (other_ca, _, _) = certificates();
+    assert!(https(&addr, &other_ca, "GET", "/healthz", None).is_err());
+}
