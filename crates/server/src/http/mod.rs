@@ -486,3 +486,38 @@ impl axum::serve::Listener for TlsListener {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timeout_header_is_whole_milliseconds() {
+        let start = Instant::now();
+        let mut h = HeaderMap::new();
+        assert_eq!(deadline_of(&h, start).unwrap(), None);
+        h.insert(TIMEOUT_HEADER, HeaderValue::from_static("250"));
+        assert_eq!(
+            deadline_of(&h, start).unwrap(),
+            Some(start + Duration::from_millis(250))
+        );
+        for bad in ["", "1.5", "-3", "10s", "1234567890123"] {
+            h.insert(TIMEOUT_HEADER, HeaderValue::from_static(bad));
+            let e = deadline_of(&h, start).unwrap_err();
+            assert_eq!(e.http_status(), 400);
+            assert!(e.to_string().starts_with("x-request-timeout-ms: "), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_expired_deadline_is_deadline_exceeded() {
+        let past = Some(Instant::now());
+        let r: Result<(), ApiError> =
+            with_deadline(past, std::future::pending::<Result<(), ApiError>>()).await;
+        let e = r.unwrap_err();
+        assert_eq!(e.http_status(), 504);
+        assert!(e.to_string().contains(TIMEOUT_HEADER), "{e}");
+        assert_eq!(with_deadline(None, async { Ok(7) }).await.unwrap(), 7);
+    }
+}

@@ -1044,3 +1044,118 @@ impl ExplainResponse {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_values_are_numbers_strings_or_tags_and_nothing_else() {
+        let f: Features = serde_json::from_str(
+            r#"{"fields": {"age": 31, "zip": "02139", "neg": -2, "genres": [{"tag": "Drama", "weight": 0.5}, {"tag": "Comedy"}]}}"#,
+        )
+        .unwrap();
+        let m = f.to_message();
+        use pb::field_value::Kind;
+        assert_eq!(m.fields["age"].kind, Some(Kind::Number(31.0)));
+        assert_eq!(m.fields["neg"].kind, Some(Kind::Number(-2.0)));
+        assert_eq!(
+            m.fields["zip"].kind,
+            Some(Kind::Categorical("02139".into()))
+        );
+        let Some(Kind::Tags(t)) = &m.fields["genres"].kind else {
+            panic!("tags expected: {m:?}");
+        };
+        assert_eq!(t.tags[0].weight, Some(0.5));
+        assert_eq!(t.tags[1].weight, None);
+        for bad in [
+            r#"{"fields": {"age": true}}"#,
+            r#"{"fields": {"age": {"n": 1}}}"#,
+        ] {
+            let e = serde_json::from_str::<Features>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("expected a number, a string, or a list of tags"),
+                "{e}"
+            );
+        }
+        let e = serde_json::from_str::<Features>(r#"{"fields": {"g": [{"tag": "x", "w": 1}]}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `w`"), "{e}");
+    }
+
+    #[test]
+    fn model_specs_follow_the_grpc_rules() {
+        let sel = |j: &str| serde_json::from_str::<ModelSpec>(j).unwrap().to_sel();
+        assert_eq!(sel("{}").unwrap(), ModelSel::default());
+        assert_eq!(
+            sel(r#"{"name": "m", "version": 3}"#).unwrap().selector,
+            Selector::Version(3)
+        );
+        assert_eq!(
+            sel(r#"{"label": "stable"}"#).unwrap().selector,
+            Selector::Label("stable".into())
+        );
+        let msg = |j: &str| sel(j).unwrap_err().to_string();
+        assert_eq!(
+            msg(r#"{"version": 0}"#),
+            "model.version: versions are positive integers"
+        );
+        assert_eq!(msg(r#"{"label": ""}"#), "model.label: empty label");
+        assert_eq!(
+            msg(r#"{"version": 1, "label": "a"}"#),
+            "model: set at most one of version and label"
+        );
+    }
+
+    #[test]
+    fn a_search_takes_exactly_one_query() {
+        let q = |j: &str| serde_json::from_str::<SearchRequest>(j).unwrap().to_query();
+        for bad in [r#"{}"#, r#"{"user_id": "u", "vector": [1.0]}"#] {
+            let e = q(bad).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                "query: set exactly one of features, user_id, vector, seeds"
+            );
+        }
+        assert!(matches!(
+            q(r#"{"seeds": {"user_ids": ["a"]}, "target": "users"}"#)
+                .unwrap()
+                .input,
+            SearchInput::Seeds(_)
+        ));
+        let e = q(r#"{"user_id": "u", "filter": {"conditions": [{"attribute": "a", "op": "in", "values": []}]}}"#)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "filter.conditions[0].values: IN and NOT_IN need at least one value"
+        );
+        // exclude_query_user defaults to true, as in gRPC.
+        let f = q(r#"{"user_id": "u"}"#).unwrap().filter;
+        assert!(f.exclude_query_user);
+    }
+
+    #[test]
+    fn embed_users_need_exactly_one_source() {
+        let r: EmbedRequest = serde_json::from_str(
+            r#"{"users": [{"user_id": "a"}, {}, {"user_id": "b", "features": {}}]}"#,
+        )
+        .unwrap();
+        let q = r.to_query().unwrap();
+        assert!(matches!(
+            q.users[0],
+            Ok(crate::engine::UserQuery::UserId(_))
+        ));
+        for (i, u) in q.users.iter().enumerate().skip(1) {
+            let e = u.as_ref().unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!("users[{i}].source: set exactly one of features or user_id")
+            );
+        }
+    }
+}
