@@ -54,6 +54,10 @@ pub struct HttpConfig {
     pub addr: String,
     /// Serve the explanation viewer at `/ui/`.
     pub ui: bool,
+    /// Benchmarks only (`server-report`): `POST /bench/echo?dim=N` decodes an
+    /// Embed body like `/v1/embed` and answers an Embed-shaped response of
+    /// `N`-component vectors without any work — the HTTP transport's floor.
+    pub bench_echo: bool,
 }
 
 impl Default for HttpConfig {
@@ -62,6 +66,7 @@ impl Default for HttpConfig {
             enabled: false,
             addr: "127.0.0.1:8080".into(),
             ui: true,
+            bench_echo: false,
         }
     }
 }

@@ -249,7 +249,7 @@ pub async fn serve(
         );
         Some(crate::http::spawn(
             l,
-            crate::http::router(state, cfg.http.ui),
+            crate::http::router(state, &cfg.http),
             tls.clone(),
             Duration::from_millis(cfg.tls.handshake_timeout_ms),
         ))

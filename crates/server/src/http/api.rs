@@ -307,6 +307,75 @@ pub async fn unload(State(st): State<HttpState>, req: Request) -> Response {
     )
 }
 
+/// Query of the benchmark's echo.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EchoQuery {
+    /// Components per answered vector.
+    pub dim: usize,
+}
+
+/// `POST /bench/echo?dim=N` (config `http.bench_echo`, benchmarks only, not
+/// in the OpenAPI document): the HTTP transport's floor for `/v1/embed`. The
+/// same token check, deadline header, body reading, JSON decoding and query
+/// conversion as Embed, then an Embed-shaped answer (one `dim`-component
+/// vector per user, values of a real profile's text length) serialised the
+/// same way — no cache, no model.
+pub async fn bench_echo(
+    State(st): State<HttpState>,
+    q: Result<Query<EchoQuery>, axum::extract::rejection::QueryRejection>,
+    req: Request,
+) -> Response {
+    let r = async {
+        let Query(q) = q.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+        st.authorize(Guard::Data, req.headers())?;
+        let _deadline = deadline_of(req.headers(), std::time::Instant::now())?;
+        let body: EmbedRequest = st.body(req).await?;
+        let users = body.to_query()?.users;
+        let answer = EmbedResponse {
+            model: ModelRef {
+                name: body.model.name.clone(),
+                version: 1,
+                generation_id: 1,
+            },
+            users: users
+                .iter()
+                .map(|u| EmbeddedUser {
+                    user_id: match u {
+                        Ok(crate::engine::UserQuery::Features(f)) => f.user_id.clone(),
+                        Ok(crate::engine::UserQuery::UserId(id)) => id.clone(),
+                        Err(_) => String::new(),
+                    },
+                    vector: Some(
+                        (0..q.dim)
+                            .map(|i| {
+                                if i % 2 == 0 {
+                                    0.123_456_79
+                                } else {
+                                    -0.123_456_79
+                                }
+                            })
+                            .collect(),
+                    ),
+                    cache_hit: true,
+                    source: Some(ProfileSource::Cache),
+                    error: None,
+                })
+                .collect(),
+            dim: q.dim as u32,
+            queue_us: 0,
+            compute_us: 0,
+            request_id: body.request_id.clone(),
+        };
+        serde_json::to_vec(&answer).map_err(|e| ApiError::Internal(format!("JSON encoding: {e}")))
+    }
+    .await;
+    match r {
+        Ok(body) => super::json_response(StatusCode::OK, body),
+        Err(e) => e.into_response(),
+    }
+}
+
 /// Readiness: 200 `{"serving": true}` when a model version is ready and the
 /// server is not draining, else 503 (no token needed, like gRPC health).
 #[utoipa::path(get, path = "/healthz", tag = "health",

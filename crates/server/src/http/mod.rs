@@ -325,8 +325,9 @@ async fn with_deadline<T>(
     }
 }
 
-/// The router of the HTTP edge (the viewer's routes when `ui`).
-pub fn router(state: HttpState, ui: bool) -> Router {
+/// The router of the HTTP edge (the viewer's routes when `cfg.ui`, the
+/// benchmark's echo when `cfg.bench_echo`).
+pub fn router(state: HttpState, cfg: &crate::config::HttpConfig) -> Router {
     use axum::routing::{get, post};
     let mut r = Router::new()
         .route("/v1/embed", post(api::embed))
@@ -339,8 +340,11 @@ pub fn router(state: HttpState, ui: bool) -> Router {
         .route("/v1/admin/unload", post(api::unload))
         .route("/healthz", get(api::healthz))
         .route("/openapi.json", get(api::openapi_json));
-    if ui {
+    if cfg.ui {
         r = r.merge(ui::routes());
+    }
+    if cfg.bench_echo {
+        r = r.route("/bench/echo", post(api::bench_echo));
     }
     r.fallback(not_found).with_state(state)
 }
