@@ -12,6 +12,9 @@
 //!   in-process (no gRPC) with the same users.
 //!
 //! Then `embed_hit_rps` / `embed_miss_rps` (closed loop, one user per call;
+//! `http_embed_hit_rps` the same hits as JSON on the HTTP listener, next to
+//! `http_echo_rps`, that listener's bench-only `/bench/echo` route decoding
+//! the same bodies and answering an Embed-shaped JSON of the same dimension;
 //! misses are unique users), `embed_miss_p99_us_at_half_load` (open loop at
 //! half of `embed_miss_rps`, latency from the intended send time, with
 //! `echo_p99_us_at_half_load`, the echo at the same rate, as its baseline),
@@ -165,11 +168,196 @@ fn serve_echo(template: &Path) -> Result<()> {
     })
 }
 
+// ------------------------------------------------------------------ http ---
+
+const HTTP_CONNECTIONS: usize = STREAMS;
+
+/// A user's features as the HTTP edge's JSON.
+fn features_json(u: &pb::UserFeatures) -> serde_json::Value {
+    use pb::field_value::Kind;
+    let fields: serde_json::Map<String, serde_json::Value> = u
+        .fields
+        .iter()
+        .filter_map(|(k, v)| {
+            let v = match v.kind.as_ref()? {
+                Kind::Number(x) => json!(x),
+                Kind::Categorical(s) => json!(s),
+                Kind::Tags(t) => json!(
+                    t.tags
+                        .iter()
+                        .map(|t| json!({"tag": t.tag, "weight": t.weight}))
+                        .collect::<Vec<_>>()
+                ),
+            };
+            Some((k.clone(), v))
+        })
+        .collect();
+    let events: Vec<serde_json::Value> = u
+        .events
+        .iter()
+        .map(|e| json!({"item_id": e.item_id, "timestamp": e.timestamp, "rating": e.rating}))
+        .collect();
+    json!({"user_id": u.user_id, "fields": fields, "events": events})
+}
+
+/// What a closed-loop HTTP run did.
+#[derive(Debug, Default)]
+struct HttpRun {
+    ok: u64,
+    errors: u64,
+    secs: f64,
+    p99_us: u64,
+    answer_bytes: usize,
+}
+
+/// One keep-alive HTTP/1.1 call on `s`: the status and the body length.
+async fn http_call(
+    s: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    request: &[u8],
+) -> Result<(u16, usize)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(request).await?;
+    buf.clear();
+    let mut chunk = [0u8; 16 << 10];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("connection closed");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = std::str::from_utf8(&buf[..head_end])?;
+    let status: u16 = head.split(' ').nth(1).context("status")?.parse()?;
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .context("no content-length")?;
+    while buf.len() < head_end + len {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("connection closed mid-body");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok((status, len))
+}
+
+/// Closed loop on `conns` keep-alive connections for `secs`: each sends
+/// the next body to `path` as soon as its previous answer is read.
+async fn http_closed(
+    addr: &str,
+    path: &str,
+    bodies: &Arc<Vec<Vec<u8>>>,
+    conns: usize,
+    secs: f64,
+) -> Result<HttpRun> {
+    let requests: Arc<Vec<Vec<u8>>> = Arc::new(
+        bodies
+            .iter()
+            .map(|b| {
+                let mut r = format!(
+                    "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    b.len()
+                )
+                .into_bytes();
+                r.extend_from_slice(b);
+                r
+            })
+            .collect(),
+    );
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let (addr, requests) = (addr.to_string(), requests.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await?;
+            s.set_nodelay(true)?;
+            let (mut ok, mut errors, mut bytes) = (0u64, 0u64, 0usize);
+            let mut lat = Vec::new();
+            let mut buf = Vec::new();
+            let mut i = c;
+            while Instant::now() < end {
+                let t = Instant::now();
+                match http_call(&mut s, &mut buf, &requests[i % requests.len()]).await {
+                    Ok((200, n)) => {
+                        ok += 1;
+                        bytes = n;
+                        lat.push(t.elapsed().as_micros() as u64);
+                    }
+                    Ok(_) => errors += 1,
+                    Err(e) => return Err(e),
+                }
+                i += conns;
+            }
+            anyhow::Ok((ok, errors, bytes, lat))
+        }));
+    }
+    let mut run = HttpRun::default();
+    let mut lat = Vec::new();
+    for t in tasks {
+        let (ok, errors, bytes, l) = t.await??;
+        run.ok += ok;
+        run.errors += errors;
+        run.answer_bytes = run.answer_bytes.max(bytes);
+        lat.extend(l);
+    }
+    run.secs = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    run.p99_us = lat
+        .get(lat.len().saturating_sub(1) * 99 / 100)
+        .copied()
+        .unwrap_or(0);
+    Ok(run)
+}
+
+/// [`http_closed`] on [`HTTP_CONNECTIONS`] connections with the server's CPU use.
+async fn http_measured(
+    addr: &str,
+    path: &str,
+    bodies: &Arc<Vec<Vec<u8>>>,
+    secs: f64,
+    server_pid: Option<u32>,
+) -> Result<(HttpRun, Option<f64>)> {
+    let s0 = server_pid.and_then(|p| total_cpu_seconds(Some(p)));
+    let run = http_closed(addr, path, bodies, HTTP_CONNECTIONS, secs).await?;
+    let s1 = server_pid.and_then(|p| total_cpu_seconds(Some(p)));
+    eprintln!("http {path}: {run:?}");
+    let secs = run.secs;
+    Ok((run, s0.zip(s1).map(|(a, b)| (b - a) / secs)))
+}
+
 // ------------------------------------------------------------ processes ---
 
 struct Proc {
     child: Child,
     addr: String,
+    /// The child's further stdout lines.
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Proc {
+    /// The address of the next stdout line `PREFIX ADDR` (e.g. profiled's
+    /// `http listening on ADDR`).
+    fn next_addr(&self, prefix: &str) -> Result<String> {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .with_context(|| format!("the child printed no `{prefix}` line"))?;
+            if let Some(a) = line.strip_prefix(prefix) {
+                return Ok(a.to_string());
+            }
+        }
+    }
 }
 
 impl Drop for Proc {
@@ -184,11 +372,9 @@ fn spawn_listening(mut cmd: Command) -> Result<Proc> {
     let stdout = child.stdout.take().context("stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(l)) = lines.next() {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = tx.send(l);
         }
-        for _ in lines {}
     });
     let line = rx
         .recv_timeout(Duration::from_secs(60))
@@ -197,7 +383,11 @@ fn spawn_listening(mut cmd: Command) -> Result<Proc> {
         .strip_prefix("listening on ")
         .with_context(|| format!("unexpected first line {line:?}"))?
         .to_string();
-    Ok(Proc { child, addr })
+    Ok(Proc {
+        child,
+        addr,
+        lines: rx,
+    })
 }
 
 /// `profiled` next to this executable, rebuilt first when run under cargo.
@@ -405,6 +595,9 @@ fn main() -> Result<()> {
         .arg(&repo)
         .env("PROFILED__MODELS__POLL_INTERVAL_MS", "200")
         .env("PROFILED__MODELS__DEBOUNCE_MS", "50")
+        .env("PROFILED__HTTP__ENABLED", "true")
+        .env("PROFILED__HTTP__ADDR", "127.0.0.1:0")
+        .env("PROFILED__HTTP__BENCH_ECHO", "true")
         .env(
             "RUST_LOG",
             std::env::var("SERVER_REPORT_RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -412,6 +605,7 @@ fn main() -> Result<()> {
         .stderr(Stdio::from(log));
     let server = spawn_listening(cmd)?;
     let server_pid = Some(server.child.id());
+    let http_addr = server.next_addr("http listening on ")?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -503,6 +697,49 @@ fn main() -> Result<()> {
                 embed_hit_rps / echo_rps,
                 hit_rep.latency().p99,
                 hit_rep.error_total()
+            ),
+        });
+
+        // 3b. HTTP/JSON: Embed hits on /v1/embed against the echo route of
+        // the same listener (same bodies, same decoding, an Embed-shaped
+        // answer of the same dimension), both closed loop.
+        let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
+            pool.users
+                .iter()
+                .take(256)
+                .map(|u| serde_json::to_vec(&json!({"model": {"name": MODEL}, "users": [{"features": features_json(u)}]})))
+                .collect::<Result<_, _>>()?,
+        );
+        let dim = template.dim;
+        let echo_path = format!("/bench/echo?dim={dim}");
+        http_closed(&http_addr, "/v1/embed", &bodies, 4, 1.0).await?; // fills the cache
+        let (http_echo, http_echo_cores) =
+            http_measured(&http_addr, &echo_path, &bodies, secs, server_pid).await?;
+        let (http_hit, http_hit_cores) =
+            http_measured(&http_addr, "/v1/embed", &bodies, secs, server_pid).await?;
+        let http_echo_rps = http_echo.ok as f64 / http_echo.secs;
+        let http_embed_hit_rps = http_hit.ok as f64 / http_hit.secs;
+        rows.push(Row {
+            name: "http_echo_rps",
+            value: format!("{http_echo_rps:.0}"),
+            client_cores: None,
+            server_cores: http_echo_cores,
+            note: format!(
+                "HTTP/1.1 + JSON floor (/bench/echo, {HTTP_CONNECTIONS} keep-alive connections); p99 {} µs; answers {} B vs Embed {} B; errors {}",
+                http_echo.p99_us, http_echo.answer_bytes, http_hit.answer_bytes, http_echo.errors
+            ),
+        });
+        rows.push(Row {
+            name: "http_embed_hit_rps",
+            value: format!("{http_embed_hit_rps:.0}"),
+            client_cores: None,
+            server_cores: http_hit_cores,
+            note: format!(
+                "{:.2} × http echo; {:.2} × gRPC embed_hit_rps; p99 {} µs; errors {}",
+                http_embed_hit_rps / http_echo_rps,
+                http_embed_hit_rps / embed_hit_rps,
+                http_hit.p99_us,
+                http_hit.errors
             ),
         });
 
@@ -658,6 +895,9 @@ fn main() -> Result<()> {
             "overload_resource_exhausted": over_rep.stats.all.errors.get("RESOURCE_EXHAUSTED").copied().unwrap_or(0),
             "overload_client_backlog": over_rep.stats.all.errors.get("CLIENT_BACKLOG").copied().unwrap_or(0),
             "hit_over_echo": (embed_hit_rps / echo_rps * 100.0).round() / 100.0,
+            "http_echo_rps": http_echo_rps.round(),
+            "http_embed_hit_rps": http_embed_hit_rps.round(),
+            "http_hit_over_http_echo": (http_embed_hit_rps / http_echo_rps * 100.0).round() / 100.0,
             "miss_over_floor": (embed_miss_rps / floor * 100.0).round() / 100.0,
             "miss_over_floor_ceiling": (miss_ceiling_over_floor * 100.0).round() / 100.0,
             "client_cores": {

@@ -240,6 +240,10 @@ pub struct QuickstartArgs {
     /// Listen address of profiled.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: String,
+    /// Listen address of profiled's HTTP/JSON API and explanation viewer
+    /// (`[http]`; empty = off).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http_listen: String,
     /// Prepare the model, print the calls, but do not start the server.
     #[arg(long)]
     pub no_serve: bool,
@@ -851,6 +855,11 @@ tracked now, then the very next profile by id — computed from the live state:
   profilectl embed --model {name} --user-id 196
   profilectl user get --user-id 196
 
+  curl -s http://{http}/v1/models
+  curl -s http://{http}/v1/explain -H 'content-type: application/json' \
+      -d '{{"model": {{"name": "{name}"}}, "features": {{"fields": {{"age": 24, "occupation": "technician"}}, "events": [{{"item_id": "50", "timestamp": 874965758, "rating": 5}}]}}, "top_n": 5}}'
+  explanation viewer: http://{http}/ui/    OpenAPI: http://{http}/openapi.json
+
   grpcurl -plaintext {addr} list
   grpcurl -plaintext -d '{{"service": "profiled.v1.ProfileService"}}' {addr} grpc.health.v1.Health/Check
   grpcurl -plaintext -d '{{"name": "{name}"}}' {addr} profiled.v1.ProfileService/GetModel
@@ -858,23 +867,40 @@ tracked now, then the very next profile by id — computed from the live state:
       {addr} profiled.v1.ProfileService/Embed
 "#,
         name = a.name,
+        http = if a.http_listen.is_empty() {
+            "(http off)"
+        } else {
+            a.http_listen.as_str()
+        },
     );
     if a.no_serve {
         print!("{calls}");
         return Ok(());
     }
     let bin = sibling_exe("profiled")?;
-    eprintln!("$ profiled --listen {addr} --models {}", a.models.display());
-    // The live user state (embedded store) lives beside the dataset.
-    let state_dir = a.data_dir.join("state");
-    let mut child = Command::new(bin)
-        .arg("--listen")
+    eprintln!(
+        "$ profiled --listen {addr} --models {} (http: {})",
+        a.models.display(),
+        if a.http_listen.is_empty() {
+            "off"
+        } else {
+            a.http_listen.as_str()
+        }
+    );
+    let mut cmd = Command::new(bin);
+    cmd.arg("--listen")
         .arg(&addr)
         .arg("--models")
         .arg(&a.models)
-        .env("PROFILED__STATE__EMBEDDED__DIR", &state_dir)
-        .stdout(Stdio::piped())
-        .spawn()?;
+        // The live user state (embedded store) lives beside the dataset.
+        .env("PROFILED__STATE__EMBEDDED__DIR", a.data_dir.join("state"))
+        .stdout(Stdio::piped());
+    // The HTTP/JSON API and the explanation viewer at /ui/ ([http]).
+    if !a.http_listen.is_empty() {
+        cmd.env("PROFILED__HTTP__ENABLED", "true")
+            .env("PROFILED__HTTP__ADDR", &a.http_listen);
+    }
+    let mut child = cmd.spawn()?;
     let stdout = child.stdout.take().context("no stdout of profiled")?;
     let mut lines = BufReader::new(stdout).lines();
     match lines.next() {

@@ -39,6 +39,38 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Live user state (`[state]`).
     pub state: StateConfig,
+    /// The HTTP/JSON API, its OpenAPI document and the explanation viewer
+    /// on a listener of their own (see docs/api.md, "HTTP/JSON").
+    pub http: HttpConfig,
+}
+
+/// The HTTP/JSON edge (`[http]`): the same operations, limits, tokens and
+/// TLS (when `[tls]` is set) as the gRPC port, on its own listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Serve it (off by default; `profilectl quickstart` turns it on).
+    pub enabled: bool,
+    /// Listen address (`127.0.0.1:0` picks a free port; the bound address
+    /// is printed on stdout as `http listening on ADDR`).
+    pub addr: String,
+    /// Serve the explanation viewer at `/ui/`.
+    pub ui: bool,
+    /// Benchmarks only (`server-report`): `POST /bench/echo?dim=N` decodes an
+    /// Embed body like `/v1/embed` and answers an Embed-shaped response of
+    /// `N`-component vectors without any work — the HTTP transport's floor.
+    pub bench_echo: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: false,
+            addr: "127.0.0.1:8080".into(),
+            ui: true,
+            bench_echo: false,
+        }
+    }
 }
 
 /// gRPC listener and transport settings.
@@ -665,6 +697,9 @@ impl Config {
                 "server.max_header_list_bytes",
                 "must be >= server.max_metadata_bytes (the larger, HTTP/2 limit comes first)",
             );
+        }
+        if self.http.enabled && self.http.addr.is_empty() {
+            return bad("http.addr", "must be set when http.enabled is true");
         }
         if self.batcher.max_batch == 0 {
             return bad("batcher.max_batch", "must be >= 1");

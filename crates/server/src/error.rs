@@ -1,5 +1,6 @@
 //! [`ApiError`]: every failure a call can end with, and the one exhaustive
-//! mapping to `tonic::Status`.
+//! mapping to `tonic::Status`; the HTTP edge answers the same code with the
+//! HTTP status of [`http_status`] (one table, code by code).
 
 use tonic::{Code, Status};
 
@@ -123,6 +124,12 @@ impl ApiError {
         }
     }
 
+    /// The HTTP status of this error on the HTTP edge ([`http_status`] of
+    /// [`ApiError::code`]).
+    pub fn http_status(&self) -> u16 {
+        http_status(self.code())
+    }
+
     /// As an `ItemError` of a batch or stream.
     pub fn to_item(&self) -> profiled_proto::v1::ItemError {
         profiled_proto::v1::ItemError {
@@ -154,6 +161,52 @@ impl From<profiled_state::Error> for ApiError {
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         Status::new(e.code(), e.to_string())
+    }
+}
+
+/// The HTTP status the HTTP edge answers for a gRPC code: the one mapping,
+/// code by code (the JSON body carries the code's name, [`code_name`], and
+/// the same message as the gRPC status). OUT_OF_RANGE is only ever a size
+/// limit here (a request or response over `server.max_*_bytes`): 413.
+pub fn http_status(code: Code) -> u16 {
+    match code {
+        Code::Ok => 200,
+        Code::InvalidArgument | Code::FailedPrecondition => 400,
+        Code::Unauthenticated => 401,
+        Code::PermissionDenied => 403,
+        Code::NotFound => 404,
+        Code::AlreadyExists | Code::Aborted => 409,
+        Code::OutOfRange => 413,
+        Code::ResourceExhausted => 429,
+        Code::Cancelled => 499,
+        Code::Unknown | Code::Internal | Code::DataLoss => 500,
+        Code::Unimplemented => 501,
+        Code::Unavailable => 503,
+        Code::DeadlineExceeded => 504,
+    }
+}
+
+/// The canonical name of a gRPC code (`INVALID_ARGUMENT`), as the JSON
+/// error body of the HTTP edge carries it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -349,6 +402,32 @@ mod tests {
             4,
         );
         assert!(s.message().contains("server.max_request_bytes = 4"));
+    }
+
+    #[test]
+    fn http_statuses_follow_the_codes() {
+        let cases = [
+            (ApiError::invalid("users", "x"), 400, "INVALID_ARGUMENT"),
+            (ApiError::NotFound("m".into()), 404, "NOT_FOUND"),
+            (
+                ApiError::Unauthenticated("t".into()),
+                401,
+                "UNAUTHENTICATED",
+            ),
+            (ApiError::Overloaded("q".into()), 429, "RESOURCE_EXHAUSTED"),
+            (
+                ApiError::DeadlineExceeded("d".into()),
+                504,
+                "DEADLINE_EXCEEDED",
+            ),
+            (ApiError::Unavailable("u".into()), 503, "UNAVAILABLE"),
+            (ApiError::Unimplemented("u".into()), 501, "UNIMPLEMENTED"),
+            (ApiError::Internal("i".into()), 500, "INTERNAL"),
+        ];
+        for (e, status, name) in cases {
+            assert_eq!(e.http_status(), status, "{e}");
+            assert_eq!(code_name(e.code()), name);
+        }
     }
 
     #[test]

@@ -38,11 +38,12 @@ fn cached<V: Clone>(
     })
 }
 
-/// `profiled_request_seconds{rpc, model, version, code="OK"}` of a call that
+/// `profiled_request_seconds{protocol="grpc", rpc, model, version, code="OK"}` of a call that
 /// `answered` (a response's `ModelRef`).
 pub fn request_ok(rpc: &'static str, answered: &pb::ModelRef) -> Histogram {
     cached(&HISTOGRAMS, (rpc, answered.generation_id), || {
         metrics::histogram!("profiled_request_seconds",
+            "protocol" => "grpc",
             "rpc" => rpc,
             "model" => answered.name.clone(),
             "version" => answered.version.to_string(),

@@ -25,6 +25,9 @@
 //!   `grpc.health.v1` with `Watch` of unknown services as the protocol says.
 //! - [`telemetry`]: logs, and OpenTelemetry span export behind the cargo
 //!   feature `otel` (off by default).
+//! - [`http`]: the HTTP/JSON edge on its own listener (`[http]`): the same
+//!   operations over the same core, tokens and limits, the OpenAPI document
+//!   at `/openapi.json`, the explanation viewer at `/ui/`.
 //! - [`tls`]: rustls (ring) on the gRPC port, optional mTLS, certificate
 //!   reload without restart; [`auth`]: bearer tokens (constant-time compare)
 //!   and per-token rate limits (see docs/security.md).
@@ -41,6 +44,7 @@ pub mod engine;
 pub mod error;
 pub mod handles;
 pub mod health;
+pub mod http;
 pub mod server;
 pub mod service;
 pub mod telemetry;

@@ -284,6 +284,35 @@ pub async fn serve(
                 source,
             })?;
     }
+    // The HTTP/JSON edge (crate::http) on its own listener: the same engine,
+    // tokens and TLS as the gRPC port.
+    let http_task = if cfg.http.enabled {
+        let l = crate::http::bind(&cfg).await?;
+        let a = l.local_addr().map_err(|source| ServeError::Bind {
+            addr: cfg.http.addr.clone(),
+            source,
+        })?;
+        {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "http listening on {a}");
+            let _ = out.flush();
+        }
+        tracing::info!(addr = %a, tls = tls.is_some(), ui = cfg.http.ui, "http listening");
+        let state = crate::http::HttpState::new(
+            engine.clone(),
+            &cfg,
+            data_auth.clone(),
+            admin_auth.clone(),
+        );
+        Some(crate::http::spawn(
+            l,
+            crate::http::router(state, &cfg.http),
+            tls.clone(),
+            Duration::from_millis(cfg.tls.handshake_timeout_ms),
+        ))
+    } else {
+        None
+    };
     tracing::info!(addr = %local, repository = %cfg.models.repository.display(), admin = admin_on,
         tls = tls.is_some(), mtls = tls.as_ref().is_some_and(|t| t.mtls()),
         data_tokens = data_auth.len(), auth_required = cfg.auth.required, "profiled listening");
@@ -530,6 +559,9 @@ pub async fn serve(
             .is_err()
     {
         tracing::warn!("the event stream source did not stop within 5 s");
+    }
+    if let Some(h) = http_task {
+        h.abort();
     }
     watcher.stop();
     tracing::info!("profiled stopped");

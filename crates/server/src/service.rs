@@ -63,7 +63,8 @@ fn requested(spec: Option<&pb::ModelSpec>) -> String {
     spec.map(|s| s.name.clone()).unwrap_or_default()
 }
 
-/// Records `profiled_request_seconds{rpc, model, version, code}`. Successful
+/// Records `profiled_request_seconds{protocol="grpc", rpc, model, version, code}`
+/// (the HTTP edge records `protocol="http"`). Successful
 /// calls are labelled with the version that answered; failed ones with the
 /// requested model (see [`error_model_label`]) and an empty version.
 fn observe<T: Answered>(
@@ -126,7 +127,7 @@ fn observe_labels<T>(
     span.record("model", model.as_str());
     span.record("version", version.as_str());
     span.record("code", code.as_str());
-    metrics::histogram!("profiled_request_seconds", "rpc" => rpc, "model" => model, "version" => version, "code" => code.clone())
+    metrics::histogram!("profiled_request_seconds", "protocol" => "grpc", "rpc" => rpc, "model" => model, "version" => version, "code" => code.clone())
         .record(start.elapsed().as_secs_f64());
     if let Err(e) = r {
         tracing::debug!(rpc, code, error = %e, "call failed");

@@ -16,6 +16,8 @@
 //!   Explain targets, bearer tokens);
 //! * [`raw`] — a raw HTTP/2 client (`h2`) for calls no gRPC client sends
 //!   (bad protobuf, broken framing, odd headers) and raw TCP checks;
+//! * [`http`] — a plain HTTP/1.1 client (the HTTP/JSON edge, WebDriver)
+//!   and the assertion on JSON error answers;
 //! * [`rpc`] — calls the tests make again and again (GetModel, waiting for a
 //!   model state, health, reflection);
 //! * [`metrics`] — the Prometheus endpoint: free ports, scraping, samples;
@@ -32,6 +34,7 @@
 
 pub mod assert;
 pub mod bins;
+pub mod http;
 pub mod metrics;
 pub mod models;
 pub mod raw;
@@ -41,6 +44,7 @@ pub mod server;
 
 pub use assert::assert_status;
 pub use bins::{profilectl_bin, profiled_bin, repo_root, test_python};
+pub use http::{HttpAnswer, assert_http_error, http_request, post_json};
 pub use metrics::{free_port, sample, scrape, scrape_until};
 pub use models::{
     ADMIN_TOKEN, load_unverified, make_broken_model, make_model, negate_golden, publish_model,

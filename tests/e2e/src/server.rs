@@ -22,6 +22,10 @@ pub struct Server {
     pub repo: PathBuf,
     /// stderr log file.
     pub log: PathBuf,
+    /// The process's further stdout lines (e.g. `http listening on ADDR`).
+    lines: std::sync::Mutex<std::sync::mpsc::Receiver<String>>,
+    /// The HTTP listener's address, once read from stdout.
+    http: std::sync::OnceLock<String>,
 }
 
 impl Server {
@@ -78,11 +82,11 @@ impl Server {
         let stdout = child.stdout.take().context("stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(l)) = lines.next() {
+            // Every line goes to the test (the first is the gRPC address);
+            // reading on after the receiver is gone keeps the pipe drained.
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = tx.send(l);
             }
-            for _ in lines {}
         });
         let line = rx
             .recv_timeout(Duration::from_secs(60))
@@ -96,7 +100,33 @@ impl Server {
             addr,
             repo: repo.to_path_buf(),
             log,
+            lines: std::sync::Mutex::new(rx),
+            http: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The address of the HTTP/JSON listener (start the server with
+    /// `PROFILED__HTTP__ENABLED=true`, `PROFILED__HTTP__ADDR=127.0.0.1:0`):
+    /// read from its `http listening on ADDR` line on stdout.
+    pub fn http_addr(&self) -> Result<String> {
+        if let Some(a) = self.http.get() {
+            return Ok(a.clone());
+        }
+        let rx = self
+            .lines
+            .lock()
+            .map_err(|_| anyhow::anyhow!("stdout reader poisoned"))?;
+        loop {
+            let line = rx.recv_timeout(Duration::from_secs(30)).with_context(|| {
+                format!(
+                    "profiled printed no `http listening on` line (is [http] enabled?); log:\n{}",
+                    self.log_text()
+                )
+            })?;
+            if let Some(a) = line.strip_prefix("http listening on ") {
+                return Ok(self.http.get_or_init(|| a.to_string()).clone());
+            }
+        }
     }
 
     /// `http://ADDR`.
