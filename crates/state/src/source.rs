@@ -574,6 +574,12 @@ impl EventSource for RedisStreamSource {
                         _ = tokio::time::sleep(pause) => {},
                         _ = shutdown.changed() => break,
                     }
+                    // A fresh connection (a cluster connection may not
+                    // recover from a node restart by itself); keep the old
+                    // one when Redis is still unreachable.
+                    if let Ok(fresh) = connect(&self.config.redis, &self.redis_name, extra).await {
+                        conn = fresh;
+                    }
                 }
             }
         }

@@ -190,10 +190,15 @@ async fn cluster_erasure_is_seen_by_both_instances() -> anyhow::Result<()> {
 /// restart (bounded: 600 tries).
 async fn apply_until_ok(store: &RedisStore, u: UserUpdate) -> anyhow::Result<()> {
     let mut last = None;
-    for _ in 0..600 {
+    for attempt in 0..600 {
         match store.apply(vec![u.clone()], policy()).await.remove(0) {
             Ok(_) => return Ok(()),
-            Err(e) => last = Some(e),
+            Err(e) => {
+                if attempt % 20 == 0 {
+                    eprintln!("{}: attempt {attempt}: {e}", u.user_id);
+                }
+                last = Some(e);
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -263,6 +268,7 @@ async fn cluster_node_restart_the_same_store_recovers_with_every_acknowledged_ev
         acked.insert(id);
     }
     cluster.nodes[0].kill();
+    eprintln!("killed node {}", cluster.nodes[0].port);
     // Some of 30 users live on the killed master's slots.
     let results = store
         .apply(
