@@ -242,7 +242,8 @@ pub(crate) async fn connect(
             .map_err(|e| redis_error(name, &e))?;
         Conn::Cluster(c)
     } else {
-        let client = redis::Client::open(config.urls[0].as_str()).map_err(config_error)?;
+        let url = config.urls.first().map_or("", String::as_str);
+        let client = redis::Client::open(url).map_err(config_error)?;
         let cm_config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(connect))
             .set_response_timeout(Some(response))
