@@ -351,40 +351,33 @@ fn write_group(
                     reply,
                 } => {
                     let mut results = Vec::with_capacity(updates.len());
+                    let mut fatal = None;
                     for update in &updates {
-                        results.push(apply_one(
-                            &shared.name,
-                            &mut users,
-                            update,
-                            policy,
-                            now,
-                            &mut live,
-                        )?);
+                        match apply_one(&shared.name, &mut users, update, policy, now, &mut live) {
+                            Ok(r) => results.push(r),
+                            Err(e) => {
+                                fatal = Some(e);
+                                break;
+                            }
+                        }
                     }
+                    // The caller is answered with the group's error when
+                    // there is one; placeholders keep one entry per update.
+                    results.resize_with(updates.len(), || Ok(Applied::default()));
                     outcomes.push(Outcome::Apply(reply, results));
+                    if let Some(e) = fatal {
+                        return Err(e);
+                    }
                 }
                 Job::Delete { user, reply } => {
-                    let old = read(&shared.name, &users, &user)?;
-                    // An unreadable record is overwritten by a tombstone:
-                    // erasure wins over a bad record.
-                    let (had_live, old) = match old {
-                        Ok(old) => (old.as_ref().is_some_and(|s| !s.erased), old),
-                        Err(_) => (true, None),
-                    };
-                    let had = match erase(old.as_ref(), &user, now) {
-                        None => Ok(false),
-                        Some((tomb, _)) => match codec::encode(&tomb) {
-                            Ok(bytes) => {
-                                users.insert(user.as_str(), bytes.as_slice())?;
-                                if had_live {
-                                    live = live.saturating_sub(1);
-                                }
-                                Ok(had_live)
-                            }
-                            Err(e) => Err(e),
-                        },
-                    };
-                    outcomes.push(Outcome::Delete(reply, had));
+                    let had = delete_one(&shared.name, &mut users, &user, now, &mut live);
+                    match had {
+                        Ok(had) => outcomes.push(Outcome::Delete(reply, had)),
+                        Err(e) => {
+                            outcomes.push(Outcome::Delete(reply, Ok(false)));
+                            return Err(e);
+                        }
+                    }
                 }
             }
         }
@@ -400,6 +393,34 @@ fn write_group(
         Ok(()) => Ok(outcomes),
         Err(e) => Err((outcomes, e.into())),
     }
+}
+
+/// Writes the tombstone of `user` (see [`erase`]); the outer `Result` is a
+/// storage failure. An unreadable record is overwritten by the tombstone:
+/// erasure wins over a bad record.
+fn delete_one(
+    store: &str,
+    users: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    user: &str,
+    now: i64,
+    live: &mut u64,
+) -> Result<Result<bool>, redb::Error> {
+    let (had_live, old) = match read(store, users, user)? {
+        Ok(old) => (old.as_ref().is_some_and(|s| !s.erased), old),
+        Err(_) => (true, None),
+    };
+    let Some((tomb, _)) = erase(old.as_ref(), user, now) else {
+        return Ok(Ok(false));
+    };
+    let bytes = match codec::encode(&tomb) {
+        Ok(b) => b,
+        Err(e) => return Ok(Err(e)),
+    };
+    users.insert(user, bytes.as_slice())?;
+    if had_live {
+        *live = live.saturating_sub(1);
+    }
+    Ok(Ok(had_live))
 }
 
 /// The stored state of `user` inside a transaction: the outer `Result` is a

@@ -8,13 +8,16 @@
 //!   means durable (it survives a crash of the server and a restart of the
 //!   store). Concurrent updates of the same user, from any number of
 //!   processes, never lose an event.
-//! - [`merge`]: the pure rules every backend applies (time order, duplicate
+//! - [`merge`](mod@merge): the pure rules every backend applies (time order, duplicate
 //!   skipping, the retained window, clock skew), so both backends agree.
 //! - Backends: [`embedded`] (the default: a file under a data directory,
 //!   group commit) and [`redis`] (a single node or a Redis Cluster; one
 //!   hash-tagged key per user, atomic compare-and-set).
 //! - [`source`]: event ingestion from outside the API (Redis Streams,
 //!   consumer group, at-least-once with idempotent apply).
+//! - [`codec`]: the versioned binary record both backends store.
+//! - [`config`]: [`StateConfig`] (serde, every field defaulted) and
+//!   [`open()`], the factory returning an `Arc<dyn UserStateStore>`.
 
 #![forbid(unsafe_code)]
 

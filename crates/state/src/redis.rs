@@ -33,8 +33,11 @@
 //!   `apply`, `get`, `delete`, and `profiled_state_cas_conflicts_total`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use futures::StreamExt;
 use redis::aio::ConnectionLike;
 use redis::{AsyncCommands, RedisFuture, Value};
@@ -132,7 +135,12 @@ impl ConnectionLike for Conn {
 /// The Redis [`UserStateStore`].
 pub struct RedisStore {
     name: String,
-    conn: Conn,
+    /// The current connection; replaced by [`RedisStore::heal`].
+    conn: Arc<ArcSwap<Conn>>,
+    /// A replacement connection is being built.
+    healing: Arc<AtomicBool>,
+    /// Bound on one command, whatever the client does inside it.
+    op_timeout: Duration,
     config: RedisConfig,
     cas: redis::Script,
 }
@@ -177,6 +185,28 @@ pub(crate) fn redis_error(store: &str, e: &redis::RedisError) -> Error {
     }
 }
 
+/// The bound on one command: a connection attempt plus an answer, and some
+/// slack for the client's own retry.
+pub(crate) fn op_timeout(config: &RedisConfig) -> Duration {
+    Duration::from_millis(config.connect_timeout_ms + config.response_timeout_ms + 500)
+}
+
+/// Runs one Redis command future with `limit`; running out of time is
+/// [`Error::Unavailable`] naming `store`. The inner result is left for the
+/// caller to map (some error codes mean something specific).
+pub(crate) async fn bounded<T>(
+    store: &str,
+    limit: Duration,
+    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<redis::RedisResult<T>> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| Error::Unavailable {
+            store: store.to_owned(),
+            message: format!("no answer within {} ms", limit.as_millis()),
+        })
+}
+
 /// Opens a connection for `config`; `extra_response` is added to the
 /// response timeout (for blocking reads such as `XREADGROUP … BLOCK`).
 pub(crate) async fn connect(
@@ -202,6 +232,7 @@ pub(crate) async fn connect(
         let client = redis::cluster::ClusterClientBuilder::new(config.urls.clone())
             .connection_timeout(connect)
             .response_timeout(response)
+            .overall_response_timeout(Some(connect + response))
             .retries(config.reconnect_retries.min(u32::MAX as usize) as u32)
             .build()
             .map_err(config_error)?;
@@ -211,7 +242,8 @@ pub(crate) async fn connect(
             .map_err(|e| redis_error(name, &e))?;
         Conn::Cluster(c)
     } else {
-        let client = redis::Client::open(config.urls[0].as_str()).map_err(config_error)?;
+        let url = config.urls.first().map_or("", String::as_str);
+        let client = redis::Client::open(url).map_err(config_error)?;
         let cm_config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(connect))
             .set_response_timeout(Some(response))
@@ -233,7 +265,9 @@ impl RedisStore {
         let conn = connect(config, &name, Duration::ZERO).await?;
         Ok(Self {
             name,
-            conn,
+            conn: Arc::new(ArcSwap::from_pointee(conn)),
+            healing: Arc::new(AtomicBool::new(false)),
+            op_timeout: op_timeout(config),
             config: config.clone(),
             cas: redis::Script::new(CAS),
         })
@@ -244,22 +278,77 @@ impl RedisStore {
         format!("{}u:{{{user_id}}}", self.config.key_prefix)
     }
 
+    /// [`bounded`] with this store's limit; running out of time also
+    /// starts [`Self::heal`].
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<redis::RedisResult<T>> {
+        let r = bounded(&self.name, self.op_timeout, fut).await;
+        if r.is_err() {
+            self.heal();
+        }
+        r
+    }
+
+    /// A handle on the current connection (cheap: multiplexed).
+    fn conn(&self) -> Conn {
+        Conn::clone(&self.conn.load())
+    }
+
+    /// Maps a Redis error; an unavailable store also starts [`Self::heal`].
     fn err(&self, e: &redis::RedisError) -> Error {
-        redis_error(&self.name, e)
+        let err = redis_error(&self.name, e);
+        if matches!(err, Error::Unavailable { .. }) {
+            self.heal();
+        }
+        err
+    }
+
+    /// Builds a fresh connection in the background and swaps it in, at most
+    /// one at a time. The connection manager of a single node reconnects by
+    /// itself, but the cluster connection was seen to keep timing out on a
+    /// node restarted on the same address (redis 1.8); a new one reads the
+    /// topology again. Calls keep failing fast meanwhile.
+    fn heal(&self) {
+        if !self.config.cluster || self.healing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (conn, healing, config, name) = (
+            Arc::clone(&self.conn),
+            Arc::clone(&self.healing),
+            self.config.clone(),
+            self.name.clone(),
+        );
+        tokio::spawn(async move {
+            match connect(&config, &name, Duration::ZERO).await {
+                Ok(fresh) => {
+                    conn.store(Arc::new(fresh));
+                    tracing::info!(store = %name, "reconnected to the Redis Cluster");
+                }
+                Err(e) => tracing::debug!(store = %name, error = %e, "cluster reconnect failed"),
+            }
+            // At most one rebuild a second.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            healing.store(false, Ordering::Release);
+        });
     }
 
     /// Reads `(version, state)` of a user: version 0 when absent. A record
     /// that does not decode is [`Error::Corrupt`] (with its version, so that
     /// erasure can still overwrite it).
     async fn read(&self, user: &str) -> Result<(u64, Result<Option<UserState>>)> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let key = self.key(user);
-        let reply: redis::RedisResult<(Option<String>, Option<Vec<u8>>)> = redis::cmd("HMGET")
-            .arg(&key)
-            .arg("v")
-            .arg("r")
-            .query_async(&mut conn)
-            .await;
+        let reply: redis::RedisResult<(Option<String>, Option<Vec<u8>>)> = self
+            .bounded(
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg("v")
+                    .arg("r")
+                    .query_async(&mut conn),
+            )
+            .await?;
         let (v, r) = match reply {
             Ok(x) => x,
             Err(e) if e.code() == Some("WRONGTYPE") => {
@@ -301,15 +390,15 @@ impl RedisStore {
     /// on a conflict.
     async fn cas(&self, user: &str, expected: u64, next: &UserState) -> Result<bool> {
         let bytes = codec::encode(next)?;
-        let mut conn = self.conn.clone();
-        let written: i64 = self
-            .cas
-            .key(self.key(user))
+        let mut conn = self.conn();
+        let mut invocation = self.cas.key(self.key(user));
+        invocation
             .arg(expected.to_string())
             .arg(next.version.to_string())
-            .arg(bytes)
-            .invoke_async(&mut conn)
-            .await
+            .arg(bytes);
+        let written: i64 = self
+            .bounded(invocation.invoke_async(&mut conn))
+            .await?
             .map_err(|e| self.err(&e))?;
         if written == 0 {
             metrics::counter!("profiled_state_cas_conflicts_total").increment(1);
@@ -326,9 +415,11 @@ impl RedisStore {
     /// cluster they live on different slots): a crash in between leaves it
     /// off by one, so it is for metrics only.
     async fn count_live(&self, delta: i64) {
-        let mut conn = self.conn.clone();
-        let r: redis::RedisResult<i64> = conn.incr(self.live_key(), delta).await;
-        if let Err(e) = r {
+        let mut conn = self.conn();
+        let r = self
+            .bounded(conn.incr::<_, _, i64>(self.live_key(), delta))
+            .await;
+        if let Err(e) = r.and_then(|r| r.map_err(|e| self.err(&e))) {
             tracing::debug!(store = %self.name, error = %e, "live-users counter not updated");
         }
     }
@@ -518,13 +609,15 @@ impl UserStateStore for RedisStore {
     /// `bytes` is `used_memory` summed over the (master) nodes, which
     /// includes anything else the Redis holds.
     async fn stats(&self) -> Result<StoreStats> {
-        let mut conn = self.conn.clone();
-        let users: Option<i64> = conn.get(self.live_key()).await.map_err(|e| self.err(&e))?;
+        let mut conn = self.conn();
+        let users: Option<i64> = self
+            .bounded(conn.get(self.live_key()))
+            .await?
+            .map_err(|e| self.err(&e))?;
         let users = users.map_or(0, |u| u.max(0) as u64);
-        let info: Value = redis::cmd("INFO")
-            .arg("memory")
-            .query_async(&mut conn)
-            .await
+        let info: Value = self
+            .bounded(redis::cmd("INFO").arg("memory").query_async(&mut conn))
+            .await?
             .map_err(|e| self.err(&e))?;
         let mut all = Vec::new();
         texts(&info, &mut all);

@@ -48,9 +48,11 @@
 //!   `profiled_state_stream_lag{stream,group}` and its pending count
 //!   `profiled_state_stream_pending{stream,group}`, refreshed after every
 //!   read.
-//! - [`EventSource::run`] returns when the `shutdown` watch turns `true`
-//!   (a read in flight is dropped: its entries stay pending and are re-read
-//!   at the next start).
+//! - [`EventSource::run`] returns when the `shutdown` watch turns `true`,
+//!   after the read in flight (at most `block_ms`) and the batch it
+//!   returned are applied and acknowledged: a clean shutdown leaves nothing
+//!   pending. A crash leaves entries pending; they are re-read at the next
+//!   start.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -552,10 +554,11 @@ impl EventSource for RedisStreamSource {
                 self.refresh_lag(&mut conn).await;
                 Ok(retry)
             };
-            let outcome = tokio::select! {
-                r = step => r,
-                _ = shutdown.changed() => break,
-            };
+            // Not raced against shutdown: a read dropped half-way would
+            // leave a blocked XREADGROUP on the server that can still take
+            // entries into this consumer's pending list. Shutdown waits for
+            // the read (at most block_ms) and the batch it returned.
+            let outcome = step.await;
             match outcome {
                 Ok(false) => {}
                 Ok(true) => {
@@ -573,6 +576,12 @@ impl EventSource for RedisStreamSource {
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {},
                         _ = shutdown.changed() => break,
+                    }
+                    // A fresh connection (a cluster connection may not
+                    // recover from a node restart by itself); keep the old
+                    // one when Redis is still unreachable.
+                    if let Ok(fresh) = connect(&self.config.redis, &self.redis_name, extra).await {
+                        conn = fresh;
                     }
                 }
             }

@@ -190,10 +190,15 @@ async fn cluster_erasure_is_seen_by_both_instances() -> anyhow::Result<()> {
 /// restart (bounded: 600 tries).
 async fn apply_until_ok(store: &RedisStore, u: UserUpdate) -> anyhow::Result<()> {
     let mut last = None;
-    for _ in 0..600 {
+    for attempt in 0..600 {
         match store.apply(vec![u.clone()], policy()).await.remove(0) {
             Ok(_) => return Ok(()),
-            Err(e) => last = Some(e),
+            Err(e) => {
+                if attempt % 20 == 0 {
+                    eprintln!("{}: attempt {attempt}: {e}", u.user_id);
+                }
+                last = Some(e);
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -263,6 +268,7 @@ async fn cluster_node_restart_the_same_store_recovers_with_every_acknowledged_ev
         acked.insert(id);
     }
     cluster.nodes[0].kill();
+    eprintln!("killed node {}", cluster.nodes[0].port);
     // Some of 30 users live on the killed master's slots.
     let results = store
         .apply(
@@ -333,6 +339,98 @@ async fn redis_out_of_memory_is_full_and_a_foreign_key_is_corrupt() -> anyhow::R
     match full {
         Some(Error::Full { store: name, .. }) => assert!(name.starts_with("redis:"), "{name}"),
         other => panic!("expected Full once maxmemory is reached, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contended_updates_store_nothing_and_the_rest_lose_nothing() -> anyhow::Result<()> {
+    let redis = RedisServer::start();
+    // One attempt only: a lost compare-and-set is Contended at once.
+    let config = RedisConfig {
+        max_attempts: 1,
+        ..redis.config()
+    };
+    let stores = [
+        Arc::new(RedisStore::open(&config).await?),
+        Arc::new(RedisStore::open(&config).await?),
+    ];
+    let mut handles = Vec::new();
+    for t in 0..8 {
+        let store = Arc::clone(&stores[t % 2]);
+        handles.push(tokio::spawn(async move {
+            let mut ok = Vec::new();
+            for a in 0..20 {
+                let ids: Vec<String> = (0..3).map(|e| format!("t{t}-a{a}-e{e}")).collect();
+                match store
+                    .apply(vec![update("hot", ids.clone(), 7)], policy())
+                    .await
+                    .remove(0)
+                {
+                    Ok(_) => ok.extend(ids),
+                    Err(Error::Contended { user, attempts }) => {
+                        assert_eq!((user.as_str(), attempts), ("hot", 1));
+                    }
+                    Err(e) => panic!("unexpected error: {e}"),
+                }
+            }
+            ok
+        }));
+    }
+    let mut acked = HashSet::new();
+    for h in handles {
+        acked.extend(h.await?);
+    }
+    let state = stores[0]
+        .get("hot")
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no state"))?;
+    let stored: HashSet<String> = state
+        .events
+        .into_iter()
+        .filter_map(|e| e.event_id)
+        .collect();
+    // Exactly the acknowledged events: nothing of a Contended update.
+    assert_eq!(stored, acked);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_factory_opens_either_backend_and_an_absent_redis_is_unavailable() -> anyhow::Result<()>
+{
+    use profiled_state::embedded::EmbeddedConfig;
+    use profiled_state::{Backend, StateConfig};
+
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir()?;
+    for (backend, kind) in [(Backend::Embedded, "embedded"), (Backend::Redis, "redis")] {
+        let config = StateConfig {
+            backend,
+            embedded: EmbeddedConfig {
+                dir: dir.path().to_path_buf(),
+                ..EmbeddedConfig::default()
+            },
+            redis: redis.config(),
+        };
+        let store = profiled_state::open(&config).await?;
+        assert_eq!(store.backend(), kind);
+        store
+            .apply(vec![update("f", ["f1".to_owned()], 1)], policy())
+            .await[0]
+            .clone()?;
+        assert!(store.get("f").await?.is_some());
+    }
+    let port = support::free_port();
+    let absent = RedisConfig {
+        urls: vec![format!("redis://127.0.0.1:{port}")],
+        connect_timeout_ms: 300,
+        ..RedisConfig::default()
+    };
+    match RedisStore::open(&absent).await {
+        Err(Error::Unavailable { store, .. }) => {
+            assert_eq!(store, format!("redis:127.0.0.1:{port}"))
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
     }
     Ok(())
 }
