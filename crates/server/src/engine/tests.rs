@@ -648,3 +648,126 @@ async fn explain_every_method_and_target() {
     assert_eq!(*s, ProfileSource::Cache);
     assert!(close(&p.vector, &p0));
 }
+
+/// Live state through the core (a real embedded store in a temporary
+/// directory): Track, then the user by id resolves to it — the profile of
+/// the same features — ahead of the users index snapshot; a state written
+/// for another schema is read leniently; erasure hides the snapshot too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_ids_resolve_to_live_state_first() {
+    use profiled_model::FieldValue;
+    use profiled_state::{FieldUpdate, StoredEvent, UserUpdate};
+    let f = fixture().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        profiled_state::embedded::EmbeddedStore::open(&profiled_state::embedded::EmbeddedConfig {
+            dir: dir.path().to_path_buf(),
+            ..Default::default()
+        })
+        .unwrap();
+    let engine = f.engine.with_state(Arc::new(store));
+    let (id, u) = f.users[3].clone();
+    let track = |events: &UserFeatures, fields: Vec<FieldUpdate>| UserUpdate {
+        user_id: id.clone(),
+        events: events
+            .events
+            .iter()
+            .map(|e| StoredEvent {
+                item: e.item.clone(),
+                timestamp: e.timestamp,
+                rating: e.rating,
+                event_id: None,
+            })
+            .collect(),
+        fields,
+    };
+    // Before any Track: the users index snapshot.
+    let by_id = engine
+        .embed(
+            embed_query(vec![Ok(UserQuery::User(UserRef::id(id.clone())))]),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        by_id.users[0].result.as_ref().unwrap().1,
+        ProfileSource::UsersIndex
+    );
+
+    // The user's features, plus a field the model does not read and a
+    // value of the wrong kind (a state written for another schema).
+    let mut fields: Vec<FieldUpdate> = u
+        .fields
+        .iter()
+        .map(|(k, v)| FieldUpdate::Set(k.clone(), v.clone()))
+        .collect();
+    fields.push(FieldUpdate::Set(
+        "shoe_size".into(),
+        FieldValue::Number(44.0),
+    ));
+    let tracked = engine
+        .track(
+            TrackQuery {
+                model: ModelSel::default(),
+                users: vec![track(&u, fields)],
+                allow_partial: false,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let applied = tracked[0].result.as_ref().unwrap();
+    assert_eq!(applied.stored as usize, {
+        let mut keys: Vec<(String, i64)> = u
+            .events
+            .iter()
+            .map(|e| (e.item.clone(), e.timestamp))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys.len()
+    });
+    let live = engine
+        .embed(
+            embed_query(vec![Ok(UserQuery::User(UserRef::id(id.clone())))]),
+            None,
+        )
+        .await
+        .unwrap();
+    let (p, source) = live.users[0].result.as_ref().unwrap();
+    assert_eq!(*source, ProfileSource::UserState);
+    // Duplicate (item, timestamp) events are stored once: compare with the
+    // features the state holds.
+    let state = engine.state().unwrap().get(&id).await.unwrap().unwrap();
+    let g = engine.resolve(&ModelSel::default()).unwrap();
+    let read = users::state_features(&g, &state);
+    assert!(
+        !read.fields.contains_key("shoe_size"),
+        "unknown fields are ignored"
+    );
+    assert_eq!(read.fields, u.fields);
+    assert!(close(&p.vector, &profile(&f.enc, &read)));
+
+    // A field of the wrong kind for this schema is left out (the model's
+    // "missing" token), not an error.
+    let mut wrong = state.clone();
+    wrong.fields.insert(
+        "occupation".into(),
+        FieldValue::Tags(vec![("x".into(), 1.0)]),
+    );
+    assert!(
+        !users::state_features(&g, &wrong)
+            .fields
+            .contains_key("occupation")
+    );
+
+    // Erasure: by id is NOT_FOUND, the snapshot included.
+    assert!(engine.delete_user(&id, None).await.unwrap());
+    let gone = engine
+        .embed(
+            embed_query(vec![Ok(UserQuery::User(UserRef::id(id.clone())))]),
+            None,
+        )
+        .await;
+    assert!(matches!(gone, Err(ApiError::NotFound(m)) if m.contains("erased")));
+}
