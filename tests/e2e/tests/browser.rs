@@ -522,4 +522,15 @@ async fn the_viewer_draws_the_apis_numbers_in_a_real_browser() {
     let log = b.console().unwrap();
     let errors: Vec<&Value> = log.iter().filter(|e| e["level"] == "SEVERE").collect();
     assert!(errors.is_empty(), "browser console errors: {errors:?}");
+    // ... and the check sees an error when there is one.
+    b.script("console.error('probe: a console error'); return null;")
+        .unwrap();
+    let log = b.console().unwrap();
+    assert!(
+        log.iter().any(|e| e["level"] == "SEVERE"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("probe: a console error"))),
+        "the console log missed an error: {log:?}"
+    );
 }

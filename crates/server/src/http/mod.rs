@@ -175,6 +175,12 @@ impl Call {
         requested: &str,
         code: &str,
     ) {
+        if let Some(m) = answered
+            && code == "OK"
+        {
+            ok_histogram(self.rpc, m).record(self.start.elapsed().as_secs_f64());
+            return;
+        }
         let (model, version) = match answered {
             Some(m) => (m.name.clone(), m.version.to_string()),
             None => (st.engine().model_label(requested), String::new()),
@@ -222,6 +228,39 @@ impl Call {
             }
         }
     }
+}
+
+thread_local! {
+    /// Per-thread cache of the answered calls' histograms, keyed by operation
+    /// and generation (as `crate::handles` does for the gRPC port): no label
+    /// strings built per call.
+    static OK_HISTOGRAMS: std::cell::RefCell<
+        std::collections::HashMap<(&'static str, u64), metrics::Histogram>,
+    > = std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// `profiled_request_seconds{protocol="http", rpc, model, version,
+/// code="OK"}` of a call that generation `m` answered.
+fn ok_histogram(rpc: &'static str, m: &types::ModelRef) -> metrics::Histogram {
+    OK_HISTOGRAMS.with(|c| {
+        let mut c = c.borrow_mut();
+        if let Some(h) = c.get(&(rpc, m.generation_id)) {
+            return h.clone();
+        }
+        if c.len() >= 4096 {
+            c.clear();
+        }
+        c.entry((rpc, m.generation_id))
+            .or_insert_with(|| {
+                metrics::histogram!("profiled_request_seconds",
+                    "protocol" => "http",
+                    "rpc" => rpc,
+                    "model" => m.name.clone(),
+                    "version" => m.version.to_string(),
+                    "code" => "OK")
+            })
+            .clone()
+    })
 }
 
 /// Which tokens guard a route.
