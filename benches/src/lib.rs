@@ -9,6 +9,7 @@
 //! the same run as the figures it judges.
 #![forbid(unsafe_code)]
 
+pub mod harness;
 pub mod loadgen;
 
 use std::time::{Duration, Instant};
