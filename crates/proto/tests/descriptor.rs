@@ -97,6 +97,22 @@ fn services_and_methods_are_all_there() {
             false,
             false,
         ),
+        ("Track", "TrackRequest", "TrackResponse", false, false),
+        (
+            "TrackStream",
+            "TrackRequest",
+            "TrackStreamResponse",
+            true,
+            true,
+        ),
+        ("GetUser", "GetUserRequest", "GetUserResponse", false, false),
+        (
+            "DeleteUser",
+            "DeleteUserRequest",
+            "DeleteUserResponse",
+            false,
+            false,
+        ),
     ];
     let expected_admin = [
         ("Reload", "ReloadRequest", "ReloadResponse", false, false),
