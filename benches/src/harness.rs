@@ -247,3 +247,42 @@ pub async fn wait_serving(addr: &str) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The echo mode of a report binary: `--serve-echo TEMPLATE` in `args`
+/// serves the echo ([`serve_echo`]) until killed; `None` when absent.
+pub fn echo_mode(args: &[String]) -> Option<Result<()>> {
+    let i = args.iter().position(|a| a == "--serve-echo")?;
+    Some(match args.get(i + 1) {
+        Some(t) => serve_echo(Path::new(t)),
+        None => Err(anyhow::anyhow!("--serve-echo needs a template file")),
+    })
+}
+
+/// Starts the echo floor of a report: one real Embed answer of `target`
+/// (for `user` with `model`) is written under `dir` as the template, and
+/// this binary is re-run with `--serve-echo` (a separate process, like the
+/// server) to replay it. Returns the echo and the template.
+pub async fn start_echo(
+    target: &crate::loadgen::Target,
+    model: &str,
+    user: pb::UserFeatures,
+    dir: &Path,
+) -> Result<(Proc, pb::EmbedResponse)> {
+    let one = pb::EmbedRequest {
+        model: Some(pb::ModelSpec {
+            name: model.into(),
+            selector: None,
+        }),
+        users: vec![pb::UserInput {
+            source: Some(pb::user_input::Source::Features(user)),
+            context: None,
+        }],
+        ..Default::default()
+    };
+    let template = target.embed(one).await.context("first Embed call")?;
+    let template_path = dir.join("echo-template.pb");
+    std::fs::write(&template_path, template.encode_to_vec())?;
+    let mut echo_cmd = Command::new(std::env::current_exe()?);
+    echo_cmd.arg("--serve-echo").arg(&template_path);
+    Ok((spawn_listening(echo_cmd)?, template))
+}

@@ -35,7 +35,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use profiled_benches::harness::{profiled_bin, serve_echo, spawn_listening, wait_serving};
+use profiled_benches::harness::{
+    echo_mode, profiled_bin, spawn_listening, start_echo, wait_serving,
+};
 use profiled_benches::load_average;
 use profiled_benches::loadgen::cpu::total_cpu_seconds;
 use profiled_benches::loadgen::{
@@ -44,7 +46,6 @@ use profiled_benches::loadgen::{
 };
 use profiled_model::testing::{SyntheticSpec, write_synthetic_model};
 use profiled_proto::v1 as pb;
-use prost::Message;
 use serde_json::json;
 
 /// The server's allocator (see the workspace Cargo.toml), also in the load
@@ -347,11 +348,8 @@ fn open(label: &str, rate: f64, secs: f64) -> RunConfig {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--serve-echo") {
-        let t = args
-            .get(i + 1)
-            .context("--serve-echo needs a template file")?;
-        return serve_echo(Path::new(t));
+    if let Some(served) = echo_mode(&args) {
+        return served;
     }
     let quick = args.iter().any(|a| a == "--quick");
     let secs = if quick { 2.0 } else { 5.0 };
@@ -420,23 +418,7 @@ fn main() -> Result<()> {
         pool = Arc::new(fitted);
 
         // A real response of the server: the echo's answer.
-        let one = pb::EmbedRequest {
-            model: Some(pb::ModelSpec {
-                name: MODEL.into(),
-                selector: None,
-            }),
-            users: vec![pb::UserInput {
-                source: Some(pb::user_input::Source::Features(pool.users[0].clone())),
-                context: None,
-            }],
-            ..Default::default()
-        };
-        let template = target.embed(one).await.context("first Embed call")?;
-        let template_path = tmp.path().join("echo-template.pb");
-        std::fs::write(&template_path, template.encode_to_vec())?;
-        let mut echo_cmd = Command::new(std::env::current_exe()?);
-        echo_cmd.arg("--serve-echo").arg(&template_path);
-        let echo = spawn_listening(echo_cmd)?;
+        let (echo, template) = start_echo(&target, MODEL, pool.users[0].clone(), tmp.path()).await?;
         let echo_target = Target::connect(&target_cfg(&echo.addr)).await?;
 
         // 1. echo floor.

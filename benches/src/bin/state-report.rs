@@ -74,7 +74,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use hdrhistogram::Histogram;
-use profiled_benches::harness::{Proc, profiled_bin, serve_echo, spawn_listening, wait_serving};
+use profiled_benches::harness::{
+    Proc, echo_mode, profiled_bin, spawn_listening, start_echo, wait_serving,
+};
 use profiled_benches::loadgen::cpu::total_cpu_seconds;
 use profiled_benches::loadgen::{
     Mode, RunConfig, RunReport, Target, TargetConfig, UserPool, Workload, Zipf, run,
@@ -84,7 +86,6 @@ use profiled_model::testing::{SyntheticSpec, write_synthetic_model};
 use profiled_proto::v1 as pb;
 use profiled_proto::v1::profile_service_client::ProfileServiceClient;
 use profiled_state::testing::{RedisServer, cli};
-use prost::Message;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
@@ -270,6 +271,36 @@ async fn measured(
         .collect();
     eprint!("{}", rep.text());
     Ok((rep, cores))
+}
+
+/// Track throughput at 64 streams, beside the main 16-stream figure: one
+/// row and one JSON key `name`.
+async fn track_wide(
+    target: &Target,
+    w: Workload,
+    seed: u64,
+    label: &str,
+    name: &'static str,
+    secs: f64,
+    pids: &[u32],
+    rows: &mut Vec<Row>,
+    j: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    let (r64, _) = measured(target, w, seed, &closed(label, 64, secs, false), pids).await?;
+    let rate = r64.ok_rps() * TRACK_EVENTS as f64;
+    rows.push(Row {
+        name,
+        value: format!("{rate:.0}"),
+        client: r64.client_cores(),
+        server: None,
+        note: format!(
+            "p50 {} µs; errors {:?}",
+            r64.latency().p50,
+            r64.stats.all.errors
+        ),
+    });
+    j.insert(name.into(), json!(rate.round()));
+    Ok(())
 }
 
 struct Row {
@@ -620,11 +651,8 @@ fn fsync_probe(dir: &Path) -> Result<(u64, u64)> {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--serve-echo") {
-        let t = args
-            .get(i + 1)
-            .context("--serve-echo needs a template file")?;
-        return serve_echo(Path::new(t));
+    if let Some(served) = echo_mode(&args) {
+        return served;
     }
     let quick = args.iter().any(|a| a == "--quick");
     let secs = if quick { 2.0 } else { 5.0 };
@@ -662,23 +690,7 @@ fn main() -> Result<()> {
         let pool = Arc::new(pool);
 
         // 1. echo floor.
-        let one = pb::EmbedRequest {
-            model: Some(pb::ModelSpec {
-                name: MODEL.into(),
-                selector: None,
-            }),
-            users: vec![pb::UserInput {
-                source: Some(pb::user_input::Source::Features(pool.users[0].clone())),
-                context: None,
-            }],
-            ..Default::default()
-        };
-        let template = target.embed(one).await.context("first Embed call")?;
-        let template_path = tmp.path().join("echo-template.pb");
-        std::fs::write(&template_path, template.encode_to_vec())?;
-        let mut echo_cmd = Command::new(std::env::current_exe()?);
-        echo_cmd.arg("--serve-echo").arg(&template_path);
-        let echo = spawn_listening(echo_cmd)?;
+        let (echo, _) = start_echo(&target, MODEL, pool.users[0].clone(), tmp.path()).await?;
         let echo_target = Target::connect(&target_cfg(&echo.addr)).await?;
         let w_feat = workload(&pool, "embed", tracked.clone(), 1.0)?;
         run(
@@ -832,27 +844,18 @@ fn main() -> Result<()> {
             ),
         });
         j.insert("track_events_per_s_embedded".into(), json!(track_e.round()));
-        let (r64, _) = measured(
+        track_wide(
             &target,
             w_track.clone(),
             15,
-            &closed("track embedded, 64 streams", 64, secs, false),
+            "track embedded, 64 streams",
+            "track_events_per_s_embedded_64_streams",
+            secs,
             &[e_pid],
+            &mut rows,
+            &mut j,
         )
         .await?;
-        let track_e64 = r64.ok_rps() * TRACK_EVENTS as f64;
-        rows.push(Row {
-            name: "track_events_per_s_embedded_64_streams",
-            value: format!("{track_e64:.0}"),
-            client: r64.client_cores(),
-            server: None,
-            note: format!(
-                "p50 {} µs; errors {:?}",
-                r64.latency().p50,
-                r64.stats.all.errors
-            ),
-        });
-        j.insert("track_events_per_s_embedded_64_streams".into(), json!(track_e64.round()));
         let (fs50, fs99) = fsync_probe(&tmp.path().join("state-e"))?;
         rows.push(Row {
             name: "fsync_us_p50_p99",
@@ -959,27 +962,18 @@ fn main() -> Result<()> {
         );
 
         // Track commit scaling: 64 streams (bigger groups per fsync).
-        let (r64, _) = measured(
+        track_wide(
             &ta,
             w_track.clone(),
             18,
-            &closed("track redis, 64 streams", 64, secs, false),
+            "track redis, 64 streams",
+            "track_events_per_s_redis_64_streams",
+            secs,
             &pids,
+            &mut rows,
+            &mut j,
         )
         .await?;
-        let track_r64 = r64.ok_rps() * TRACK_EVENTS as f64;
-        rows.push(Row {
-            name: "track_events_per_s_redis_64_streams",
-            value: format!("{track_r64:.0}"),
-            client: r64.client_cores(),
-            server: None,
-            note: format!(
-                "p50 {} µs; errors {:?}",
-                r64.latency().p50,
-                r64.stats.all.errors
-            ),
-        });
-        j.insert("track_events_per_s_redis_64_streams".into(), json!(track_r64.round()));
 
         let mut ca = client(&a.addr).await?;
         track_pool(&mut ca, &pool).await?;

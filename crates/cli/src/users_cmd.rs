@@ -67,19 +67,8 @@ pub fn run_track(a: TrackArgs) -> Result<()> {
         let mut client = connect(&a.conn.addr, &a.conn.secure).await?;
         let kinds = input_kinds(&mut client, &a.conn).await?;
         let f = build_features_at(&a.features, &kinds, now_s())?;
-        let mut fields: Vec<pb::FieldChange> = f
-            .fields
-            .into_iter()
-            .map(|(name, v)| pb::FieldChange {
-                name,
-                change: Some(pb::field_change::Change::Set(v)),
-            })
-            .collect();
-        fields.sort_by(|x, y| x.name.cmp(&y.name));
-        fields.extend(a.clear.iter().map(|name| pb::FieldChange {
-            name: name.clone(),
-            change: Some(pb::field_change::Change::Clear(true)),
-        }));
+        let mut fields = pb::FieldChange::set_all(f.fields);
+        fields.extend(a.clear.iter().map(pb::FieldChange::clear));
         let events = f
             .events
             .into_iter()

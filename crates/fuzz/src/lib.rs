@@ -758,20 +758,9 @@ pub fn seeds() -> anyhow::Result<Vec<(&'static str, String, Vec<u8>)>> {
             .map(|k| {
                 let u = profiled_model::testing::random_user(&mut rng, s.items, s.max_events);
                 let p = to_pb(&u);
-                let mut fields: Vec<pb::FieldChange> = p
-                    .fields
-                    .into_iter()
-                    .map(|(name, v)| pb::FieldChange {
-                        name,
-                        change: Some(pb::field_change::Change::Set(v)),
-                    })
-                    .collect();
-                fields.sort_by(|a, b| a.name.cmp(&b.name));
+                let mut fields = pb::FieldChange::set_all(p.fields);
                 if k % 2 == 1 {
-                    fields.push(pb::FieldChange {
-                        name: "age".into(),
-                        change: Some(pb::field_change::Change::Clear(true)),
-                    });
+                    fields.push(pb::FieldChange::clear("age"));
                 }
                 let events = p
                     .events

@@ -5,7 +5,7 @@
 
 use half::f16;
 
-use crate::v1::{ItemError, ModelSpec, Vector, model_spec};
+use crate::v1::{FieldChange, FieldValue, ItemError, ModelSpec, Vector, field_change, model_spec};
 
 /// Why a [`Vector`] cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -119,6 +119,35 @@ impl ModelSpec {
             name: name.into(),
             selector: Some(model_spec::Selector::Label(label.into())),
         }
+    }
+}
+
+impl FieldChange {
+    /// Store `value` under input `name`.
+    pub fn set(name: impl Into<String>, value: FieldValue) -> Self {
+        FieldChange {
+            name: name.into(),
+            change: Some(field_change::Change::Set(value)),
+        }
+    }
+
+    /// Clear input `name`.
+    pub fn clear(name: impl Into<String>) -> Self {
+        FieldChange {
+            name: name.into(),
+            change: Some(field_change::Change::Clear(true)),
+        }
+    }
+
+    /// Every field of `fields` as a `set`, in name order (a map has none of
+    /// its own, and a Track applies its changes in order).
+    pub fn set_all(fields: impl IntoIterator<Item = (String, FieldValue)>) -> Vec<Self> {
+        let mut out: Vec<Self> = fields
+            .into_iter()
+            .map(|(name, v)| FieldChange::set(name, v))
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 }
 

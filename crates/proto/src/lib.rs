@@ -15,7 +15,8 @@
 //!
 //! Helpers on the generated types (in `ext`): `Vector::{from_f32,
 //! from_f32_as_f16, dim, to_f32, to_f32_checked}` with [`VectorError`],
-//! `ModelSpec::{default_version, pinned, labelled}`, and conversions between
+//! `ModelSpec::{default_version, pinned, labelled}`, `FieldChange::{set, clear,
+//! set_all}`, and conversions between
 //! `ItemError` and `tonic::Status`.
 //!
 //! Nothing below the server uses these types: the server converts them to the

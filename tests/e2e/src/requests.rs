@@ -173,18 +173,12 @@ pub fn user_track(
 
 /// A field change that stores `value` under `name`.
 pub fn set_field(name: &str, value: pb::FieldValue) -> pb::FieldChange {
-    pb::FieldChange {
-        name: name.into(),
-        change: Some(pb::field_change::Change::Set(value)),
-    }
+    pb::FieldChange::set(name, value)
 }
 
 /// A field change that clears `name`.
 pub fn clear_field(name: &str) -> pb::FieldChange {
-    pb::FieldChange {
-        name: name.into(),
-        change: Some(pb::field_change::Change::Clear(true)),
-    }
+    pb::FieldChange::clear(name)
 }
 
 /// A Track request for `users` (default model, all-or-nothing).
