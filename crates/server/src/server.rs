@@ -86,10 +86,12 @@ pub async fn open_state(
 }
 
 /// Starts the Redis Streams source of `[state.stream]` into `state` when
-/// `state.ingest` is on; it runs until `shutdown` turns true.
+/// `state.ingest` is on; it runs until `shutdown` turns true. `policy` gives
+/// the apply rules of each batch ([`Engine::ingest_policy`]).
 pub fn spawn_ingest(
     cfg: &Config,
     state: &Arc<dyn profiled_state::UserStateStore>,
+    policy: profiled_state::PolicyFn,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     use profiled_state::source::EventSource;
@@ -97,11 +99,6 @@ pub fn spawn_ingest(
         return None;
     }
     let source = profiled_state::source::RedisStreamSource::new(cfg.state.stream.clone());
-    let policy = profiled_state::Policy {
-        retain_events: cfg.state.retain_events,
-        max_clock_skew_s: cfg.state.max_clock_skew_s,
-        now_s: 0,
-    };
     let state = state.clone();
     Some(tokio::spawn(async move {
         if let Err(e) = source.run(state, policy, shutdown).await {
@@ -351,9 +348,13 @@ pub async fn serve(
     // The size of the live user state, every 10 s (a failure is logged and
     // tried again; the store's own histograms show its latency).
     let (ingest_stop, ingest_rx) = tokio::sync::watch::channel(false);
+    let ingest_policy: profiled_state::PolicyFn = {
+        let engine = Arc::clone(&engine);
+        Arc::new(move || engine.ingest_policy())
+    };
     let ingest_task = engine
         .state()
-        .and_then(|state| spawn_ingest(&cfg, state, ingest_rx));
+        .and_then(|state| spawn_ingest(&cfg, state, ingest_policy, ingest_rx));
     let state_stats_task = engine.state().cloned().map(|state| {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));

@@ -154,6 +154,8 @@ impl EmbeddedStore {
                 .spawn(move || writer_loop(&shared, rx))
                 .map_err(|e| Error::Config(format!("cannot start the state writer thread: {e}")))?
         };
+        // An open embedded store is always reachable (failures are per call).
+        metrics::gauge!("profiled_state_store_up", "backend" => "embedded").set(1.0);
         Ok(Self {
             shared,
             jobs: Some(tx),

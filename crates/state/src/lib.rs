@@ -36,5 +36,6 @@ pub use config::{Backend, StateConfig, open};
 pub use error::{Error, Result};
 pub use merge::merge;
 pub use types::{
-    Applied, FieldUpdate, Policy, StoreStats, StoredEvent, UserState, UserStateStore, UserUpdate,
+    Applied, FieldUpdate, Policy, PolicyFn, StoreStats, StoredEvent, UserState, UserStateStore,
+    UserUpdate,
 };

@@ -14,6 +14,12 @@
 //!   increases the version, so the version is a sound compare-and-set
 //!   token, and concurrent writers from any number of processes never lose
 //!   an event.
+//! - **Combined writes of a hot user**: the concurrent calls of one process
+//!   that update the same user queue behind one writer, which reads once,
+//!   merges every queued update in order and writes once. A user in one
+//!   event of ten (Zipf traffic) then costs one round trip per batch of
+//!   calls instead of a compare-and-set conflict per call; conflicts are
+//!   left to writers in different processes.
 //! - **Connections**: a `ConnectionManager` (one multiplexed connection that
 //!   reconnects by itself) for a single node, the async cluster connection
 //!   (multiplexed per node, follows `MOVED`/`ASK`, refreshes slots) for a
@@ -21,6 +27,11 @@
 //!   come from [`RedisConfig`]. A store survives Redis restarts without being
 //!   recreated: calls fail while Redis is down and work again once it is
 //!   back.
+//! - **Circuit breaker**: the first call that finds Redis unreachable marks
+//!   the store down; later calls fail at once with [`Error::Unavailable`]
+//!   (instead of each holding a request slot for a whole timeout) until a
+//!   probe every `probe_interval_ms` gets an answer. A store whose Redis is
+//!   unreachable when it opens starts down and connects the same way.
 //! - **Errors**: connection refused, dropped, timed out, `LOADING`,
 //!   `CLUSTERDOWN`, `TRYAGAIN`, `READONLY`… → [`Error::Unavailable`] naming the
 //!   store (`redis:127.0.0.1:6379` or `redis-cluster:10.0.0.1:6379,…`);
@@ -30,18 +41,20 @@
 //!   Redis restart only with `appendonly yes` (docs/operations.md says which
 //!   `appendfsync` gives which guarantee).
 //! - **Metrics**: `profiled_state_op_seconds{backend="redis",op}` for
-//!   `apply`, `get`, `delete`, and `profiled_state_cas_conflicts_total`.
+//!   `apply`, `get`, `delete`, `profiled_state_cas_conflicts_total`, and
+//!   `profiled_state_store_up{backend="redis"}` (0 while the breaker is open).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use futures::StreamExt;
 use redis::aio::ConnectionLike;
 use redis::{AsyncCommands, RedisFuture, Value};
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
 use crate::merge::{erase, merge, now_ms};
 use crate::{
@@ -69,6 +82,9 @@ pub struct RedisConfig {
     pub max_attempts: u32,
     /// Users updated concurrently within one `apply` call.
     pub concurrency: usize,
+    /// While Redis is unreachable, how often it is asked again (ms); calls
+    /// meanwhile fail at once with UNAVAILABLE.
+    pub probe_interval_ms: u64,
 }
 
 impl Default for RedisConfig {
@@ -82,6 +98,7 @@ impl Default for RedisConfig {
             key_prefix: "profiled:".to_owned(),
             max_attempts: 16,
             concurrency: 32,
+            probe_interval_ms: 100,
         }
     }
 }
@@ -132,24 +149,164 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// The Redis [`UserStateStore`].
+/// The Redis [`UserStateStore`]. Cheap to share: everything lives behind
+/// one `Arc`, so that a user's combined write can run on its own task.
 pub struct RedisStore {
-    name: String,
-    /// The current connection; replaced by [`RedisStore::heal`].
-    conn: Arc<ArcSwap<Conn>>,
-    /// A replacement connection is being built.
-    healing: Arc<AtomicBool>,
+    inner: Arc<Inner>,
+}
+
+/// What a [`RedisStore`] holds.
+struct Inner {
+    link: Arc<Link>,
     /// Bound on one command, whatever the client does inside it.
     op_timeout: Duration,
     config: RedisConfig,
     cas: redis::Script,
+    /// Users with a write queued or in flight (see [`Slot`]).
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+/// The connection and the circuit breaker in front of it.
+///
+/// Once a command fails with [`Error::Unavailable`] (refused, dropped, no
+/// answer in time, `LOADING`, `CLUSTERDOWN`…), the store is marked down and
+/// every later call fails at once with [`Error::Unavailable`], instead of
+/// each waiting for its own timeout and holding a request slot meanwhile.
+/// One probe task asks Redis every `probe_interval_ms` (a `PING`; for a
+/// cluster, on a freshly built connection, which reads the topology again)
+/// and marks the store up at the first answer. A store whose Redis cannot
+/// be reached when it opens starts down and connects the same way.
+struct Link {
+    name: String,
+    config: RedisConfig,
+    /// `None` until the first connection succeeds.
+    conn: ArcSwapOption<Conn>,
+    down: AtomicBool,
+    /// Since when and why, while down.
+    outage: Mutex<Option<(Instant, String)>>,
+    probing: AtomicBool,
+}
+
+/// One user's queue of writes. The caller that takes `turn` writes every
+/// update queued so far with one read, one merge per update and one
+/// compare-and-set, and answers each queued caller: concurrent calls of one
+/// process for a hot user then share a round trip instead of conflicting.
+#[derive(Default)]
+struct Slot {
+    turn: Arc<tokio::sync::Mutex<()>>,
+    queue: Mutex<Vec<Waiter>>,
+}
+
+/// A queued update and where its result goes.
+struct Waiter {
+    update: UserUpdate,
+    tx: oneshot::Sender<Result<Applied>>,
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("name", &self.name)
+            .field("name", &self.inner.link.name)
             .finish_non_exhaustive()
+    }
+}
+
+/// Locks a std mutex, recovering the data of a poisoned one (every value
+/// behind these locks is valid at any point a panic could occur).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Link {
+    /// A handle on the connection, or the fast failure while down.
+    fn conn(&self) -> Result<Conn> {
+        if self.down.load(Ordering::Acquire) {
+            return Err(self.fast_failure());
+        }
+        match self.conn.load_full() {
+            Some(c) => Ok(Conn::clone(&c)),
+            None => Err(self.fast_failure()),
+        }
+    }
+
+    fn fast_failure(&self) -> Error {
+        let message = match &*lock(&self.outage) {
+            Some((since, cause)) => format!(
+                "down for {} ms ({cause}); calls fail at once until Redis answers a probe \
+                 (every {} ms)",
+                since.elapsed().as_millis(),
+                self.config.probe_interval_ms
+            ),
+            None => "not connected yet".to_owned(),
+        };
+        Error::Unavailable {
+            store: self.name.clone(),
+            message,
+        }
+    }
+
+    /// Marks the store down (once per outage) and starts the probe.
+    fn trip(self: &Arc<Self>, cause: &str) {
+        {
+            let mut outage = lock(&self.outage);
+            if outage.is_none() {
+                tracing::warn!(store = %self.name, cause, "Redis unreachable: calls fail at once until it answers");
+                *outage = Some((Instant::now(), cause.to_owned()));
+            }
+        }
+        self.down.store(true, Ordering::Release);
+        metrics::gauge!("profiled_state_store_up", "backend" => "redis").set(0.0);
+        if !self.probing.swap(true, Ordering::AcqRel) {
+            let link = Arc::clone(self);
+            tokio::spawn(async move { link.probe().await });
+        }
+    }
+
+    /// Asks Redis until it answers, then marks the store up.
+    async fn probe(self: Arc<Self>) {
+        let interval = Duration::from_millis(self.config.probe_interval_ms.max(1));
+        let limit = op_timeout(&self.config);
+        loop {
+            tokio::time::sleep(interval).await;
+            let fresh = match self.conn.load_full() {
+                Some(_) if !self.config.cluster => None,
+                _ => match connect(&self.config, &self.name, Duration::ZERO).await {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::debug!(store = %self.name, error = %e, "probe: no connection");
+                        continue;
+                    }
+                },
+            };
+            let Some(mut conn) = fresh
+                .clone()
+                .or_else(|| self.conn.load_full().map(|c| Conn::clone(&c)))
+            else {
+                continue;
+            };
+            let ping = bounded(
+                &self.name,
+                limit,
+                redis::cmd("PING").query_async::<Value>(&mut conn),
+            )
+            .await;
+            match ping {
+                Ok(Ok(_)) => {
+                    if let Some(c) = fresh {
+                        self.conn.store(Some(Arc::new(c)));
+                    }
+                    let outage = lock(&self.outage).take();
+                    self.probing.store(false, Ordering::Release);
+                    self.down.store(false, Ordering::Release);
+                    metrics::gauge!("profiled_state_store_up", "backend" => "redis").set(1.0);
+                    let ms = outage.map_or(0, |(since, _)| since.elapsed().as_millis());
+                    tracing::info!(store = %self.name, down_ms = ms, "Redis answers again");
+                    return;
+                }
+                Ok(Err(e)) => tracing::debug!(store = %self.name, error = %e, "probe failed"),
+                Err(e) => tracing::debug!(store = %self.name, error = %e, "probe failed"),
+            }
+        }
     }
 }
 
@@ -257,88 +414,88 @@ pub(crate) async fn connect(
 }
 
 impl RedisStore {
-    /// Connects to the node or cluster of `config` (failing with
-    /// [`Error::Unavailable`] when it cannot be reached now, with
-    /// [`Error::Config`] when the settings are wrong).
+    /// Connects to the node or cluster of `config`. [`Error::Config`] when
+    /// the settings are wrong; a Redis that cannot be reached now is not an
+    /// error: the store starts down (calls fail with
+    /// [`Error::Unavailable`]) and connects in the background.
     pub async fn open(config: &RedisConfig) -> Result<Self> {
         let name = store_name(config);
-        let conn = connect(config, &name, Duration::ZERO).await?;
-        Ok(Self {
-            name,
-            conn: Arc::new(ArcSwap::from_pointee(conn)),
-            healing: Arc::new(AtomicBool::new(false)),
-            op_timeout: op_timeout(config),
+        let link = Arc::new(Link {
+            name: name.clone(),
             config: config.clone(),
-            cas: redis::Script::new(CAS),
+            conn: ArcSwapOption::empty(),
+            down: AtomicBool::new(false),
+            outage: Mutex::new(None),
+            probing: AtomicBool::new(false),
+        });
+        match connect(config, &name, Duration::ZERO).await {
+            Ok(conn) => {
+                link.conn.store(Some(Arc::new(conn)));
+                metrics::gauge!("profiled_state_store_up", "backend" => "redis").set(1.0);
+            }
+            Err(Error::Unavailable { message, .. }) => {
+                link.trip(&format!("cannot connect at start: {message}"));
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                link,
+                op_timeout: op_timeout(config),
+                config: config.clone(),
+                cas: redis::Script::new(CAS),
+                slots: Mutex::new(HashMap::new()),
+            }),
         })
     }
 
     /// The key of `user_id`.
     pub fn key(&self, user_id: &str) -> String {
+        self.inner.key(user_id)
+    }
+
+    /// Whether the circuit breaker currently lets calls through.
+    pub fn is_up(&self) -> bool {
+        !self.inner.link.down.load(Ordering::Acquire) && self.inner.link.conn.load().is_some()
+    }
+}
+
+impl Inner {
+    fn key(&self, user_id: &str) -> String {
         format!("{}u:{{{user_id}}}", self.config.key_prefix)
     }
 
-    /// [`bounded`] with this store's limit; running out of time also
-    /// starts [`Self::heal`].
+    fn name(&self) -> &str {
+        &self.link.name
+    }
+
+    /// [`bounded`] with this store's limit; running out of time trips the
+    /// breaker.
     async fn bounded<T>(
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<redis::RedisResult<T>> {
-        let r = bounded(&self.name, self.op_timeout, fut).await;
-        if r.is_err() {
-            self.heal();
+        let r = bounded(self.name(), self.op_timeout, fut).await;
+        if let Err(Error::Unavailable { message, .. }) = &r {
+            self.link.trip(message);
         }
         r
     }
 
-    /// A handle on the current connection (cheap: multiplexed).
-    fn conn(&self) -> Conn {
-        Conn::clone(&self.conn.load())
-    }
-
-    /// Maps a Redis error; an unavailable store also starts [`Self::heal`].
+    /// Maps a Redis error; an unavailable store trips the breaker.
     fn err(&self, e: &redis::RedisError) -> Error {
-        let err = redis_error(&self.name, e);
-        if matches!(err, Error::Unavailable { .. }) {
-            self.heal();
+        let err = redis_error(self.name(), e);
+        if let Error::Unavailable { message, .. } = &err {
+            self.link.trip(message);
         }
         err
-    }
-
-    /// Builds a fresh connection in the background and swaps it in, at most
-    /// one at a time. The connection manager of a single node reconnects by
-    /// itself, but the cluster connection was seen to keep timing out on a
-    /// node restarted on the same address (redis 1.8); a new one reads the
-    /// topology again. Calls keep failing fast meanwhile.
-    fn heal(&self) {
-        if !self.config.cluster || self.healing.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let (conn, healing, config, name) = (
-            Arc::clone(&self.conn),
-            Arc::clone(&self.healing),
-            self.config.clone(),
-            self.name.clone(),
-        );
-        tokio::spawn(async move {
-            match connect(&config, &name, Duration::ZERO).await {
-                Ok(fresh) => {
-                    conn.store(Arc::new(fresh));
-                    tracing::info!(store = %name, "reconnected to the Redis Cluster");
-                }
-                Err(e) => tracing::debug!(store = %name, error = %e, "cluster reconnect failed"),
-            }
-            // At most one rebuild a second.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            healing.store(false, Ordering::Release);
-        });
     }
 
     /// Reads `(version, state)` of a user: version 0 when absent. A record
     /// that does not decode is [`Error::Corrupt`] (with its version, so that
     /// erasure can still overwrite it).
     async fn read(&self, user: &str) -> Result<(u64, Result<Option<UserState>>)> {
-        let mut conn = self.conn();
+        let mut conn = self.link.conn()?;
         let key = self.key(user);
         let reply: redis::RedisResult<(Option<String>, Option<Vec<u8>>)> = self
             .bounded(
@@ -355,7 +512,7 @@ impl RedisStore {
                 return Ok((
                     0,
                     Err(Error::Corrupt {
-                        store: self.name.clone(),
+                        store: self.name().to_owned(),
                         user: user.to_owned(),
                         message: format!("key {key} is not a hash: {e}"),
                     }),
@@ -364,7 +521,7 @@ impl RedisStore {
             Err(e) => return Err(self.err(&e)),
         };
         let corrupt = |message: String| Error::Corrupt {
-            store: self.name.clone(),
+            store: self.name().to_owned(),
             user: user.to_owned(),
             message,
         };
@@ -381,7 +538,7 @@ impl RedisStore {
         let state = match r {
             None if version == 0 => Ok(None),
             None => Err(corrupt(format!("{key} has a version but no record"))),
-            Some(bytes) => codec::decode(&bytes, &self.name, user).map(Some),
+            Some(bytes) => codec::decode(&bytes, self.name(), user).map(Some),
         };
         Ok((version, state))
     }
@@ -390,7 +547,7 @@ impl RedisStore {
     /// on a conflict.
     async fn cas(&self, user: &str, expected: u64, next: &UserState) -> Result<bool> {
         let bytes = codec::encode(next)?;
-        let mut conn = self.conn();
+        let mut conn = self.link.conn()?;
         let mut invocation = self.cas.key(self.key(user));
         invocation
             .arg(expected.to_string())
@@ -415,12 +572,15 @@ impl RedisStore {
     /// cluster they live on different slots): a crash in between leaves it
     /// off by one, so it is for metrics only.
     async fn count_live(&self, delta: i64) {
-        let mut conn = self.conn();
-        let r = self
-            .bounded(conn.incr::<_, _, i64>(self.live_key(), delta))
-            .await;
-        if let Err(e) = r.and_then(|r| r.map_err(|e| self.err(&e))) {
-            tracing::debug!(store = %self.name, error = %e, "live-users counter not updated");
+        let r = match self.link.conn() {
+            Ok(mut conn) => self
+                .bounded(conn.incr::<_, _, i64>(self.live_key(), delta))
+                .await
+                .and_then(|r| r.map_err(|e| self.err(&e))),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            tracing::debug!(store = %self.name(), error = %e, "live-users counter not updated");
         }
     }
 
@@ -435,47 +595,122 @@ impl RedisStore {
         tokio::time::sleep(Duration::from_millis(1 + jitter)).await;
     }
 
-    /// One user's update: read, merge, compare-and-set, retried on conflict.
-    async fn apply_one(&self, update: &UserUpdate, policy: Policy) -> Result<Applied> {
+    /// Writes the updates of one user, in order, as one change: one read,
+    /// [`merge`] per update on the result of the previous one, one
+    /// compare-and-set; on a conflict (another process wrote the user) the
+    /// whole group is read and merged again, up to `max_attempts` times.
+    /// An update the rules refuse gets its own error and the others go on;
+    /// a store error is every update's.
+    async fn write_group(
+        &self,
+        user: &str,
+        updates: &[UserUpdate],
+        policy: Policy,
+    ) -> Vec<Result<Applied>> {
         let attempts = self.config.max_attempts.max(1);
+        let all = |e: Error| updates.iter().map(|_| Err(e.clone())).collect();
         for attempt in 1..=attempts {
-            let (version, state) = self.read(&update.user_id).await?;
-            let state = state?;
+            let (version, state) = match self.read(user).await {
+                Ok((v, Ok(s))) => (v, s),
+                Ok((_, Err(e))) | Err(e) => return all(e),
+            };
             let was_live = state.as_ref().is_some_and(|s| !s.erased);
-            let (next, applied) = merge(state, update, policy, now_ms())?;
-            if applied.version == version {
-                return Ok(applied); // nothing changed: nothing to write
-            }
-            if self.cas(&update.user_id, version, &next).await? {
-                if !was_live {
-                    self.count_live(1).await;
+            let now = now_ms();
+            let mut current = state;
+            let mut results = Vec::with_capacity(updates.len());
+            for u in updates {
+                match merge(current.clone(), u, policy, now) {
+                    Ok((next, applied)) => {
+                        current = Some(next);
+                        results.push(Ok(applied));
+                    }
+                    Err(e) => results.push(Err(e)),
                 }
-                return Ok(applied);
             }
-            if attempt < attempts {
-                self.pause(attempt).await;
+            let next = match current {
+                Some(next) if next.version != version => next,
+                _ => return results, // nothing changed: nothing to write
+            };
+            let store_error = |e: Error, results: Vec<Result<Applied>>| {
+                results.into_iter().map(|r| r.and(Err(e.clone()))).collect()
+            };
+            match self.cas(user, version, &next).await {
+                Ok(true) => {
+                    if !was_live && !next.erased {
+                        self.count_live(1).await;
+                    }
+                    return results;
+                }
+                Ok(false) if attempt < attempts => self.pause(attempt).await,
+                Ok(false) => {}
+                Err(e) => return store_error(e, results),
             }
         }
-        Err(Error::Contended {
-            user: update.user_id.clone(),
+        all(Error::Contended {
+            user: user.to_owned(),
             attempts,
         })
     }
 
-    /// Applies the updates of one user in order; `(index, result)`.
+    /// Applies the updates of one user in order, combined with whatever
+    /// other calls of this process queued for the same user (see [`Slot`]).
     async fn apply_user(
-        &self,
-        updates: &[UserUpdate],
-        indices: Vec<usize>,
+        self: &Arc<Self>,
+        user: &str,
+        updates: Vec<UserUpdate>,
         policy: Policy,
-    ) -> Vec<(usize, Result<Applied>)> {
-        let mut out = Vec::with_capacity(indices.len());
-        for i in indices {
-            let result = match updates.get(i) {
-                Some(u) => self.apply_one(u, policy).await,
-                None => continue,
-            };
-            out.push((i, result));
+    ) -> Vec<Result<Applied>> {
+        let (slot, receivers) = {
+            let mut slots = lock(&self.slots);
+            let slot = Arc::clone(slots.entry(user.to_owned()).or_default());
+            let mut queue = lock(&slot.queue);
+            let receivers: Vec<_> = updates
+                .into_iter()
+                .map(|update| {
+                    let (tx, rx) = oneshot::channel();
+                    queue.push(Waiter { update, tx });
+                    rx
+                })
+                .collect();
+            drop(queue);
+            (slot, receivers)
+        };
+        let turn = Arc::clone(&slot.turn).lock_owned().await;
+        // Unless an earlier turn already wrote them, this caller writes
+        // everything queued (its own updates included) on a task of its
+        // own, so that a cancelled call cannot strand the others.
+        let batch = std::mem::take(&mut *lock(&slot.queue));
+        if batch.is_empty() {
+            drop(turn);
+        } else {
+            let inner = Arc::clone(self);
+            let (user, policy) = (user.to_owned(), policy);
+            tokio::spawn(async move {
+                let (updates, senders): (Vec<_>, Vec<_>) =
+                    batch.into_iter().map(|w| (w.update, w.tx)).unzip();
+                let results = inner.write_group(&user, &updates, policy).await;
+                for (tx, r) in senders.into_iter().zip(results) {
+                    let _ = tx.send(r);
+                }
+                drop(turn);
+            });
+        }
+        let mut out = Vec::with_capacity(receivers.len());
+        for rx in receivers {
+            out.push(rx.await.unwrap_or_else(|_| {
+                Err(Error::Unavailable {
+                    store: self.name().to_owned(),
+                    message: "the write of this update stopped before answering; \
+                              it may or may not be stored (a retry with the same event ids is idempotent)"
+                        .to_owned(),
+                })
+            }));
+        }
+        // The slot goes once nobody else holds or queues on it (its clones
+        // are taken under the same lock).
+        let mut slots = lock(&self.slots);
+        if Arc::strong_count(&slot) == 2 && lock(&slot.queue).is_empty() {
+            slots.remove(user);
         }
         out
     }
@@ -499,7 +734,7 @@ fn texts(v: &Value, out: &mut Vec<String>) {
 #[async_trait::async_trait]
 impl UserStateStore for RedisStore {
     fn name(&self) -> &str {
-        &self.name
+        self.inner.name()
     }
 
     fn backend(&self) -> &'static str {
@@ -508,36 +743,44 @@ impl UserStateStore for RedisStore {
 
     async fn apply(&self, updates: Vec<UserUpdate>, policy: Policy) -> Vec<Result<Applied>> {
         let start = Instant::now();
+        let n = updates.len();
         // Each user's updates in order; different users concurrently.
-        let mut by_user: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut by_user: HashMap<String, (Vec<usize>, Vec<UserUpdate>)> = HashMap::new();
         let mut order = Vec::new();
-        for (i, u) in updates.iter().enumerate() {
-            let entry = by_user.entry(u.user_id.as_str()).or_insert_with(|| {
-                order.push(u.user_id.as_str());
-                Vec::new()
+        for (i, u) in updates.into_iter().enumerate() {
+            let entry = by_user.entry(u.user_id.clone()).or_insert_with(|| {
+                order.push(u.user_id.clone());
+                (Vec::new(), Vec::new())
             });
-            entry.push(i);
+            entry.0.push(i);
+            entry.1.push(u);
         }
-        let groups: Vec<Vec<usize>> = order
+        let groups: Vec<(String, Vec<usize>, Vec<UserUpdate>)> = order
             .into_iter()
-            .filter_map(|user| by_user.remove(user))
+            .filter_map(|user| by_user.remove(&user).map(|(i, u)| (user, i, u)))
             .collect();
-        let all = updates.as_slice();
-        let done: Vec<Vec<(usize, Result<Applied>)>> = futures::stream::iter(groups)
-            .map(|g| self.apply_user(all, g, policy))
-            .buffer_unordered(self.config.concurrency.max(1))
+        let inner = &self.inner;
+        let done: Vec<(Vec<usize>, Vec<Result<Applied>>)> = futures::stream::iter(groups)
+            .map(|(user, indices, updates)| async move {
+                (indices, inner.apply_user(&user, updates, policy).await)
+            })
+            .buffer_unordered(self.inner.config.concurrency.max(1))
             .collect()
             .await;
-        let mut results: Vec<Option<Result<Applied>>> = (0..updates.len()).map(|_| None).collect();
-        for (i, r) in done.into_iter().flatten() {
-            results[i] = Some(r);
+        let mut results: Vec<Option<Result<Applied>>> = (0..n).map(|_| None).collect();
+        for (indices, rs) in done {
+            for (i, r) in indices.into_iter().zip(rs) {
+                if let Some(slot) = results.get_mut(i) {
+                    *slot = Some(r);
+                }
+            }
         }
         let results = results
             .into_iter()
             .map(|r| {
                 r.unwrap_or_else(|| {
                     Err(Error::Unavailable {
-                        store: self.name.clone(),
+                        store: self.name().to_owned(),
                         message: "update was not applied".to_owned(),
                     })
                 })
@@ -550,7 +793,7 @@ impl UserStateStore for RedisStore {
 
     async fn get(&self, user_id: &str) -> Result<Option<UserState>> {
         let start = Instant::now();
-        let result = match self.read(user_id).await {
+        let result = match self.inner.read(user_id).await {
             Ok((_, state)) => state,
             Err(e) => Err(e),
         };
@@ -561,13 +804,14 @@ impl UserStateStore for RedisStore {
 
     async fn delete(&self, user_id: &str) -> Result<bool> {
         let start = Instant::now();
-        let attempts = self.config.max_attempts.max(1);
+        let inner = &self.inner;
+        let attempts = inner.config.max_attempts.max(1);
         let mut result = Err(Error::Contended {
             user: user_id.to_owned(),
             attempts,
         });
         for attempt in 1..=attempts {
-            let (version, state) = match self.read(user_id).await {
+            let (version, state) = match inner.read(user_id).await {
                 Ok(x) => x,
                 Err(e) => {
                     result = Err(e);
@@ -584,15 +828,15 @@ impl UserStateStore for RedisStore {
                 break;
             };
             tomb.version = version + 1;
-            match self.cas(user_id, version, &tomb).await {
+            match inner.cas(user_id, version, &tomb).await {
                 Ok(true) => {
                     if had_live {
-                        self.count_live(-1).await;
+                        inner.count_live(-1).await;
                     }
                     result = Ok(had_live);
                     break;
                 }
-                Ok(false) if attempt < attempts => self.pause(attempt).await,
+                Ok(false) if attempt < attempts => inner.pause(attempt).await,
                 Ok(false) => {}
                 Err(e) => {
                     result = Err(e);
@@ -609,16 +853,17 @@ impl UserStateStore for RedisStore {
     /// `bytes` is `used_memory` summed over the (master) nodes, which
     /// includes anything else the Redis holds.
     async fn stats(&self) -> Result<StoreStats> {
-        let mut conn = self.conn();
-        let users: Option<i64> = self
-            .bounded(conn.get(self.live_key()))
+        let inner = &self.inner;
+        let mut conn = inner.link.conn()?;
+        let users: Option<i64> = inner
+            .bounded(conn.get(inner.live_key()))
             .await?
-            .map_err(|e| self.err(&e))?;
+            .map_err(|e| inner.err(&e))?;
         let users = users.map_or(0, |u| u.max(0) as u64);
-        let info: Value = self
+        let info: Value = inner
             .bounded(redis::cmd("INFO").arg("memory").query_async(&mut conn))
             .await?
-            .map_err(|e| self.err(&e))?;
+            .map_err(|e| inner.err(&e))?;
         let mut all = Vec::new();
         texts(&info, &mut all);
         let bytes = all

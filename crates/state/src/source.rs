@@ -69,7 +69,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::redis::{Conn, RedisConfig, connect, redis_error};
-use crate::{Error, FieldUpdate, Policy, Result, StoredEvent, UserStateStore, UserUpdate};
+use crate::{
+    Error, FieldUpdate, Policy, PolicyFn, Result, StoredEvent, UserStateStore, UserUpdate,
+};
 
 /// A source of user events applied to a [`UserStateStore`].
 #[async_trait::async_trait]
@@ -78,14 +80,16 @@ pub trait EventSource: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
 
     /// Consumes events into `store` until `shutdown` turns `true`. `policy`
-    /// is the apply policy; its `now_s` is replaced by the clock at every
-    /// batch. Returns an error only when the source cannot start (e.g. the
+    /// gives the apply policy, asked again at every batch (the server
+    /// raises `retain_events` to the largest `max_events` of the models it
+    /// serves, which can change while the source runs); its `now_s` is
+    /// replaced by the clock. Returns an error only when the source cannot start (e.g. the
     /// consumer group cannot be created); failures while running are
     /// logged and retried.
     async fn run(
         &self,
         store: Arc<dyn UserStateStore>,
-        policy: Policy,
+        policy: PolicyFn,
         shutdown: watch::Receiver<bool>,
     ) -> Result<()>;
 }
@@ -392,7 +396,7 @@ impl RedisStreamSource {
         &self,
         conn: &mut Conn,
         store: &dyn UserStateStore,
-        policy: Policy,
+        policy: &PolicyFn,
         entries: Vec<StreamId>,
     ) -> Result<bool> {
         let c = &self.config;
@@ -422,7 +426,7 @@ impl RedisStreamSource {
         if !updates.is_empty() {
             let policy = Policy {
                 now_s: crate::merge::now_ms() / 1000,
-                ..policy
+                ..policy()
             };
             let results = store.apply(updates, policy).await;
             for (id, r) in ids.into_iter().zip(results) {
@@ -486,7 +490,7 @@ impl RedisStreamSource {
         &self,
         conn: &mut Conn,
         store: &dyn UserStateStore,
-        policy: Policy,
+        policy: &PolicyFn,
     ) -> Result<()> {
         loop {
             let own = self.read(conn, "0").await?;
@@ -524,7 +528,7 @@ impl EventSource for RedisStreamSource {
     async fn run(
         &self,
         store: Arc<dyn UserStateStore>,
-        policy: Policy,
+        policy: PolicyFn,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<()> {
         let extra = Duration::from_millis(self.config.block_ms);
@@ -536,7 +540,7 @@ impl EventSource for RedisStreamSource {
         while !*shutdown.borrow() {
             let step = async {
                 if !recovered {
-                    self.recover(&mut conn, store.as_ref(), policy).await?;
+                    self.recover(&mut conn, store.as_ref(), &policy).await?;
                     recovered = true;
                     return Ok::<bool, Error>(false);
                 }
@@ -548,7 +552,7 @@ impl EventSource for RedisStreamSource {
                 let retry = if entries.is_empty() {
                     false
                 } else {
-                    self.process(&mut conn, store.as_ref(), policy, entries)
+                    self.process(&mut conn, store.as_ref(), &policy, entries)
                         .await?
                 };
                 self.refresh_lag(&mut conn).await;

@@ -83,10 +83,16 @@ pub struct RedisServer {
 impl RedisServer {
     /// A fresh single node.
     pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// A fresh single node on `port` (for a store configured before its
+    /// Redis exists).
+    pub fn start_on(port: u16) -> Self {
         require_redis();
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let mut s = Self {
-            port: free_port(),
+            port,
             dir: tmp.path().to_path_buf(),
             extra: vec![],
             child: None,

@@ -57,6 +57,10 @@ pub struct Policy {
     pub now_s: i64,
 }
 
+/// Gives the [`Policy`] to apply now (for long-running appliers such as
+/// [`crate::source::EventSource`], whose rules can change while they run).
+pub type PolicyFn = std::sync::Arc<dyn Fn() -> Policy + Send + Sync>;
+
 /// What an apply did for one user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Applied {

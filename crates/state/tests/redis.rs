@@ -420,17 +420,126 @@ async fn the_factory_opens_either_backend_and_an_absent_redis_is_unavailable() -
             .clone()?;
         assert!(store.get("f").await?.is_some());
     }
+    // A Redis that is not there yet: the store opens down, fails at once
+    // with Unavailable naming it, and connects when the node appears.
     let port = support::free_port();
     let absent = RedisConfig {
         urls: vec![format!("redis://127.0.0.1:{port}")],
         connect_timeout_ms: 300,
         ..RedisConfig::default()
     };
-    match RedisStore::open(&absent).await {
-        Err(Error::Unavailable { store, .. }) => {
-            assert_eq!(store, format!("redis:127.0.0.1:{port}"))
+    let late = RedisStore::open(&absent).await?;
+    assert!(!late.is_up());
+    match late.get("f").await {
+        Err(Error::Unavailable { store, message }) => {
+            assert_eq!(store, format!("redis:127.0.0.1:{port}"));
+            assert!(message.contains("cannot connect at start"), "{message}");
         }
         other => panic!("expected Unavailable, got {other:?}"),
     }
+    let _node = RedisServer::start_on(port);
+    apply_until_ok(&late, update("late", ["l1".to_owned()], 1)).await?;
+    assert!(late.is_up());
+    assert_eq!(late.get("late").await?.map(|s| s.events.len()), Some(1));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_trips_the_breaker_and_calls_fail_at_once_until_it_is_back()
+-> anyhow::Result<()> {
+    let mut redis = RedisServer::start();
+    let store = RedisStore::open(&redis.config()).await?;
+    store
+        .apply(vec![update("b", ["b1".to_owned()], 1)], policy())
+        .await[0]
+        .clone()?;
+    redis.kill();
+    // The first call finds the node gone; the ones after it are refused by
+    // the breaker without touching the network, and say so.
+    let first = store.get("b").await;
+    assert!(matches!(first, Err(Error::Unavailable { .. })), "{first:?}");
+    assert!(!store.is_up());
+    for _ in 0..20 {
+        match store
+            .apply(vec![update("b", ["b2".to_owned()], 2)], policy())
+            .await
+            .remove(0)
+        {
+            Err(Error::Unavailable {
+                store: name,
+                message,
+            }) => {
+                assert_eq!(name, format!("redis:127.0.0.1:{}", redis.port));
+                assert!(message.contains("fail at once"), "{message}");
+            }
+            other => panic!("expected a fast Unavailable, got {other:?}"),
+        }
+    }
+    redis.restart();
+    apply_until_ok(&store, update("b", ["b3".to_owned()], 3)).await?;
+    assert!(store.is_up());
+    let ids: HashSet<String> = store
+        .get("b")
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("b lost"))?
+        .events
+        .into_iter()
+        .filter_map(|e| e.event_id)
+        .collect();
+    // b1 was acknowledged before the kill (AOF, appendfsync always), b2 never was.
+    assert_eq!(ids, HashSet::from(["b1".to_owned(), "b3".to_owned()]));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_of_one_process_on_a_hot_user_are_combined_not_contended()
+-> anyhow::Result<()> {
+    let redis = RedisServer::start();
+    // One compare-and-set attempt: without combining, concurrent writers of
+    // one user would get Contended (see the test above).
+    let config = RedisConfig {
+        max_attempts: 1,
+        ..redis.config()
+    };
+    let store = Arc::new(RedisStore::open(&config).await?);
+    let mut handles = Vec::new();
+    for t in 0..16 {
+        let store = Arc::clone(&store);
+        handles.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for a in 0..25 {
+                let ids: Vec<String> = (0..2).map(|e| format!("t{t}-a{a}-e{e}")).collect();
+                // The hot user twice in one call (applied in order), and a cold one.
+                let calls = vec![
+                    update("hot", ids[..1].to_vec(), 7),
+                    update(&format!("cold{t}"), [format!("c{t}-{a}")], 7),
+                    update("hot", ids[1..].to_vec(), 7),
+                ];
+                let results = store.apply(calls, policy()).await;
+                for r in &results {
+                    if let Err(e) = r {
+                        return Err(anyhow::anyhow!("t{t} a{a}: {e}"));
+                    }
+                }
+                acked.extend(ids);
+            }
+            Ok(acked)
+        }));
+    }
+    let mut acked = HashSet::new();
+    for h in handles {
+        acked.extend(h.await??);
+    }
+    let state = store
+        .get("hot")
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no state"))?;
+    let stored: HashSet<String> = state
+        .events
+        .into_iter()
+        .filter_map(|e| e.event_id)
+        .collect();
+    assert_eq!(acked.len(), 800);
+    assert_eq!(stored, acked);
     Ok(())
 }

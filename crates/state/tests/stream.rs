@@ -122,7 +122,7 @@ async fn entries_are_applied_malformed_ones_skipped_and_the_lag_drains_to_zero()
     let (stop, shutdown) = watch::channel(false);
     let task = {
         let (source, store) = (Arc::clone(&source), Arc::clone(&store));
-        tokio::spawn(async move { source.run(store, policy(), shutdown).await })
+        tokio::spawn(async move { source.run(store, Arc::new(policy), shutdown).await })
     };
     let s = wait_stats(&source, |s| {
         s.applied + s.malformed + s.rejected >= 53 && s.lag == 0 && s.pending == 0
@@ -228,7 +228,7 @@ async fn crash_before_ack(
     let (_stop, shutdown) = watch::channel(false);
     let task = {
         let source = Arc::clone(&source);
-        tokio::spawn(async move { source.run(hanging, policy(), shutdown).await })
+        tokio::spawn(async move { source.run(hanging, Arc::new(policy), shutdown).await })
     };
     for _ in 0..400 {
         if event_ids(inner.as_ref(), 4).await?.len() >= expect_events {
@@ -288,7 +288,7 @@ async fn redelivery_after_a_crash_before_the_ack_stores_no_duplicates() -> anyho
     let (stop, shutdown) = watch::channel(false);
     let task = {
         let (source, inner) = (Arc::clone(&source), Arc::clone(&inner));
-        tokio::spawn(async move { source.run(inner, policy(), shutdown).await })
+        tokio::spawn(async move { source.run(inner, Arc::new(policy), shutdown).await })
     };
     wait_stats(&source, |s| s.applied >= 20 && s.pending == 0).await;
     stop.send(true)?;
@@ -306,7 +306,7 @@ async fn redelivery_after_a_crash_before_the_ack_stores_no_duplicates() -> anyho
     let (stop, shutdown) = watch::channel(false);
     let task = {
         let (source, inner) = (Arc::clone(&source), Arc::clone(&inner));
-        tokio::spawn(async move { source.run(inner, policy(), shutdown).await })
+        tokio::spawn(async move { source.run(inner, Arc::new(policy), shutdown).await })
     };
     wait_stats(&source, |s| s.applied >= 12 && s.pending == 0 && s.lag == 0).await;
     stop.send(true)?;

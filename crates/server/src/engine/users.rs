@@ -162,6 +162,34 @@ impl Engine {
         }
     }
 
+    /// The apply rules for writers outside a request (the event stream):
+    /// [`Self::state_policy`]'s, raised to the largest `max_events` of the
+    /// default version of every model loaded now, so that events ingested
+    /// before any request named a model are kept for it too.
+    pub fn ingest_policy(&self) -> Policy {
+        let loaded = self
+            .store
+            .model_names()
+            .iter()
+            .filter_map(|m| {
+                self.store
+                    .resolve(m, &profiled_store::Selector::Default)
+                    .ok()
+            })
+            .map(|g| g.encoder.metadata().schema.behaviour.max_events)
+            .max()
+            .unwrap_or(0);
+        let floor = self
+            .retain_floor
+            .fetch_max(loaded, Ordering::Relaxed)
+            .max(loaded);
+        Policy {
+            retain_events: self.cfg.state.retain_events.max(floor),
+            max_clock_skew_s: self.cfg.state.max_clock_skew_s,
+            now_s: now_ms() / 1000,
+        }
+    }
+
     /// Runs a store operation within the call's deadline (the store
     /// records its own latency per backend and operation).
     async fn within_deadline<T>(
