@@ -1000,6 +1000,16 @@ fn main() -> Result<()> {
             pool_zipf.clone(),
             0.5,
         )?;
+        // The same mix with Redis up, first: errors here are the machine's
+        // load, not the restart's.
+        let (before, _) = measured(
+            &ta,
+            w_mix.clone(),
+            8,
+            &open("mixed, before the kill", 1500.0, secs),
+            &[a_pid],
+        )
+        .await?;
         let killer = kill_restart_redis(
             redis,
             Duration::from_secs_f64(restart_secs / 4.0),
@@ -1036,7 +1046,7 @@ fn main() -> Result<()> {
             client: r.client_cores(),
             server: None,
             note: format!(
-                "target 0; 1500/s for {restart_secs} s, {} ok; errors by code {errors:?}; examples {:?}; by kind {:?}; the {secs} s after: errors {:?}",
+                "target 0; 1500/s for {restart_secs} s, {} ok; errors by code {errors:?}; examples {:?}; by kind {:?}; the {secs} s before: errors {:?}; the {secs} s after: errors {:?}",
                 r.stats.all.ok,
                 r.stats.error_examples,
                 r.stats
@@ -1044,12 +1054,14 @@ fn main() -> Result<()> {
                     .iter()
                     .map(|(k, b)| (*k, b.errors.clone()))
                     .collect::<BTreeMap<_, _>>(),
+                before.stats.all.errors,
                 after.stats.all.errors
             ),
         });
         j.insert("redis_restart_errors_other_than_unavailable".into(), json!(other));
         j.insert("redis_restart_errors_by_code".into(), json!(errors));
         j.insert("redis_after_restart_errors".into(), json!(after.error_total()));
+        j.insert("redis_before_kill_errors".into(), json!(before.error_total()));
         drop(a);
         drop(redis);
 

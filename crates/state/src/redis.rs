@@ -85,6 +85,12 @@ pub struct RedisConfig {
     /// While Redis is unreachable, how often it is asked again (ms); calls
     /// meanwhile fail at once with UNAVAILABLE.
     pub probe_interval_ms: u64,
+    /// Bytes of users' states this process remembers from its own writes
+    /// and reads (0 = none). A write starts from the remembered state and
+    /// needs one round trip (the compare-and-set) instead of two; a state
+    /// another replica changed since is caught by the compare-and-set,
+    /// which answers the current one.
+    pub known_states_bytes: u64,
 }
 
 impl Default for RedisConfig {
@@ -99,20 +105,28 @@ impl Default for RedisConfig {
             max_attempts: 16,
             concurrency: 32,
             probe_interval_ms: 100,
+            known_states_bytes: 64 << 20,
         }
     }
 }
 
 /// Compare-and-set of one user's hash. KEYS[1] the user key; ARGV[1] the
-/// version read ("0" when the key was absent), ARGV[2] the new version,
-/// ARGV[3] the new record. Returns 1 when written, 0 on a conflict.
+/// version expected ("0" for an absent key), ARGV[2] the new version,
+/// ARGV[3] the new record. Returns `{1}` when written; on a conflict `{0, v,
+/// r}`, the version and record there now (false when absent), so that the
+/// writer can merge again without another round trip.
 const CAS: &str = r"
-local v = redis.call('HGET', KEYS[1], 'v')
+local cur = redis.call('HMGET', KEYS[1], 'v', 'r')
+local v = cur[1]
 if v == false then v = '0' end
-if v ~= ARGV[1] then return 0 end
+if v ~= ARGV[1] then return {0, cur[1], cur[2]} end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'r', ARGV[3])
-return 1
+return {1}
 ";
+
+/// A user's version and state as this process last wrote or read them: the
+/// first guess of a write (its compare-and-set checks it).
+type Known = (u64, Option<Arc<UserState>>);
 
 /// One multiplexed connection, single node or cluster; cheap to clone.
 #[derive(Clone)]
@@ -164,6 +178,8 @@ struct Inner {
     cas: redis::Script,
     /// Users with a write queued or in flight (see [`Slot`]).
     slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// The last state seen of recently written or read users (a guess).
+    known: moka::sync::Cache<String, Known>,
 }
 
 /// The connection and the circuit breaker in front of it.
@@ -445,6 +461,21 @@ impl RedisStore {
                 config: config.clone(),
                 cas: redis::Script::new(CAS),
                 slots: Mutex::new(HashMap::new()),
+                known: moka::sync::Cache::builder()
+                    .max_capacity(config.known_states_bytes)
+                    .weigher(|k: &String, v: &Known| {
+                        let events = v.1.as_ref().map_or(0, |s| {
+                            s.events
+                                .iter()
+                                .map(|e| {
+                                    48 + e.item.len() + e.event_id.as_ref().map_or(0, String::len)
+                                })
+                                .sum::<usize>()
+                                + 64 * s.fields.len()
+                        });
+                        u32::try_from(128 + k.len() + events).unwrap_or(u32::MAX)
+                    })
+                    .build(),
             }),
         })
     }
@@ -482,10 +513,20 @@ impl Inner {
         r
     }
 
-    /// Maps a Redis error; an unavailable store trips the breaker.
+    /// Maps a Redis error; one that says Redis cannot be reached (not an
+    /// error about one command) trips the breaker.
     fn err(&self, e: &redis::RedisError) -> Error {
         let err = redis_error(self.name(), e);
-        if let Error::Unavailable { message, .. } = &err {
+        let unreachable = e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_cluster_error()
+            || matches!(
+                e.code(),
+                Some("LOADING" | "CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN" | "BUSY")
+            );
+        if let (true, Error::Unavailable { message, .. }) = (unreachable, &err) {
             self.link.trip(message);
         }
         err
@@ -520,6 +561,22 @@ impl Inner {
             }
             Err(e) => return Err(self.err(&e)),
         };
+        let (version, state) = self.decode_reply(user, v, r)?;
+        if let Ok(s) = &state {
+            self.remember(user, version, s.as_ref());
+        }
+        Ok((version, state))
+    }
+
+    /// `(v, r)` of a user's hash as stored → its state (`None` when absent);
+    /// bad contents are [`Error::Corrupt`] (inner), with version 0.
+    fn decode_reply(
+        &self,
+        user: &str,
+        v: Option<String>,
+        r: Option<Vec<u8>>,
+    ) -> Result<(u64, Result<Option<UserState>>)> {
+        let key = self.key(user);
         let corrupt = |message: String| Error::Corrupt {
             store: self.name().to_owned(),
             user: user.to_owned(),
@@ -543,9 +600,23 @@ impl Inner {
         Ok((version, state))
     }
 
-    /// Writes `next` if the user's version is still `expected`; `Ok(false)`
-    /// on a conflict.
-    async fn cas(&self, user: &str, expected: u64, next: &UserState) -> Result<bool> {
+    /// Remembers `state` at `version` as the user's latest known.
+    fn remember(&self, user: &str, version: u64, state: Option<&UserState>) {
+        if self.config.known_states_bytes > 0 {
+            self.known
+                .insert(user.to_owned(), (version, state.cloned().map(Arc::new)));
+        }
+    }
+
+    /// Writes `next` if the user's version is still `expected`:
+    /// `Ok(None)` when written, else `Ok(Some(current))` — the version and
+    /// state there now, read by the same script.
+    async fn cas(
+        &self,
+        user: &str,
+        expected: u64,
+        next: &UserState,
+    ) -> Result<Option<(u64, Result<Option<UserState>>)>> {
         let bytes = codec::encode(next)?;
         let mut conn = self.link.conn()?;
         let mut invocation = self.cas.key(self.key(user));
@@ -553,14 +624,41 @@ impl Inner {
             .arg(expected.to_string())
             .arg(next.version.to_string())
             .arg(bytes);
-        let written: i64 = self
+        let reply: Vec<Value> = self
             .bounded(invocation.invoke_async(&mut conn))
             .await?
             .map_err(|e| self.err(&e))?;
-        if written == 0 {
-            metrics::counter!("profiled_state_cas_conflicts_total").increment(1);
+        let mut reply = reply.into_iter();
+        let bad = |e: redis::ParsingError| Error::Corrupt {
+            store: self.name().to_owned(),
+            user: user.to_owned(),
+            message: format!("unexpected compare-and-set reply: {e}"),
+        };
+        let written: i64 = reply
+            .next()
+            .map_or(Ok(-1), redis::from_redis_value)
+            .map_err(bad)?;
+        if written == 1 {
+            self.remember(user, next.version, Some(next));
+            return Ok(None);
         }
-        Ok(written == 1)
+        metrics::counter!("profiled_state_cas_conflicts_total").increment(1);
+        fn field<T: redis::FromRedisValue>(
+            v: Option<Value>,
+        ) -> std::result::Result<Option<T>, redis::ParsingError> {
+            match v {
+                None | Some(Value::Nil) => Ok(None),
+                Some(v) => redis::from_redis_value(v).map(Some),
+            }
+        }
+        let v: Option<String> = field(reply.next()).map_err(bad)?;
+        let r: Option<Vec<u8>> = field(reply.next()).map_err(bad)?;
+        let (version, state) = self.decode_reply(user, v, r)?;
+        match &state {
+            Ok(s) => self.remember(user, version, s.as_ref()),
+            Err(_) => self.known.invalidate(user),
+        }
+        Ok(Some((version, state)))
     }
 
     /// The key of the live-users counter ([`UserStateStore::stats`]).
@@ -595,12 +693,13 @@ impl Inner {
         tokio::time::sleep(Duration::from_millis(1 + jitter)).await;
     }
 
-    /// Writes the updates of one user, in order, as one change: one read,
-    /// [`merge`] per update on the result of the previous one, one
-    /// compare-and-set; on a conflict (another process wrote the user) the
-    /// whole group is read and merged again, up to `max_attempts` times.
-    /// An update the rules refuse gets its own error and the others go on;
-    /// a store error is every update's.
+    /// Writes the updates of one user, in order, as one change: from the
+    /// user's state (as this process last saw it, else read), [`merge`] per
+    /// update on the result of the previous one, one compare-and-set. On a
+    /// conflict the compare-and-set answers the current state and the whole
+    /// group is merged again on it, up to `max_attempts` writes. An update
+    /// the rules refuse gets its own error and the others go on; a store
+    /// error is every update's.
     async fn write_group(
         &self,
         user: &str,
@@ -609,10 +708,19 @@ impl Inner {
     ) -> Vec<Result<Applied>> {
         let attempts = self.config.max_attempts.max(1);
         let all = |e: Error| updates.iter().map(|_| Err(e.clone())).collect();
-        for attempt in 1..=attempts {
-            let (version, state) = match self.read(user).await {
-                Ok((v, Ok(s))) => (v, s),
-                Ok((_, Err(e))) | Err(e) => return all(e),
+        // (version, state, whether it came from memory rather than Redis)
+        let mut base: Option<(u64, Option<UserState>, bool)> = self
+            .known
+            .get(user)
+            .map(|(v, s)| (v, s.map(|s| UserState::clone(&s)), true));
+        let mut attempt = 0;
+        loop {
+            let (version, state, guessed) = match base.take() {
+                Some(b) => b,
+                None => match self.read(user).await {
+                    Ok((v, Ok(s))) => (v, s, false),
+                    Ok((_, Err(e))) | Err(e) => return all(e),
+                },
             };
             let was_live = state.as_ref().is_some_and(|s| !s.erased);
             let now = now_ms();
@@ -629,21 +737,38 @@ impl Inner {
             }
             let next = match current {
                 Some(next) if next.version != version => next,
-                _ => return results, // nothing changed: nothing to write
+                // Nothing to write. Said of a remembered state, that could
+                // be stale (e.g. "duplicate" of an event another replica's
+                // erasure removed since): ask Redis.
+                _ if guessed => continue,
+                _ => return results,
             };
-            let store_error = |e: Error, results: Vec<Result<Applied>>| {
-                results.into_iter().map(|r| r.and(Err(e.clone()))).collect()
-            };
+            // A write from a remembered state that lost is not a race
+            // lost: it does not count against `max_attempts`.
+            if !guessed {
+                attempt += 1;
+            }
             match self.cas(user, version, &next).await {
-                Ok(true) => {
+                Ok(None) => {
                     if !was_live && !next.erased {
                         self.count_live(1).await;
                     }
                     return results;
                 }
-                Ok(false) if attempt < attempts => self.pause(attempt).await,
-                Ok(false) => {}
-                Err(e) => return store_error(e, results),
+                Ok(Some(_)) if attempt >= attempts => break,
+                Ok(Some((v, Ok(s)))) => {
+                    // A write from another process got there first (or
+                    // the remembered state was old): merge again on what
+                    // is there now. Only a real race needs a pause.
+                    if !guessed {
+                        self.pause(attempt).await;
+                    }
+                    base = Some((v, s, false));
+                }
+                Ok(Some((_, Err(e)))) => return all(e),
+                Err(e) => {
+                    return results.into_iter().map(|r| r.and(Err(e.clone()))).collect();
+                }
             }
         }
         all(Error::Contended {
@@ -829,15 +954,15 @@ impl UserStateStore for RedisStore {
             };
             tomb.version = version + 1;
             match inner.cas(user_id, version, &tomb).await {
-                Ok(true) => {
+                Ok(None) => {
                     if had_live {
                         inner.count_live(-1).await;
                     }
                     result = Ok(had_live);
                     break;
                 }
-                Ok(false) if attempt < attempts => inner.pause(attempt).await,
-                Ok(false) => {}
+                Ok(Some(_)) if attempt < attempts => inner.pause(attempt).await,
+                Ok(Some(_)) => {}
                 Err(e) => {
                     result = Err(e);
                     break;

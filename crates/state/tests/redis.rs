@@ -543,3 +543,44 @@ async fn concurrent_calls_of_one_process_on_a_hot_user_are_combined_not_contende
     assert_eq!(stored, acked);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remembered_state_that_another_instance_changed_is_never_trusted() -> anyhow::Result<()> {
+    let redis = RedisServer::start();
+    let a = RedisStore::open(&redis.config()).await?;
+    let b = RedisStore::open(&redis.config()).await?;
+    // A writes e1 and remembers the state; B erases the user.
+    let first = a
+        .apply(vec![update("r", ["e1".to_owned()], 1)], policy())
+        .await[0]
+        .clone()?;
+    assert_eq!(first.stored, 1);
+    assert!(b.delete("r").await?);
+    // The same event again on A: by A's memory a duplicate, but the user was
+    // erased since, so it is new and must be stored.
+    let again = a
+        .apply(vec![update("r", ["e1".to_owned()], 1)], policy())
+        .await[0]
+        .clone()?;
+    assert_eq!((again.stored, again.duplicates), (1, 0));
+    // B appends; A's next write starts from its stale memory, loses the
+    // compare-and-set and merges on B's state: nothing of either is lost.
+    b.apply(vec![update("r", ["e2".to_owned()], 2)], policy())
+        .await[0]
+        .clone()?;
+    let third = a
+        .apply(vec![update("r", ["e3".to_owned()], 3)], policy())
+        .await[0]
+        .clone()?;
+    assert_eq!(third.stored, 1);
+    let ids: Vec<String> = b
+        .get("r")
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("r lost"))?
+        .events
+        .into_iter()
+        .filter_map(|e| e.event_id)
+        .collect();
+    assert_eq!(ids, ["e1", "e2", "e3"]);
+    Ok(())
+}
