@@ -20,6 +20,12 @@
 //!   event of ten (Zipf traffic) then costs one round trip per batch of
 //!   calls instead of a compare-and-set conflict per call; conflicts are
 //!   left to writers in different processes.
+//! - **One round trip per write**: a write starts from the state this
+//!   process last wrote or read for the user (`known_states_bytes` of
+//!   them), so it is only the compare-and-set. When that guess is stale
+//!   (another replica wrote since) the script answers the current state
+//!   instead of writing, and the group is merged again on it. A guess is
+//!   never trusted for a "nothing to write" answer: that is read again.
 //! - **Connections**: a `ConnectionManager` (one multiplexed connection that
 //!   reconnects by itself) for a single node, the async cluster connection
 //!   (multiplexed per node, follows `MOVED`/`ASK`, refreshes slots) for a
