@@ -20,6 +20,9 @@
 //!   the floor under every durable commit).
 //! - `track_events_per_s_redis`: the same against a server with
 //!   `state.backend = "redis"` on one Redis node (and at 64 streams).
+//! - `track_events_per_s_redis_fsync_everysec` (diagnostic, no target):
+//!   64 streams against the same node switched to `appendfsync everysec`
+//!   (`CONFIG SET`), then back: what fsync before every answer costs.
 //! - `fresh_embed_p99_us` (and `fresh_embed_p50_us`): embedded server under
 //!   an open-loop background of 6,000 calls/s of
 //!   `track:events=1*1;embed:tracked*5` (1,000 tracked events/s + 5,000
@@ -974,6 +977,25 @@ fn main() -> Result<()> {
             &mut j,
         )
         .await?;
+
+        // Diagnostic, not a target: the same with Redis fsyncing its AOF once
+        // a second instead of before every answer (a crash of the Redis host
+        // can then lose up to a second of acknowledged writes). The gap
+        // between the two rows is what `appendfsync always` costs here.
+        cli(redis.port, &["config", "set", "appendfsync", "everysec"]);
+        track_wide(
+            &ta,
+            w_track.clone(),
+            19,
+            "track redis, 64 streams, appendfsync everysec",
+            "track_events_per_s_redis_fsync_everysec",
+            secs,
+            &pids,
+            &mut rows,
+            &mut j,
+        )
+        .await?;
+        cli(redis.port, &["config", "set", "appendfsync", "always"]);
 
         let mut ca = client(&a.addr).await?;
         track_pool(&mut ca, &pool).await?;
