@@ -246,3 +246,53 @@ impl RedisCluster {
         }
     }
 }
+
+/// A tmpfs mounted for one test (to fill a disk for real), unmounted on
+/// drop: declare it before anything that keeps files open in it. Needs
+/// root, as the project's test machines and CI run.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`mount -o size=…`, e.g. `1m`) on a new
+    /// temporary directory.
+    pub fn mount(size: &str) -> std::io::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()?;
+        if !status.success() {
+            return Err(std::io::Error::other(
+                "this test fills a small tmpfs and needs root to mount one (tests run as root \
+                 on the project's machines and in CI)",
+            ));
+        }
+        Ok(Self { dir })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Changes the size (`mount -o remount,size=…`), e.g. to give a full
+    /// disk room again.
+    pub fn resize(&self, size: &str) -> std::io::Result<()> {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!("remount to {size} failed")));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use profiled_model::FieldValue;
 use profiled_state::embedded::{EmbeddedConfig, EmbeddedStore, FILE_NAME};
+use profiled_state::testing::Tmpfs;
 use profiled_state::{Error, FieldUpdate, Policy, StoredEvent, UserStateStore, UserUpdate};
 
 fn policy(retain: usize) -> Policy {
@@ -382,47 +383,10 @@ fn record(line: &str, acked: &mut BTreeMap<String, HashSet<String>>) -> bool {
     true
 }
 
-/// A tmpfs mounted for one test, unmounted on drop (after the store that
-/// uses it is dropped: declare it first).
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()?;
-        anyhow::ensure!(
-            status.success(),
-            "this test fills a small tmpfs and needs root to mount one (tests run as root \
-             on the project's machines and in CI)"
-        );
-        Ok(Self { dir })
-    }
-
-    fn resize(&self, size: &str) -> anyhow::Result<()> {
-        let status = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(self.dir.path())
-            .status()?;
-        anyhow::ensure!(status.success(), "remount failed");
-        Ok(())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_full_writes_nothing_and_the_same_store_recovers() -> anyhow::Result<()> {
     let fs = Tmpfs::mount("1m")?;
-    let store = EmbeddedStore::open(&config(fs.dir.path()))?;
+    let store = EmbeddedStore::open(&config(fs.path()))?;
     let mut acked = Vec::new();
     let mut full = None;
     for i in 0..10_000 {

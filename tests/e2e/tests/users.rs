@@ -689,3 +689,105 @@ async fn acknowledged_events_survive_kill_9() {
         );
     }
 }
+
+/// A full disk under the embedded store: Track answers RESOURCE_EXHAUSTED
+/// naming the store, nothing of the refused call is stored, every
+/// acknowledged event is, feature-based calls keep working, and Track works
+/// again once the disk has room — all without a restart. Needs root (mount).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_resource_exhausted_and_half_writes_nothing() {
+    let fs = profiled_state::testing::Tmpfs::mount("2m").unwrap();
+    let (_tmp, repo) = synth_repo(12).unwrap();
+    let dir = fs.path().join("state");
+    let dir_s = dir.to_str().unwrap().to_string();
+    let env = [("PROFILED__STATE__EMBEDDED__DIR", dir_s.as_str())];
+    let server = Server::start_serving(&repo, &env, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut c = server.client().await.unwrap();
+    let long = "x".repeat(120);
+    let track_user = |u: usize| {
+        let events = (0..20)
+            .map(|e| {
+                event_with_id(
+                    &format!("{}", 1 + e % 30),
+                    T0 + e as i64,
+                    None,
+                    &format!("{u}-{e}-{long}"),
+                )
+            })
+            .collect();
+        track_req(vec![user_track(&format!("full{u}"), events, vec![])])
+    };
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for u in 0..20_000 {
+        match c.track(track_user(u)).await {
+            Ok(r) => {
+                assert_eq!(r.into_inner().users[0].stored, 20);
+                acked.push(u);
+            }
+            Err(status) => {
+                refused = Some((u, status));
+                break;
+            }
+        }
+    }
+    let (failed, status) = refused.expect("a 2 MiB disk never filled up");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("embedded:") && status.message().contains("full"),
+        "{}",
+        status.message()
+    );
+    assert!(!acked.is_empty());
+    // Profiles from features do not need the store.
+    let r = c
+        .embed(embed_req(vec![user_features("", "engineer", 30.0)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.users.len(), 1);
+
+    // Room again: the refused user has nothing, every acknowledged one has
+    // all its events, and the same server stores again.
+    fs.resize("64m").unwrap();
+    let mut found = None;
+    for _ in 0..200 {
+        match c
+            .get_user(pb::GetUserRequest {
+                user_id: format!("full{failed}"),
+                ..Default::default()
+            })
+            .await
+        {
+            Err(s) if s.code() == Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(25)).await
+            }
+            other => {
+                found = Some(other);
+                break;
+            }
+        }
+    }
+    match found.expect("the store did not come back") {
+        Err(s) => assert_eq!(s.code(), Code::NotFound, "{s:?}"),
+        Ok(r) => panic!("the refused call left state: {:?}", r.into_inner()),
+    }
+    for u in &acked {
+        let page = c
+            .get_user(pb::GetUserRequest {
+                user_id: format!("full{u}"),
+                page_size: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(page.total_events, 20, "full{u}");
+    }
+    let r = c.track(track_user(failed)).await.unwrap().into_inner();
+    assert_eq!(r.users[0].stored, 20);
+    drop(c);
+    drop(server);
+}
