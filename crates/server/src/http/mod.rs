@@ -17,6 +17,7 @@
 //! - [`types`]: the JSON requests and answers (serde + `ToSchema`), to and
 //!   from the core's domain types;
 //! - [`models`]: model status and the admin requests as JSON;
+//! - [`users`]: live user state (Track, GetUser, DeleteUser) as JSON;
 //! - [`api`]: the handlers (one per operation) and the OpenAPI document
 //!   with an example for every request body;
 //! - [`ui`]: the explanation viewer at `/ui/` (static files compiled into
@@ -48,6 +49,7 @@ pub mod api;
 pub mod models;
 pub mod types;
 pub mod ui;
+pub mod users;
 
 /// The header that carries a call's deadline: a whole number of
 /// milliseconds from the moment the server reads the request.
@@ -150,10 +152,13 @@ pub fn deadline_of(headers: &HeaderMap, start: Instant) -> Result<Deadline, ApiE
 }
 
 /// One call in progress: its operation name (the gRPC method's, so both
-/// ports share metric labels) and its start.
+/// ports share metric labels), its start, and whether it concerns a model
+/// at all (GetUser and DeleteUser do not: labelled `model=""`, as on the
+/// gRPC port).
 struct Call {
     rpc: &'static str,
     start: Instant,
+    model_free: bool,
 }
 
 impl Call {
@@ -161,6 +166,15 @@ impl Call {
         Call {
             rpc,
             start: Instant::now(),
+            model_free: false,
+        }
+    }
+
+    /// A call of an operation that names no model (GetUser, DeleteUser).
+    fn model_free(rpc: &'static str) -> Call {
+        Call {
+            model_free: true,
+            ..Call::new(rpc)
         }
     }
 
@@ -183,6 +197,7 @@ impl Call {
         }
         let (model, version) = match answered {
             Some(m) => (m.name.clone(), m.version.to_string()),
+            None if self.model_free => (String::new(), String::new()),
             None => (st.engine().model_label(requested), String::new()),
         };
         metrics::histogram!("profiled_request_seconds",
@@ -372,6 +387,16 @@ pub fn router(state: HttpState, cfg: &crate::config::HttpConfig) -> Router {
         .route("/v1/embed", post(api::embed))
         .route("/v1/search", post(api::search))
         .route("/v1/explain", post(api::explain))
+        .route("/v1/track", post(api::track))
+        .route(
+            "/v1/users/{user_id}",
+            get(api::get_user).delete(api::delete_user),
+        )
+        // An empty id: the core's INVALID_ARGUMENT, as on the gRPC port.
+        .route(
+            "/v1/users/",
+            get(api::get_user_without_id).delete(api::delete_user_without_id),
+        )
         .route("/v1/models", get(api::list_models))
         .route("/v1/models/{name}", get(api::get_model))
         .route("/v1/admin/reload", post(api::reload))
