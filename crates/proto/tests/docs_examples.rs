@@ -46,8 +46,8 @@ fn grpcurl_examples_are_valid_requests() {
         let tail = &after[end + 1..];
         rest = tail;
         // curl examples of the HTTP/JSON edge (`curl … -d '…'`, possibly
-        // continued over indented lines) are checked against the running
-        // server by tests/e2e/tests/http.rs.
+        // continued over indented lines) are checked by
+        // tests/e2e/tests/http.rs (each body parses as its route's request).
         let before = &doc[..doc.len() - after.len() - 4];
         let command = before
             .lines()

@@ -60,6 +60,13 @@ pub struct HttpConfig {
     /// Embed body like `/v1/embed` and answers an Embed-shaped response of
     /// `N`-component vectors without any work — the HTTP transport's floor.
     pub bench_echo: bool,
+    /// Connections open at once on this listener (idle keep-alive ones
+    /// included); one more is answered `429` RESOURCE_EXHAUSTED and closed
+    /// (closed before the handshake with TLS). Gauge
+    /// `profiled_http_connections_open`, counter
+    /// `profiled_http_connections_closed_total{reason="limit"}`. Separate
+    /// from the gRPC port's `server.max_connections`.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -69,6 +76,7 @@ impl Default for HttpConfig {
             addr: "127.0.0.1:8080".into(),
             ui: true,
             bench_echo: false,
+            max_connections: 1_024,
         }
     }
 }
@@ -700,6 +708,9 @@ impl Config {
         }
         if self.http.enabled && self.http.addr.is_empty() {
             return bad("http.addr", "must be set when http.enabled is true");
+        }
+        if self.http.max_connections == 0 {
+            return bad("http.max_connections", "must be >= 1");
         }
         if self.batcher.max_batch == 0 {
             return bad("batcher.max_batch", "must be >= 1");

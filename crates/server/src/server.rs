@@ -301,11 +301,12 @@ pub async fn serve(
             data_auth.clone(),
             admin_auth.clone(),
         );
-        Some(crate::http::spawn(
+        Some(crate::http::listener::spawn(
             l,
             crate::http::router(state, &cfg.http),
             tls.clone(),
             Duration::from_millis(cfg.tls.handshake_timeout_ms),
+            cfg.http.max_connections,
         ))
     } else {
         None

@@ -2,8 +2,9 @@
 //! WebDriver (Debian's `chromium` + `chromium-driver`, installed by
 //! `tests/setup-browser`; the W3C protocol spoken with the plain HTTP
 //! client of `profiled_e2e::http`). Against the real binary with a
-//! synthetic model: an explanation by pasted features and a look-up by user
-//! id; every bar and heatmap cell carries the number the API answers for
+//! synthetic model: an explanation by pasted features, a look-up by the id
+//! of a users index user, and an explanation by the id of a user tracked
+//! over HTTP (live state); every bar and heatmap cell carries the number the API answers for
 //! the same request (compared with a direct API call), the browser console
 //! stays free of errors, and screenshots are saved under `target/`.
 
@@ -265,6 +266,152 @@ fn num(v: &Value) -> f64 {
     v.as_f64().unwrap()
 }
 
+/// Every number the page drew for `query` (`{"features": …}` or
+/// `{"user_id": …}`, `top_n` tokens, item `item_id` for the ITEM target)
+/// is the one the API answers to the same request: group bars, both token
+/// charts, every heatmap cell (with the token table's labels on its
+/// columns), nearest items, lookalikes, and "why this item".
+fn assert_page_matches_api(b: &Browser, addr: &str, query: &Value, top_n: u32, item_id: &str) {
+    let model = json!({"name": "synth"});
+    // The request the page made, with `extra` keys on top.
+    let body = |extra: Value| {
+        let mut b = json!({"model": model});
+        for (k, v) in query
+            .as_object()
+            .unwrap()
+            .iter()
+            .chain(extra.as_object().unwrap())
+        {
+            b[k] = v.clone();
+        }
+        b
+    };
+    let call = |path: &str, body: Value| {
+        let a = post_json(addr, path, &body, None).unwrap();
+        assert_eq!(a.status, 200, "{}", a.text());
+        a.json().unwrap()
+    };
+    let explain = |method: &str| {
+        call(
+            "/v1/explain",
+            body(json!({"method": method, "top_n": top_n})),
+        )
+    };
+    // Groups (occlusion).
+    let occ = explain("occlusion");
+    let api: Vec<(String, f64)> = occ["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["group"].as_str().unwrap().to_string(), num(&g["value"])))
+        .collect();
+    assert_same("groups", &marks(b, "#groups rect.bar", "data-group"), &api);
+    // Tokens, both methods, by position (the page orders them by position).
+    let roll = explain("attention_rollout");
+    for (ex, css) in [
+        (&occ, "#tokens svg.tokens-occlusion rect.bar"),
+        (&roll, "#tokens svg.tokens-rollout rect.bar"),
+    ] {
+        let mut api: Vec<(String, f64)> = ex["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["token"]["position"].to_string(), num(&t["value"])))
+            .collect();
+        api.sort_by_key(|(p, _)| p.parse::<u32>().unwrap());
+        assert_same(css, &marks(b, css, "data-position"), &api);
+    }
+    // The heatmap: every layer × (head + mean) × token cell.
+    let att = explain("attention");
+    let mut api = Vec::new();
+    for l in att["layers"].as_array().unwrap() {
+        for h in l["heads"].as_array().unwrap() {
+            for (p, m) in h["mass"].as_array().unwrap().iter().enumerate() {
+                api.push((format!("{}/{}/{p}", l["layer"], h["head"]), num(m)));
+            }
+        }
+        for (p, m) in l["head_mean"].as_array().unwrap().iter().enumerate() {
+            api.push((format!("{}/mean/{p}", l["layer"]), num(m)));
+        }
+    }
+    let cells = b
+        .script(
+            "return [...document.querySelectorAll('#heatmap rect.cell')].map(r => \
+             [r.dataset.layer + '/' + r.dataset.head + '/' + r.dataset.position, r.dataset.value]);",
+        )
+        .unwrap();
+    let page: Vec<(String, f64)> = cells
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c[0].as_str().unwrap().to_string(),
+                c[1].as_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_same("heatmap", &page, &api);
+    // Token labels on the heatmap's columns are the token table's.
+    let labels = b
+        .script("return [...document.querySelectorAll('#heatmap svg text.label title')].map(t => t.textContent);")
+        .unwrap();
+    for t in att["token_table"].as_array().unwrap() {
+        assert!(
+            labels.as_array().unwrap().contains(&t["label"]),
+            "no column labelled {}",
+            t["label"]
+        );
+    }
+    // Nearest items and lookalikes.
+    for (target, css) in [
+        ("items", "#items rect.bar"),
+        ("users", "#lookalikes rect.bar"),
+    ] {
+        let j = call(
+            "/v1/search",
+            body(json!({"k": 10, "target": target, "include_attributes": true})),
+        );
+        let api: Vec<(String, f64)> = j["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| (h["id"].as_str().unwrap().to_string(), num(&h["score"])))
+            .collect();
+        assert_same(css, &marks(b, css, "data-id"), &api);
+    }
+    let titles = b
+        .script("return document.querySelector('#items table').textContent;")
+        .unwrap();
+    assert!(titles.as_str().unwrap().contains("Movie "), "{titles}");
+    // Why would this user score the item (occlusion, ITEM target).
+    let item = call(
+        "/v1/explain",
+        body(json!({"method": "occlusion", "top_n": top_n,
+            "target": {"kind": "item", "item_id": item_id}})),
+    );
+    let api: Vec<(String, f64)> = item["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["group"].as_str().unwrap().to_string(), num(&g["value"])))
+        .collect();
+    assert_same(
+        "item groups",
+        &marks(b, "#item-why rect.bar[data-group]", "data-group"),
+        &api,
+    );
+    let text = b
+        .script("return document.getElementById('item-why').textContent;")
+        .unwrap();
+    assert!(
+        text.as_str()
+            .unwrap()
+            .contains(&format!("target: item {item_id}")),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_viewer_draws_the_apis_numbers_in_a_real_browser() {
     let (Some(chromium), Some(chromedriver)) = (
@@ -323,135 +470,8 @@ async fn the_viewer_draws_the_apis_numbers_in_a_real_browser() {
     b.screenshot(&repo_root().join("target/ui-explain-features.png"))
         .unwrap();
 
-    let model = json!({"name": "synth"});
-    let explain = |method: &str| {
-        let a = post_json(
-            &addr,
-            "/v1/explain",
-            &json!({"model": model, "features": features, "method": method, "top_n": 6}),
-            None,
-        )
-        .unwrap();
-        assert_eq!(a.status, 200, "{}", a.text());
-        a.json().unwrap()
-    };
-    // Groups (occlusion).
-    let occ = explain("occlusion");
-    let api: Vec<(String, f64)> = occ["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| (g["group"].as_str().unwrap().to_string(), num(&g["value"])))
-        .collect();
-    assert_same("groups", &marks(&b, "#groups rect.bar", "data-group"), &api);
-    // Tokens, both methods, by position (the page orders them by position).
-    let roll = explain("attention_rollout");
-    for (ex, css) in [
-        (&occ, "#tokens svg.tokens-occlusion rect.bar"),
-        (&roll, "#tokens svg.tokens-rollout rect.bar"),
-    ] {
-        let mut api: Vec<(String, f64)> = ex["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| (t["token"]["position"].to_string(), num(&t["value"])))
-            .collect();
-        api.sort_by_key(|(p, _)| p.parse::<u32>().unwrap());
-        assert_same(css, &marks(&b, css, "data-position"), &api);
-    }
-    // The heatmap: every layer × (head + mean) × token cell.
-    let att = explain("attention");
-    let mut api = Vec::new();
-    for l in att["layers"].as_array().unwrap() {
-        for h in l["heads"].as_array().unwrap() {
-            for (p, m) in h["mass"].as_array().unwrap().iter().enumerate() {
-                api.push((format!("{}/{}/{p}", l["layer"], h["head"]), num(m)));
-            }
-        }
-        for (p, m) in l["head_mean"].as_array().unwrap().iter().enumerate() {
-            api.push((format!("{}/mean/{p}", l["layer"]), num(m)));
-        }
-    }
-    let cells = b
-        .script(
-            "return [...document.querySelectorAll('#heatmap rect.cell')].map(r => \
-             [r.dataset.layer + '/' + r.dataset.head + '/' + r.dataset.position, r.dataset.value]);",
-        )
-        .unwrap();
-    let page: Vec<(String, f64)> = cells
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c[0].as_str().unwrap().to_string(),
-                c[1].as_str().unwrap().parse().unwrap(),
-            )
-        })
-        .collect();
-    assert_same("heatmap", &page, &api);
-    // Token labels on the heatmap's columns are the token table's.
-    let labels = b
-        .script("return [...document.querySelectorAll('#heatmap svg text.label title')].map(t => t.textContent);")
-        .unwrap();
-    for t in att["token_table"].as_array().unwrap() {
-        assert!(
-            labels.as_array().unwrap().contains(&t["label"]),
-            "no column labelled {}",
-            t["label"]
-        );
-    }
-    // Nearest items and lookalikes.
-    for (target, css) in [
-        ("items", "#items rect.bar"),
-        ("users", "#lookalikes rect.bar"),
-    ] {
-        let a = post_json(
-            &addr,
-            "/v1/search",
-            &json!({"model": model, "features": features, "k": 10, "target": target,
-                "include_attributes": true}),
-            None,
-        )
-        .unwrap();
-        let j = a.json().unwrap();
-        let api: Vec<(String, f64)> = j["hits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| (h["id"].as_str().unwrap().to_string(), num(&h["score"])))
-            .collect();
-        assert_same(css, &marks(&b, css, "data-id"), &api);
-    }
-    let titles = b
-        .script("return document.querySelector('#items table').textContent;")
-        .unwrap();
-    assert!(titles.as_str().unwrap().contains("Movie "), "{titles}");
-    // Why would this user score item 5 (occlusion, ITEM target).
-    let a = post_json(
-        &addr,
-        "/v1/explain",
-        &json!({"model": model, "features": features, "method": "occlusion", "top_n": 6,
-            "target": {"kind": "item", "item_id": "5"}}),
-        None,
-    )
-    .unwrap();
-    let item = a.json().unwrap();
-    let api: Vec<(String, f64)> = item["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| (g["group"].as_str().unwrap().to_string(), num(&g["value"])))
-        .collect();
-    assert_same(
-        "item groups",
-        &marks(&b, "#item-why rect.bar[data-group]", "data-group"),
-        &api,
-    );
-    let text = b
-        .script("return document.getElementById('item-why').textContent;")
-        .unwrap();
-    assert!(text.as_str().unwrap().contains("target: item 5"), "{text}");
+    assert_page_matches_api(&b, &addr, &json!({"features": features}), 6, "5");
+
     // Every chart names its method, and attention is never called importance.
     let page = b.script("return document.body.textContent;").unwrap();
     let page = page.as_str().unwrap();
@@ -472,8 +492,11 @@ async fn the_viewer_draws_the_apis_numbers_in_a_real_browser() {
         assert_eq!(c, &json!(["img", true, true]));
     }
 
-    // 2. By user id: nearest items and lookalikes of the stored profile;
-    // the explanation panels say why they need features.
+    // 2. By the id of a users index user without live state: nearest items
+    // and lookalikes of the stored profile; the explanation panels say why
+    // they need the user's events and fields (and no call failed: the page
+    // asked Embed where the profile comes from before explaining).
+    let model = json!({"name": "synth"});
     b.type_into("#features", "").unwrap();
     b.type_into("#user-id", "u3").unwrap();
     b.click("#run").unwrap();
@@ -512,13 +535,100 @@ async fn the_viewer_draws_the_apis_numbers_in_a_real_browser() {
         groups
             .as_str()
             .unwrap()
-            .contains("need the user's features"),
+            .contains("Explanations need the user's events and fields: user u3 has no live state"),
         "{groups}"
+    );
+    let subject = b
+        .script("return document.getElementById('subject').textContent;")
+        .unwrap();
+    assert!(
+        subject
+            .as_str()
+            .unwrap()
+            .starts_with("User u3: no live state"),
+        "{subject}"
+    );
+    assert_eq!(
+        b.script(
+            "return document.querySelectorAll('#groups rect.bar, #heatmap rect.cell').length;"
+        )
+        .unwrap(),
+        0
     );
     b.screenshot(&repo_root().join("target/ui-user-id.png"))
         .unwrap();
 
-    // 3. The console stayed clean all along.
+    // 3. A user tracked over HTTP just now, explained by id from the live
+    // state: every number drawn is the API's for the same by-id request,
+    // and the token table is the tracked events and fields.
+    let tracked = post_json(
+        &addr,
+        "/v1/track",
+        &json!({"users": [{"user_id": "viewer-7",
+            "events": [{"item_id": "4", "timestamp": 1700000000, "rating": 5.0, "event_id": "v1"},
+                       {"item_id": "9", "timestamp": 1700000100, "event_id": "v2"},
+                       {"item_id": "15", "timestamp": 1700000200, "rating": 2.0, "event_id": "v3"}],
+            "fields": [{"name": "occupation", "set": "writer"}, {"name": "age", "set": 45},
+                       {"name": "gender", "set": "M"}]}]}),
+        None,
+    )
+    .unwrap();
+    assert_eq!(tracked.status, 200, "{}", tracked.text());
+    assert_eq!(tracked.json().unwrap()["users"][0]["stored"], 3);
+    b.type_into("#user-id", "viewer-7").unwrap();
+    b.type_into("#item", "6").unwrap();
+    b.type_into("#top-n", "5").unwrap();
+    b.click("#run").unwrap();
+    let status = b
+        .wait_for(
+            "return document.getElementById('status').textContent;",
+            |v| v.as_str().is_some_and(|s| s.starts_with("Done")),
+        )
+        .unwrap();
+    let error = b
+        .script("return document.getElementById('error').textContent;")
+        .unwrap();
+    assert_eq!(status, "Done.", "errors on the page: {error}");
+    let subject = b
+        .script("return document.getElementById('subject').textContent;")
+        .unwrap();
+    assert!(
+        subject
+            .as_str()
+            .unwrap()
+            .starts_with("User viewer-7: live state"),
+        "{subject}"
+    );
+    assert_page_matches_api(&b, &addr, &json!({"user_id": "viewer-7"}), 5, "6");
+    let att = post_json(
+        &addr,
+        "/v1/explain",
+        &json!({"model": model, "user_id": "viewer-7", "method": "attention"}),
+        None,
+    )
+    .unwrap()
+    .json()
+    .unwrap();
+    let items: Vec<&str> = att["token_table"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["item_id"].as_str().filter(|s| !s.is_empty()))
+        .collect();
+    assert_eq!(items, ["4", "9", "15"], "the tracked events");
+    let labels = b
+        .script("return [...document.querySelectorAll('#heatmap svg text.label title')].map(t => t.textContent);")
+        .unwrap();
+    assert!(
+        labels.as_array().unwrap().iter().any(|l| l
+            .as_str()
+            .is_some_and(|l| l.contains("occupation = writer"))),
+        "{labels}"
+    );
+    b.screenshot(&repo_root().join("target/ui-tracked-user.png"))
+        .unwrap();
+
+    // 4. The console stayed clean all along.
     let log = b.console().unwrap();
     let errors: Vec<&Value> = log.iter().filter(|e| e["level"] == "SEVERE").collect();
     assert!(errors.is_empty(), "browser console errors: {errors:?}");

@@ -193,6 +193,18 @@ fn check_objects(dir: &str, objs: &[Value]) {
         "{dir}: the pod must listen on all interfaces"
     );
     let models_repo = cfg["models"]["repository"].as_str().unwrap().to_string();
+    // The HTTP/JSON edge is on, on all interfaces, with a connection cap.
+    assert_eq!(cfg["http"]["enabled"], true, "{dir}: [http] enabled");
+    let http_addr = cfg["http"]["addr"].as_str().unwrap();
+    assert!(
+        http_addr.starts_with("0.0.0.0:"),
+        "{dir}: http.addr {http_addr} must listen on all interfaces"
+    );
+    let http_port = port_of(http_addr);
+    assert!(
+        cfg["http"]["max_connections"].as_u64().unwrap() >= 1,
+        "{dir}: http.max_connections"
+    );
 
     let ports = c["ports"].as_array().unwrap();
     let port = |name: &str| {
@@ -208,6 +220,14 @@ fn check_objects(dir: &str, objs: &[Value]) {
         port("metrics"),
         metrics_port,
         "{dir}: metrics port vs metrics.listen"
+    );
+    assert_eq!(port("http"), http_port, "{dir}: http port vs http.addr");
+    let mut distinct = vec![grpc_port, http_port, metrics_port, probe_port];
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert!(
+        distinct.len() >= 3,
+        "{dir}: gRPC, HTTP and metrics ports must differ"
     );
 
     // Probes: native gRPC; liveness/startup on "" (never model state),
@@ -318,6 +338,27 @@ fn check_objects(dir: &str, objs: &[Value]) {
         ),
         "{dir}: a headless Service selecting the pods"
     );
+    // The balanced Service exposes the HTTP port, aimed at the container's.
+    let balanced = services
+        .iter()
+        .find(|s| s["spec"]["clusterIP"] != "None" && selects(&s["spec"]["selector"], pod_labels))
+        .unwrap();
+    let http_svc = balanced["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "http")
+        .unwrap_or_else(|| panic!("{dir}: no port named http on the Service"));
+    assert_eq!(
+        http_svc["port"].as_u64(),
+        Some(http_port),
+        "{dir}: Service http port"
+    );
+    let target = &http_svc["targetPort"];
+    assert!(
+        target == "http" || target.as_u64() == Some(http_port),
+        "{dir}: Service http targetPort {target}"
+    );
 
     // HPA (autoscaling/v2) scales this Deployment; the PDB covers its pods.
     let hpa = one(objs, "HorizontalPodAutoscaler");
@@ -400,6 +441,17 @@ fn hadolint_passes_and_dockerfile_keeps_its_promises() {
     let cfg =
         effective_config(&std::fs::read_to_string(r.join("deploy/docker/profiled.toml")).unwrap());
     assert_eq!(cfg["server"]["listen"], "0.0.0.0:50051");
+    // ... with the HTTP/JSON edge on, and every port it listens on exposed.
+    assert_eq!(cfg["http"]["enabled"], true);
+    assert_eq!(cfg["http"]["addr"], "0.0.0.0:8080");
+    let expose: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("EXPOSE "))
+        .flat_map(str::split_whitespace)
+        .collect();
+    for p in ["50051", "8080", "9464"] {
+        assert!(expose.contains(&p), "EXPOSE {p}: {expose:?}");
+    }
 }
 
 #[test]

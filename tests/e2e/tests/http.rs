@@ -140,41 +140,90 @@ async fn every_openapi_example_answers_2xx_in_its_documented_shape() {
         "{}",
         doc["openapi"]
     );
+    // Track's examples first (the by-id examples of Embed, Search and
+    // Explain name the user they store), then every other body, then the
+    // GETs, then the DELETEs (which erase what the GETs read).
+    let mut ops: Vec<(&String, &String, &Value)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .iter()
+                .map(move |(method, op)| (path, method, op))
+        })
+        .collect();
+    let rank = |path: &str, method: &str| match (method, path) {
+        ("post", "/v1/track") => 0,
+        ("post", _) => 1,
+        ("get", _) => 2,
+        _ => 3,
+    };
+    ops.sort_by_key(|(path, method, _)| rank(path, method));
     let mut posted = 0;
-    for (path, item) in doc["paths"].as_object().unwrap() {
-        for (method, op) in item.as_object().unwrap() {
-            let ok_schema = &op["responses"]["200"]["content"]["application/json"]["schema"];
-            let examples = op["requestBody"]["content"]["application/json"]["examples"].as_object();
-            match (method.as_str(), examples) {
-                ("post", Some(examples)) if path.starts_with("/v1/") && !path.contains("admin") => {
-                    assert!(!examples.is_empty(), "{path}: no example");
-                    for (name, ex) in examples {
-                        let a = post_json(&addr, path, &ex["value"], None).unwrap();
-                        assert!(
-                            (200..300).contains(&a.status),
-                            "{path} example {name}: HTTP {} {}",
-                            a.status,
-                            a.text()
-                        );
-                        let body = a.json().unwrap();
-                        check_shape(&doc, ok_schema, &body, &format!("{path}#{name}"))
-                            .unwrap_or_else(|e| panic!("{e}\nbody: {body}"));
-                        posted += 1;
+    let mut with_params = 0;
+    for (path, method, op) in ops {
+        let ok_schema = &op["responses"]["200"]["content"]["application/json"]["schema"];
+        let examples = op["requestBody"]["content"]["application/json"]["examples"].as_object();
+        match (method.as_str(), examples) {
+            ("post", Some(examples)) if path.starts_with("/v1/") && !path.contains("admin") => {
+                assert!(!examples.is_empty(), "{path}: no example");
+                for (name, ex) in examples {
+                    let a = post_json(&addr, path, &ex["value"], None).unwrap();
+                    assert!(
+                        (200..300).contains(&a.status),
+                        "{path} example {name}: HTTP {} {}",
+                        a.status,
+                        a.text()
+                    );
+                    let body = a.json().unwrap();
+                    check_shape(&doc, ok_schema, &body, &format!("{path}#{name}"))
+                        .unwrap_or_else(|e| panic!("{e}\nbody: {body}"));
+                    posted += 1;
+                }
+            }
+            ("post", None) if !path.contains("admin") => {
+                panic!("{path}: a request body without examples")
+            }
+            ("get" | "delete", _) if path.starts_with("/v1/") => {
+                // Path parameters take their documented example; an
+                // operation on a path with parameters must document them.
+                let mut url = path.clone();
+                for p in op["parameters"].as_array().into_iter().flatten() {
+                    if p["in"] == "path" {
+                        let name = p["name"].as_str().unwrap();
+                        let Some(ex) = p["example"].as_str() else {
+                            if path == "/v1/models/{name}" {
+                                continue; // checked below with a real name
+                            }
+                            panic!("{method} {path}: path parameter {name} has no example");
+                        };
+                        url = url.replace(&format!("{{{name}}}"), ex);
+                        with_params += 1;
                     }
                 }
-                ("post", None) if !path.contains("admin") => {
-                    panic!("{path}: a request body without examples")
+                if url.contains('{') {
+                    continue;
                 }
-                ("get", _) if !path.contains('{') && path.starts_with("/v1/") => {
-                    let a = profiled_e2e::http::get(&addr, path).unwrap();
-                    assert_eq!(a.status, 200, "{path}: {}", a.text());
-                    check_shape(&doc, ok_schema, &a.json().unwrap(), path).unwrap();
-                }
-                _ => {}
+                let a = http_request(&addr, &method.to_uppercase(), &url, &[], None).unwrap();
+                assert_eq!(a.status, 200, "{method} {url}: {}", a.text());
+                check_shape(
+                    &doc,
+                    ok_schema,
+                    &a.json().unwrap(),
+                    &format!("{method} {url}"),
+                )
+                .unwrap();
             }
+            _ => {}
         }
     }
-    assert!(posted >= 10, "only {posted} examples posted");
+    assert!(
+        with_params >= 2,
+        "GetUser and DeleteUser: {with_params} path examples"
+    );
+    assert!(posted >= 16, "only {posted} examples posted");
     // The one path with a parameter, and an error body, in their shapes too.
     let m = profiled_e2e::http::get(&addr, "/v1/models/synth").unwrap();
     assert_eq!(m.status, 200, "{}", m.text());
@@ -1047,4 +1096,208 @@ async fn with_tls_the_http_listener_serves_https_with_the_same_certificates() {
     assert!(!matches!(&plain, Ok(a) if a.status == 200), "{plain:?}");
     let (other_ca, _, _) = certificates();
     assert!(https(&addr, &other_ca, "GET", "/healthz", None).is_err());
+}
+
+/// One request on a kept-alive connection (HTTP/1.1 without `connection:
+/// close`); the status and the body (by content-length).
+fn keepalive_get(s: &mut std::net::TcpStream, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+    use std::io::{Read, Write};
+    write!(s, "GET {path} HTTP/1.1\r\nhost: test\r\n\r\n")?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..p]).to_ascii_lowercase();
+            let status = head
+                .split(' ')
+                .nth(1)
+                .ok_or_else(|| anyhow::anyhow!("no status"))?
+                .parse()?;
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .ok_or_else(|| anyhow::anyhow!("no content-length in {head}"))?
+                .trim()
+                .parse()?;
+            while raw.len() < p + 4 + len {
+                let n = s.read(&mut buf)?;
+                anyhow::ensure!(n > 0, "closed mid-body");
+                raw.extend_from_slice(&buf[..n]);
+            }
+            return Ok((status, raw[p + 4..p + 4 + len].to_vec()));
+        }
+        let n = s.read(&mut buf)?;
+        anyhow::ensure!(n > 0, "closed before the answer");
+        raw.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_http_max_connections_are_refused_with_429() {
+    use std::io::Read;
+    let (_tmp, repo) = synth_repo(14).unwrap();
+    let metrics = free_port().unwrap();
+    let env = [
+        ("PROFILED__HTTP__ENABLED", "true"),
+        ("PROFILED__HTTP__ADDR", "127.0.0.1:0"),
+        ("PROFILED__HTTP__MAX_CONNECTIONS", "2"),
+    ];
+    let server = Server::start_with_metrics(&repo, &env, &metrics).unwrap();
+    server.wait_serving(Duration::from_secs(60)).await.unwrap();
+    let addr = server.http_addr().unwrap();
+    // Wait until the listener answers (healthz over short connections,
+    // which close again at once).
+    let mut up = false;
+    for _ in 0..200 {
+        if profiled_e2e::http::get(&addr, "/healthz").is_ok_and(|a| a.status == 200) {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the HTTP listener never answered");
+
+    // Two kept-alive connections take both slots; each is served.
+    let open = || {
+        let s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s
+    };
+    let mut a = open();
+    let mut b = open();
+    assert_eq!(keepalive_get(&mut a, "/healthz").unwrap().0, 200);
+    assert_eq!(keepalive_get(&mut b, "/healthz").unwrap().0, 200);
+
+    // A third is answered 429 RESOURCE_EXHAUSTED naming the setting, and
+    // closed by the server.
+    let refused = profiled_e2e::http::get(&addr, "/healthz").unwrap();
+    assert_http_error(
+        &refused,
+        429,
+        "RESOURCE_EXHAUSTED",
+        "http.max_connections = 2 connections are open on the HTTP listener",
+    );
+    assert_eq!(refused.header("connection"), Some("close"));
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    let mut c = open();
+    let mut buf = Vec::new();
+    let n = c.read_to_end(&mut buf).unwrap();
+    assert!(
+        n > 0 && buf.starts_with(b"HTTP/1.1 429 "),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+
+    // The admitted connections keep working; the gRPC port is not capped
+    // by the HTTP listener's setting.
+    assert_eq!(keepalive_get(&mut a, "/healthz").unwrap().0, 200);
+    let mut g = server.client().await.unwrap();
+    g.embed(embed_req(vec![grpc_features()])).await.unwrap();
+
+    // A closed connection frees its slot: a new one is served.
+    drop(b);
+    let mut served = false;
+    for _ in 0..100 {
+        let r = profiled_e2e::http::get(&addr, "/healthz").unwrap();
+        if r.status == 200 {
+            served = true;
+            break;
+        }
+        assert_eq!(r.status, 429, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "the freed slot was never reused");
+
+    let text = scrape_until(&metrics, 50, |t| {
+        sample(
+            t,
+            "profiled_http_connections_closed_total",
+            &[("reason", "limit")],
+        )
+        .is_some_and(|n| n >= 2.0)
+    })
+    .await
+    .unwrap();
+    // `a` is still open (the freed slot's connection has closed again).
+    let open_now = sample(&text, "profiled_http_connections_open", &[]).unwrap();
+    assert!((1.0..=2.0).contains(&open_now), "{open_now}\n{text}");
+    drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_body_limit_is_server_max_request_bytes() {
+    // The default 4 MiB, above axum's own 2 MiB default: a 3 MiB body is
+    // read and judged on its content (here: an over-long request id).
+    let (_tmp, repo) = synth_repo(15).unwrap();
+    let (_server, addr) = start(&repo, &[]).await;
+    let body = json!({"users": [{"user_id": "u0"}], "request_id": "r".repeat(3 << 20)});
+    let a = post_json(&addr, "/v1/embed", &body, None).unwrap();
+    assert_http_error(
+        &a,
+        400,
+        "INVALID_ARGUMENT",
+        "request_id: 3145728 bytes exceeds limits.max_string_bytes = 256",
+    );
+}
+
+/// The `curl` examples of docs/api.md: every `-d` body is a valid request
+/// of the route it is posted to (the HTTP edge's own types: unknown field
+/// names, value types, and the structural rules of the conversion), so
+/// the documented commands are requests the server accepts as such.
+#[test]
+fn the_curl_examples_of_the_api_guide_are_valid_requests() {
+    use profiled_server::http::{types, users};
+    let doc = std::fs::read_to_string(profiled_e2e::repo_root().join("docs/api.md")).unwrap();
+    // Each command: a line starting with `curl`, continued while it ends
+    // with a backslash or has a quote left open.
+    let mut commands: Vec<String> = Vec::new();
+    for line in doc.lines() {
+        match commands.last_mut() {
+            Some(c) if c.trim_end().ends_with('\\') || c.matches('\'').count() % 2 == 1 => {
+                c.push('\n');
+                c.push_str(line);
+            }
+            _ if line.starts_with("curl ") => commands.push(line.to_string()),
+            _ => {}
+        }
+    }
+    let mut checked = 0;
+    for c in &commands {
+        let Some(start) = c.find(" -d '") else {
+            continue;
+        };
+        let body = &c[start + 5..];
+        let body = &body[..body.find('\'').expect("closing quote")];
+        let path = c
+            .split_whitespace()
+            .find_map(|w| {
+                w.trim_matches('\'')
+                    .split_once("8080")
+                    .map(|(_, p)| p.to_string())
+            })
+            .unwrap_or_else(|| panic!("no localhost:8080 URL in {c}"));
+        let r: Result<(), String> = match path.as_str() {
+            "/v1/embed" => serde_json::from_str::<types::EmbedRequest>(body)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.to_query().map(|_| ()).map_err(|e| e.to_string())),
+            "/v1/search" => serde_json::from_str::<types::SearchRequest>(body)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.to_query().map(|_| ()).map_err(|e| e.to_string())),
+            "/v1/explain" => serde_json::from_str::<types::ExplainRequest>(body)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.to_query().map(|_| ()).map_err(|e| e.to_string())),
+            "/v1/track" => serde_json::from_str::<users::TrackRequest>(body)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.to_query().map(|_| ()).map_err(|e| e.to_string())),
+            other => panic!("a curl body for {other}: add its type here"),
+        };
+        if let Err(e) = r {
+            panic!("docs/api.md: the body posted to {path} is not a valid request: {e}\n{body}");
+        }
+        checked += 1;
+    }
+    assert!(
+        checked >= 5,
+        "only {checked} curl bodies found: {commands:#?}"
+    );
 }

@@ -15,24 +15,42 @@ pub fn query(r: pb::EmbedRequest) -> Result<EmbedQuery<pb::UserFeatures>, ApiErr
             .users
             .into_iter()
             .enumerate()
-            .map(|(i, u)| match (u.source, u.context) {
-                (None, _) => Err(ApiError::invalid(
-                    format!("users[{i}].source"),
-                    "set exactly one of features or user_id",
-                )),
-                (Some(pb::user_input::Source::UserId(id)), context) => {
-                    Ok(UserQuery::User(UserRef { id, context }))
-                }
-                (Some(pb::user_input::Source::Features(_)), Some(_)) => Err(ApiError::invalid(
-                    format!("users[{i}].context"),
-                    "context goes with a user_id only (put the fields and events in features)",
-                )),
-                (Some(pb::user_input::Source::Features(f)), None) => Ok(UserQuery::Features(f)),
+            .map(|(i, u)| {
+                let (features, user_id) = match u.source {
+                    None => (None, None),
+                    Some(pb::user_input::Source::Features(f)) => (Some(f), None),
+                    Some(pb::user_input::Source::UserId(id)) => (None, Some(id)),
+                };
+                user_query(i, features, user_id, u.context)
             })
             .collect(),
         cache: cache_use(r.cache),
         allow_partial: r.allow_partial,
     })
+}
+
+/// User `i` of an Embed request from its parts, as either edge received
+/// them (the gRPC `source` oneof, the JSON object's two keys): exactly one
+/// of `features` and `user_id`, and `context` only beside a user id. The
+/// one place these rules and their messages live.
+pub fn user_query<F>(
+    i: usize,
+    features: Option<F>,
+    user_id: Option<String>,
+    context: Option<F>,
+) -> Result<UserQuery<F>, ApiError> {
+    match (features, user_id, context) {
+        (None, None, _) | (Some(_), Some(_), _) => Err(ApiError::invalid(
+            format!("users[{i}].source"),
+            "set exactly one of features or user_id",
+        )),
+        (None, Some(id), context) => Ok(UserQuery::User(UserRef { id, context })),
+        (Some(_), None, Some(_)) => Err(ApiError::invalid(
+            format!("users[{i}].context"),
+            "context goes with a user_id only (put the fields and events in features)",
+        )),
+        (Some(f), None, None) => Ok(UserQuery::Features(f)),
+    }
 }
 
 fn source(s: ProfileSource) -> pb::ProfileSource {

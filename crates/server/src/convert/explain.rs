@@ -11,31 +11,7 @@ use crate::error::ApiError;
 /// The query of an Explain request.
 pub fn query(r: pb::ExplainRequest) -> Result<ExplainQuery<pb::UserFeatures>, ApiError> {
     let model = model_sel(r.model.as_ref())?;
-    let user = match (r.features, r.user_id.is_empty(), r.context) {
-        (Some(_), false, _) => {
-            return Err(ApiError::invalid(
-                "user_id",
-                "set exactly one of features and user_id",
-            ));
-        }
-        (Some(_), true, Some(_)) => {
-            return Err(ApiError::invalid(
-                "context",
-                "context goes with a user_id only (put the fields and events in features)",
-            ));
-        }
-        (Some(f), true, None) => UserQuery::Features(f),
-        (None, false, context) => UserQuery::User(UserRef {
-            id: r.user_id,
-            context,
-        }),
-        (None, true, _) => {
-            return Err(ApiError::invalid(
-                "features",
-                "required (or a user_id of a tracked user)",
-            ));
-        }
-    };
+    let user = user_query(r.features, r.user_id, r.context)?;
     let target = match r.target.and_then(|t| t.kind) {
         None | Some(pb::explain_target::Kind::Profile(_)) => ExplainTarget::Profile,
         Some(pb::explain_target::Kind::Item(it)) => ExplainTarget::Item(it.item_id),
@@ -57,6 +33,42 @@ pub fn query(r: pb::ExplainRequest) -> Result<ExplainQuery<pb::UserFeatures>, Ap
         groups_only: r.groups_only,
         top_n: r.top_n,
         cache: cache_use(r.cache),
+    })
+}
+
+/// The user of an Explain request from its parts, as either edge received
+/// them: exactly one of `features` and `user_id` (empty = unset, as in
+/// proto3), and `context` only beside a user id. The one place these rules
+/// and their messages live.
+pub fn user_query<F>(
+    features: Option<F>,
+    user_id: String,
+    context: Option<F>,
+) -> Result<UserQuery<F>, ApiError> {
+    Ok(match (features, user_id.is_empty(), context) {
+        (Some(_), false, _) => {
+            return Err(ApiError::invalid(
+                "user_id",
+                "set exactly one of features and user_id",
+            ));
+        }
+        (Some(_), true, Some(_)) => {
+            return Err(ApiError::invalid(
+                "context",
+                "context goes with a user_id only (put the fields and events in features)",
+            ));
+        }
+        (Some(f), true, None) => UserQuery::Features(f),
+        (None, false, context) => UserQuery::User(UserRef {
+            id: user_id,
+            context,
+        }),
+        (None, true, _) => {
+            return Err(ApiError::invalid(
+                "features",
+                "required (or a user_id of a tracked user)",
+            ));
+        }
     })
 }
 

@@ -64,15 +64,23 @@ impl TryFrom<&pb::Filter> for SearchFilter {
     }
 }
 
-/// The query of a Search request.
-pub fn query(r: pb::SearchRequest) -> Result<SearchQuery<pb::UserFeatures>, ApiError> {
-    let is_user = matches!(r.query, Some(pb::search_request::Query::UserId(_)));
-    if r.context.is_some() && !is_user {
+/// Request-time `context` goes with a `user_id` query only (both edges).
+pub fn check_context(user_query: bool, has_context: bool) -> Result<(), ApiError> {
+    if has_context && !user_query {
         return Err(ApiError::invalid(
             "context",
             "context goes with a user_id query only",
         ));
     }
+    Ok(())
+}
+
+/// The query of a Search request.
+pub fn query(r: pb::SearchRequest) -> Result<SearchQuery<pb::UserFeatures>, ApiError> {
+    check_context(
+        matches!(r.query, Some(pb::search_request::Query::UserId(_))),
+        r.context.is_some(),
+    )?;
     let input = match r.query {
         None => {
             return Err(ApiError::invalid(

@@ -4,7 +4,7 @@
 //! each of them to a running server).
 
 use axum::extract::{Path, Query, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -14,6 +14,10 @@ use super::models::{
     AdminResponse, ListModelsResponse, ModelInfo, ReloadRequest, SetLabelRequest, UnloadRequest,
 };
 use super::types::*;
+use super::users::{
+    DeleteUserResponse, FieldChange, GetUserQuery, GetUserResponse, TrackRequest, TrackResponse,
+    TrackedUser, UserTrack,
+};
 use super::{Call, Guard, HttpState, deadline_of, with_deadline};
 use crate::error::ApiError;
 
@@ -34,6 +38,13 @@ use crate::error::ApiError;
         }))),
         ("by_user_id" = (summary = "A user of the users index", value = json!({
             "users": [{"user_id": "u0"}]
+        }))),
+        ("tracked_user" = (summary = "A tracked user (live state; see /v1/track), with request-time context", value = json!({
+            "users": [
+                {"user_id": "example-alice"},
+                {"user_id": "example-alice", "context": {"fields": {"occupation": "writer"},
+                    "events": [{"item_id": "9", "timestamp": 1700000300}]}}
+            ]
         }))),
     )),
     responses(
@@ -84,6 +95,11 @@ pub async fn embed(State(st): State<HttpState>, req: Request) -> Response {
         }))),
         ("seed_set" = (summary = "Users like a seed set", value = json!({
             "seeds": {"user_ids": ["u0", "u2"]}, "target": "users", "k": 4
+        }))),
+        ("tracked_user" = (summary = "Unseen items for a tracked user (live state), with request-time context", value = json!({
+            "user_id": "example-alice", "k": 5,
+            "context": {"events": [{"item_id": "9", "timestamp": 1700000300}]},
+            "filter": {"exclude_seen_items": true}
         }))),
     )),
     responses(
@@ -138,12 +154,20 @@ pub async fn search(State(st): State<HttpState>, req: Request) -> Response {
             "method": "attention_rollout",
             "target": {"kind": "users", "seed_user_ids": ["u0", "u1"]}
         }))),
+        ("tracked_user" = (summary = "A tracked user's live profile (see /v1/track), by occlusion", value = json!({
+            "user_id": "example-alice", "method": "occlusion", "top_n": 5
+        }))),
+        ("tracked_user_item" = (summary = "Why would a tracked user, with one more event now, score item 3", value = json!({
+            "user_id": "example-alice",
+            "context": {"events": [{"item_id": "9", "timestamp": 1700000300}]},
+            "target": {"kind": "item", "item_id": "3"}
+        }))),
     )),
     responses(
         (status = 200, description = "The explanation", body = ExplainResponse),
         (status = 400, description = "Invalid input", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 404, description = "Unknown model, item or seed user", body = ErrorBody),
+        (status = 404, description = "Unknown model, item or seed user; a user id without live state", body = ErrorBody),
         (status = 504, description = "Deadline exceeded", body = ErrorBody),
     ),
     security((), ("bearer" = [])))]
@@ -162,6 +186,167 @@ pub async fn explain(State(st): State<HttpState>, req: Request) -> Response {
     }
     .await;
     call.finish(&st, &requested, r, |v| Some(&v.model))
+}
+
+/// Track: store events and field changes of a batch of users in the live
+/// user state (each user all-or-nothing, durable when the answer arrives).
+/// A user id given to Embed, Search or Explain then resolves to this state.
+#[utoipa::path(post, path = "/v1/track", tag = "users",
+    params(("x-request-timeout-ms" = Option<u64>, Header, description = "Deadline in milliseconds")),
+    request_body(content = TrackRequest, examples(
+        ("events_and_fields" = (summary = "Events and field changes of a new user", value = json!({
+            "users": [{"user_id": "example-alice",
+                "events": [{"item_id": "3", "timestamp": 1700000000, "rating": 4.0, "event_id": "e1"},
+                           {"item_id": "7", "timestamp": 1700000100, "event_id": "e2"}],
+                "fields": [{"name": "occupation", "set": "engineer"}, {"name": "age", "set": 34}]}],
+            "request_id": "track-1"
+        }))),
+        ("partial" = (summary = "A batch whose bad user answers in its slot (allow_partial)", value = json!({
+            "users": [
+                {"user_id": "example-bob", "events": [{"item_id": "5", "timestamp": 1700000200}],
+                 "fields": [{"name": "gender", "set": "M"}]},
+                {"user_id": "example-carol", "fields": [{"name": "shoe_size", "set": 9}]},
+                {"user_id": "example-bob", "fields": [{"name": "gender", "clear": true}]}
+            ],
+            "allow_partial": true
+        }))),
+    )),
+    responses(
+        (status = 200, description = "One outcome per user, in order", body = TrackResponse),
+        (status = 400, description = "Invalid input (the field named), or no state store (FAILED_PRECONDITION)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody),
+        (status = 409, description = "ABORTED: too many concurrent writers of one user (nothing of it stored)", body = ErrorBody),
+        (status = 429, description = "The state store is full", body = ErrorBody),
+        (status = 503, description = "The state store cannot be reached", body = ErrorBody),
+        (status = 504, description = "Deadline exceeded", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+pub async fn track(State(st): State<HttpState>, req: Request) -> Response {
+    let call = Call::new("Track");
+    let (mut requested, mut request_id) = (String::new(), String::new());
+    let r = async {
+        st.authorize(Guard::Data, req.headers())?;
+        let deadline = deadline_of(req.headers(), call.start)?;
+        let body: TrackRequest = st.body(req).await?;
+        requested.clone_from(&body.model.name);
+        st.engine().check_name("request_id", &body.request_id)?;
+        request_id.clone_from(&body.request_id);
+        let q = body.to_query()?;
+        with_deadline(deadline, st.engine().track(q, deadline)).await
+    }
+    .await
+    .map(|users| TrackResponse::from_core(users, request_id));
+    call.finish(&st, &requested, r, |_| None)
+}
+
+/// The user id of a `/v1/users/{user_id}` route (percent-decoded).
+fn path_user_id(
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<String, ApiError> {
+    id.map(|Path(id)| id)
+        .map_err(|e| ApiError::invalid("user_id", e.body_text()))
+}
+
+/// GetUser: one page of a user's stored live state, events newest first.
+#[utoipa::path(get, path = "/v1/users/{user_id}", tag = "users",
+    params(
+        ("user_id" = String, Path, description = "The user (percent-encoded)", example = "example-alice"),
+        GetUserQuery,
+        ("x-request-timeout-ms" = Option<u64>, Header, description = "Deadline in milliseconds"),
+    ),
+    responses(
+        (status = 200, description = "The user's state", body = GetUserResponse),
+        (status = 400, description = "Invalid user id, page size or token; no state store", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No live state (never tracked, or erased)", body = ErrorBody),
+        (status = 409, description = "ABORTED: the state changed since the page token's page", body = ErrorBody),
+        (status = 503, description = "The state store cannot be reached", body = ErrorBody),
+        (status = 504, description = "Deadline exceeded", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+pub async fn get_user(
+    State(st): State<HttpState>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    q: Result<Query<GetUserQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    get_user_call(st, path_user_id(id), q, &headers).await
+}
+
+/// `GET /v1/users/`: GetUser of an empty id (the core refuses it by name).
+pub async fn get_user_without_id(
+    State(st): State<HttpState>,
+    q: Result<Query<GetUserQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    get_user_call(st, Ok(String::new()), q, &headers).await
+}
+
+async fn get_user_call(
+    st: HttpState,
+    id: Result<String, ApiError>,
+    q: Result<Query<GetUserQuery>, axum::extract::rejection::QueryRejection>,
+    headers: &HeaderMap,
+) -> Response {
+    let call = Call::model_free("GetUser");
+    let r = async {
+        st.authorize(Guard::Data, headers)?;
+        let deadline = deadline_of(headers, call.start)?;
+        let id = id?;
+        let Query(q) = q.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+        let page = st
+            .engine()
+            .get_user(&id, q.page_size as usize, &q.page_token, deadline);
+        with_deadline(deadline, page).await
+    }
+    .await
+    .map(GetUserResponse::from_core);
+    call.finish(&st, "", r, |_| None)
+}
+
+/// DeleteUser: erase a user's live state.
+#[utoipa::path(delete, path = "/v1/users/{user_id}", tag = "users",
+    params(
+        ("user_id" = String, Path, description = "The user (percent-encoded)", example = "example-bob"),
+        ("x-request-timeout-ms" = Option<u64>, Header, description = "Deadline in milliseconds"),
+    ),
+    responses(
+        (status = 200, description = "Erased (or there was nothing to erase: existed = false)", body = DeleteUserResponse),
+        (status = 400, description = "Invalid user id; no state store", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 503, description = "The state store cannot be reached", body = ErrorBody),
+        (status = 504, description = "Deadline exceeded", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+pub async fn delete_user(
+    State(st): State<HttpState>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    delete_user_call(st, path_user_id(id), &headers).await
+}
+
+/// `DELETE /v1/users/`: DeleteUser of an empty id (refused by name).
+pub async fn delete_user_without_id(State(st): State<HttpState>, headers: HeaderMap) -> Response {
+    delete_user_call(st, Ok(String::new()), &headers).await
+}
+
+async fn delete_user_call(
+    st: HttpState,
+    id: Result<String, ApiError>,
+    headers: &HeaderMap,
+) -> Response {
+    let call = Call::model_free("DeleteUser");
+    let r = async {
+        st.authorize(Guard::Data, headers)?;
+        let deadline = deadline_of(headers, call.start)?;
+        let id = id?;
+        with_deadline(deadline, st.engine().delete_user(&id, deadline)).await
+    }
+    .await
+    .map(|existed| DeleteUserResponse { existed });
+    call.finish(&st, "", r, |_| None)
 }
 
 /// Query parameters of the model listing.
@@ -420,17 +605,19 @@ impl Modify for Bearer {
     info(
         title = "profiled HTTP/JSON API",
         description = "Multi-dimensional user profiles (Embed), nearest items and lookalike users \
-            (Search) and explanations (Explain): the operations of the gRPC service \
-            profiled.v1.ProfileService and ModelAdmin, with the same validation, limits, tokens \
-            and error codes. Errors: HTTP status of the gRPC code, body {code, status, message}. \
+            (Search) and explanations (Explain), live user state (Track, GetUser, DeleteUser): \
+            the operations of the gRPC service profiled.v1.ProfileService and ModelAdmin, with \
+            the same validation, limits, tokens and error codes. Errors: HTTP status of the gRPC code, body {code, status, message}. \
             Deadline: header x-request-timeout-ms.",
     ),
-    paths(embed, search, explain, list_models, get_model, reload, set_label, unload, healthz),
+    paths(embed, search, explain, track, get_user, delete_user, list_models, get_model, reload,
+        set_label, unload, healthz),
     components(schemas(ErrorBody, ItemError, ModelRef, ModelSpec, Features, FieldValue, WeightedTag,
-        Event, CacheMode, DimensionGroup, ValueKind)),
+        Event, CacheMode, DimensionGroup, ValueKind, UserTrack, FieldChange, TrackedUser)),
     modifiers(&Bearer),
     tags(
         (name = "profiles", description = "Embed, Search, Explain"),
+        (name = "users", description = "Live user state: Track, GetUser, DeleteUser"),
         (name = "models", description = "Model status"),
         (name = "admin", description = "ModelAdmin (admin bearer token; off without admin tokens)"),
         (name = "health", description = "Readiness"),

@@ -17,15 +17,17 @@
 //! - [`types`]: the JSON requests and answers (serde + `ToSchema`), to and
 //!   from the core's domain types;
 //! - [`models`]: model status and the admin requests as JSON;
+//! - [`users`]: live user state (Track, GetUser, DeleteUser) as JSON;
 //! - [`api`]: the handlers (one per operation) and the OpenAPI document
 //!   with an example for every request body;
 //! - [`ui`]: the explanation viewer at `/ui/` (static files compiled into
 //!   the binary);
+//! - [`listener`]: the listener (plain or TLS) and its connection cap
+//!   (`http.max_connections`);
 //! - this file: the shared state, the call wrapper (auth, deadline, body,
-//!   metrics, errors), the router and the listener (plain or TLS).
+//!   metrics, errors) and the router.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,12 +44,13 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::engine::{Deadline, Engine};
 use crate::error::{ApiError, code_name};
-use crate::tls::TlsReloader;
 
 pub mod api;
+pub mod listener;
 pub mod models;
 pub mod types;
 pub mod ui;
+pub mod users;
 
 /// The header that carries a call's deadline: a whole number of
 /// milliseconds from the moment the server reads the request.
@@ -99,14 +102,9 @@ impl HttpState {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.http_status();
-        let body = types::ErrorBody {
-            code: code_name(self.code()).to_string(),
-            status,
-            message: self.to_string(),
-        };
         let mut r = json_response(
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            serde_json::to_vec(&body).unwrap_or_default(),
+            error_body(&self),
         );
         if status == 401 {
             r.headers_mut()
@@ -114,6 +112,16 @@ impl IntoResponse for ApiError {
         }
         r
     }
+}
+
+/// The JSON error body `{code, status, message}` of `e`.
+pub(crate) fn error_body(e: &ApiError) -> Vec<u8> {
+    serde_json::to_vec(&types::ErrorBody {
+        code: code_name(e.code()).to_string(),
+        status: e.http_status(),
+        message: e.to_string(),
+    })
+    .unwrap_or_default()
 }
 
 /// A JSON answer with `status` and the serialised `body`.
@@ -150,10 +158,13 @@ pub fn deadline_of(headers: &HeaderMap, start: Instant) -> Result<Deadline, ApiE
 }
 
 /// One call in progress: its operation name (the gRPC method's, so both
-/// ports share metric labels) and its start.
+/// ports share metric labels), its start, and whether it concerns a model
+/// at all (GetUser and DeleteUser do not: labelled `model=""`, as on the
+/// gRPC port).
 struct Call {
     rpc: &'static str,
     start: Instant,
+    model_free: bool,
 }
 
 impl Call {
@@ -161,6 +172,15 @@ impl Call {
         Call {
             rpc,
             start: Instant::now(),
+            model_free: false,
+        }
+    }
+
+    /// A call of an operation that names no model (GetUser, DeleteUser).
+    fn model_free(rpc: &'static str) -> Call {
+        Call {
+            model_free: true,
+            ..Call::new(rpc)
         }
     }
 
@@ -183,6 +203,7 @@ impl Call {
         }
         let (model, version) = match answered {
             Some(m) => (m.name.clone(), m.version.to_string()),
+            None if self.model_free => (String::new(), String::new()),
             None => (st.engine().model_label(requested), String::new()),
         };
         metrics::histogram!("profiled_request_seconds",
@@ -372,6 +393,16 @@ pub fn router(state: HttpState, cfg: &crate::config::HttpConfig) -> Router {
         .route("/v1/embed", post(api::embed))
         .route("/v1/search", post(api::search))
         .route("/v1/explain", post(api::explain))
+        .route("/v1/track", post(api::track))
+        .route(
+            "/v1/users/{user_id}",
+            get(api::get_user).delete(api::delete_user),
+        )
+        // An empty id: the core's INVALID_ARGUMENT, as on the gRPC port.
+        .route(
+            "/v1/users/",
+            get(api::get_user_without_id).delete(api::delete_user_without_id),
+        )
         .route("/v1/models", get(api::list_models))
         .route("/v1/models/{name}", get(api::get_model))
         .route("/v1/admin/reload", post(api::reload))
@@ -405,129 +436,6 @@ pub async fn bind(cfg: &Config) -> Result<TcpListener, crate::ServeError> {
             addr: cfg.http.addr.clone(),
             source,
         })
-}
-
-/// Serves `router` on `listener` (HTTPS with the gRPC port's certificates
-/// when `tls` is set, reloaded with them) until the task is aborted.
-pub fn spawn(
-    listener: TcpListener,
-    router: Router,
-    tls: Option<Arc<TlsReloader>>,
-    handshake_timeout: Duration,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let r = match tls {
-            None => {
-                let l = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                axum::serve(l, router).await
-            }
-            Some(tls) => {
-                let l = TlsListener::start(listener, tls, handshake_timeout);
-                axum::serve(l, router).await
-            }
-        };
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "http listener stopped");
-        }
-    })
-}
-
-/// TLS connections of the HTTP listener: handshakes run in tasks of their
-/// own (bounded by the handshake timeout, counted in
-/// `profiled_tls_handshake_failures_total` like the gRPC port's), finished
-/// ones are handed to axum. ALPN offers `h2` and `http/1.1`.
-struct TlsListener {
-    rx: tokio::sync::mpsc::Receiver<(
-        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        SocketAddr,
-    )>,
-    local: std::io::Result<SocketAddr>,
-    _task: AbortOnDrop,
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl TlsListener {
-    fn start(listener: TcpListener, tls: Arc<TlsReloader>, timeout: Duration) -> TlsListener {
-        let local = listener.local_addr();
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let task = tokio::spawn(async move {
-            let mut cached: Option<(Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>)> = None;
-            loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "http accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                let current = tls.current();
-                let cfg = match &cached {
-                    Some((src, http)) if Arc::ptr_eq(src, &current) => http.clone(),
-                    _ => {
-                        let mut c = (*current).clone();
-                        c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-                        let c = Arc::new(c);
-                        cached = Some((current, c.clone()));
-                        c
-                    }
-                };
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-                    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(s)) => {
-                            let _ = tx.send((s, peer)).await;
-                        }
-                        Ok(Err(e)) => {
-                            metrics::counter!("profiled_tls_handshake_failures_total", "reason" => "error")
-                                .increment(1);
-                            tracing::debug!(?peer, error = %e, "http TLS handshake failed");
-                        }
-                        Err(_) => {
-                            metrics::counter!("profiled_tls_handshake_failures_total", "reason" => "timeout")
-                                .increment(1);
-                            tracing::debug!(?peer, "http TLS handshake timed out");
-                        }
-                    }
-                });
-            }
-        });
-        TlsListener {
-            rx,
-            local,
-            _task: AbortOnDrop(task),
-        }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, SocketAddr) {
-        match self.rx.recv().await {
-            Some(x) => x,
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        match &self.local {
-            Ok(a) => Ok(*a),
-            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-        }
-    }
 }
 
 #[cfg(test)]

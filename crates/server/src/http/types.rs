@@ -230,6 +230,63 @@ pub struct Event {
     /// Optional rating (finite).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rating: Option<f32>,
+    /// Optional client id of the event: Track skips an event whose id the
+    /// user's state already holds (a retried Track stores nothing twice).
+    /// Not part of a profile (ignored in features).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+}
+
+impl Event {
+    /// The gRPC message of this event.
+    pub fn to_message(&self) -> pb::BehaviourEvent {
+        pb::BehaviourEvent {
+            item_id: self.item_id.clone(),
+            timestamp: self.timestamp,
+            rating: self.rating,
+            event_id: self.event_id.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl FieldValue {
+    /// The gRPC message of this value (validated by the core as a gRPC
+    /// request's value is).
+    pub fn to_message(&self) -> pb::FieldValue {
+        use pb::field_value::Kind;
+        let kind = match self {
+            FieldValue::Number(x) => Kind::Number(*x),
+            FieldValue::Categorical(s) => Kind::Categorical(s.clone()),
+            FieldValue::Tags(t) => Kind::Tags(pb::TagList {
+                tags: t
+                    .iter()
+                    .map(|t| pb::WeightedTag {
+                        tag: t.tag.clone(),
+                        weight: t.weight,
+                    })
+                    .collect(),
+            }),
+        };
+        pb::FieldValue { kind: Some(kind) }
+    }
+}
+
+/// A stored value as JSON (GetUser).
+impl From<&profiled_model::FieldValue> for FieldValue {
+    fn from(v: &profiled_model::FieldValue) -> FieldValue {
+        match v {
+            profiled_model::FieldValue::Number(x) => FieldValue::Number(*x),
+            profiled_model::FieldValue::Categorical(s) => FieldValue::Categorical(s.clone()),
+            profiled_model::FieldValue::Tags(t) => FieldValue::Tags(
+                t.iter()
+                    .map(|(tag, w)| WeightedTag {
+                        tag: tag.clone(),
+                        weight: Some(*w),
+                    })
+                    .collect(),
+            ),
+        }
+    }
 }
 
 /// A user's features, validated against the model's schema exactly as on
@@ -252,55 +309,38 @@ impl Features {
     /// The gRPC message of these features: the engine's `FeatureInput`, so
     /// validation and cache keys are the gRPC edge's own.
     pub fn to_message(&self) -> pb::UserFeatures {
-        use pb::field_value::Kind;
         pb::UserFeatures {
             user_id: self.user_id.clone(),
             fields: self
                 .fields
                 .iter()
-                .map(|(k, v)| {
-                    let kind = match v {
-                        FieldValue::Number(x) => Kind::Number(*x),
-                        FieldValue::Categorical(s) => Kind::Categorical(s.clone()),
-                        FieldValue::Tags(t) => Kind::Tags(pb::TagList {
-                            tags: t
-                                .iter()
-                                .map(|t| pb::WeightedTag {
-                                    tag: t.tag.clone(),
-                                    weight: t.weight,
-                                })
-                                .collect(),
-                        }),
-                    };
-                    (k.clone(), pb::FieldValue { kind: Some(kind) })
-                })
+                .map(|(k, v)| (k.clone(), v.to_message()))
                 .collect(),
-            events: self
-                .events
-                .iter()
-                .map(|e| pb::BehaviourEvent {
-                    item_id: e.item_id.clone(),
-                    timestamp: e.timestamp,
-                    rating: e.rating,
-                    event_id: String::new(),
-                })
-                .collect(),
+            events: self.events.iter().map(Event::to_message).collect(),
         }
     }
 }
 
 // ----------------------------------------------------------------- embed --
 
-/// One user of an Embed call: exactly one of `features` or `user_id`.
+/// One user of an Embed call: exactly one of `features` or `user_id`
+/// (with optional request-time `context`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct UserInput {
     /// Compute the profile from these features.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub features: Option<Features>,
-    /// The stored profile of a user of the model's users index.
+    /// A known user: their live state (what Track stored; the profile is
+    /// computed from it), else their stored profile in the model's users
+    /// index, else NOT_FOUND.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
+    /// With `user_id` only: fields that replace stored ones of the same
+    /// name and events that join the stored events, for this call only
+    /// (never stored; its own `user_id` must be empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<Features>,
 }
 
 /// Embed: the profile vectors of up to `limits.max_users_per_call` users.
@@ -323,20 +363,19 @@ impl EmbedRequest {
     /// The core's query (a user that sets neither or both sources is an
     /// error in its slot, as on the gRPC port).
     pub fn to_query(&self) -> Result<crate::engine::EmbedQuery<pb::UserFeatures>, ApiError> {
-        use crate::engine::UserQuery;
         Ok(crate::engine::EmbedQuery {
             model: self.model.to_sel()?,
             users: self
                 .users
                 .iter()
                 .enumerate()
-                .map(|(i, u)| match (&u.features, &u.user_id) {
-                    (Some(f), None) => Ok(UserQuery::Features(f.to_message())),
-                    (None, Some(id)) => Ok(UserQuery::User(crate::engine::UserRef::id(id.clone()))),
-                    _ => Err(ApiError::invalid(
-                        format!("users[{i}].source"),
-                        "set exactly one of features or user_id",
-                    )),
+                .map(|(i, u)| {
+                    crate::convert::embed::user_query(
+                        i,
+                        u.features.as_ref().map(Features::to_message),
+                        u.user_id.clone(),
+                        u.context.as_ref().map(Features::to_message),
+                    )
                 })
                 .collect(),
             cache: self.cache.into(),
@@ -567,9 +606,14 @@ pub struct SearchRequest {
     /// The profile of these features.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub features: Option<Features>,
-    /// The stored profile of a known user.
+    /// A known user, resolved as in Embed: live state, else the users
+    /// index's stored profile.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
+    /// With a `user_id` query only: request-time context merged on top of
+    /// the stored state for this call only, as in Embed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<Features>,
     /// A query vector (normalised by the server).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vector: Option<Vec<f32>>,
@@ -593,6 +637,7 @@ pub struct SearchRequest {
 impl SearchRequest {
     /// The core's query.
     pub fn to_query(&self) -> Result<crate::engine::SearchQuery<pb::UserFeatures>, ApiError> {
+        crate::convert::search::check_context(self.user_id.is_some(), self.context.is_some())?;
         let set = [
             self.features.is_some(),
             self.user_id.is_some(),
@@ -607,7 +652,10 @@ impl SearchRequest {
                 ));
             }
             (Some(f), ..) => SearchInput::Features(f.to_message()),
-            (_, Some(id), ..) => SearchInput::User(crate::engine::UserRef::id(id.clone())),
+            (_, Some(id), ..) => SearchInput::User(crate::engine::UserRef {
+                id: id.clone(),
+                context: self.context.as_ref().map(Features::to_message),
+            }),
             (_, _, Some(v), _) => SearchInput::Vector(v.clone()),
             (.., Some(s)) => SearchInput::Seeds(s.into()),
             _ => {
@@ -783,9 +831,18 @@ pub enum ExplainTarget {
 pub struct ExplainRequest {
     /// Which model and version.
     pub model: ModelSpec,
-    /// The user's features (required: explanations need the tokens).
+    /// The user's features (exactly one of `features` and `user_id`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub features: Option<Features>,
+    /// A tracked user: the explanation is of the profile computed from
+    /// their live state (explanations need the tokens, so a user known only
+    /// to the users index is NOT_FOUND).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// With `user_id` only: request-time context merged on top of the
+    /// stored state for this call only, as in Embed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<Features>,
     /// What to explain (default: the profile).
     pub target: ExplainTarget,
     /// How (default: occlusion).
@@ -804,12 +861,14 @@ impl ExplainRequest {
     pub fn to_query(&self) -> Result<crate::engine::ExplainQuery<pb::UserFeatures>, ApiError> {
         use crate::engine::ExplainTarget as T;
         let model = self.model.to_sel()?;
-        let Some(features) = &self.features else {
-            return Err(ApiError::invalid("features", "required"));
-        };
+        let user = crate::convert::explain::user_query(
+            self.features.as_ref().map(Features::to_message),
+            self.user_id.clone().unwrap_or_default(),
+            self.context.as_ref().map(Features::to_message),
+        )?;
         Ok(crate::engine::ExplainQuery {
             model,
-            user: crate::engine::UserQuery::Features(features.to_message()),
+            user,
             target: match &self.target {
                 ExplainTarget::Profile => T::Profile,
                 ExplainTarget::Item { item_id } => T::Item(item_id.clone()),

@@ -139,6 +139,7 @@ function out(section) {
 function clearAll() {
   for (const s of ['groups', 'tokens', 'heatmap', 'items', 'lookalikes', 'item-why']) out(s).replaceChildren();
   $('error').textContent = '';
+  $('subject').textContent = '';
 }
 
 function note(section, text) {
@@ -251,7 +252,10 @@ function renderHits(section, res, what) {
     const p = el('p', { class: 'help' }, 'Explain a score: ');
     for (const h of res.hits.slice(0, 5)) {
       const b = el('button', { type: 'button', class: 'why', 'data-id': h.id }, `why ${h.id}?`);
-      b.addEventListener('click', () => { $('item').value = h.id; runItem(); });
+      b.addEventListener('click', () => {
+        $('item').value = h.id;
+        runItem().catch((e) => { $('error').textContent = e.message; });
+      });
       p.appendChild(b);
     }
     o.appendChild(p);
@@ -274,14 +278,38 @@ function readForm() {
   return { model, userId, features, topN };
 }
 
-async function runItem() {
+// Who the form asks about: pasted features, or a user id resolved by the
+// server (Embed by id answers where the profile came from: live state,
+// which can be explained, or the users index's stored vector, which cannot).
+async function subject(f) {
+  if (f.features) return { query: { features: f.features }, explainable: true, source: 'features' };
+  const r = await api('/v1/embed', { model: f.model, users: [{ user_id: f.userId }] });
+  const u = r.users[0];
+  return { query: { user_id: f.userId }, explainable: u.source === 'user_state', source: u.source, model: r.model };
+}
+
+function subjectLine(f, s) {
+  if (s.source === 'features') return 'Profile of the pasted features.';
+  const m = `model ${s.model.name} version ${s.model.version}`;
+  return s.source === 'user_state'
+    ? `User ${f.userId}: live state (the fields and events Track stored), profile computed by ${m}.`
+    : `User ${f.userId}: no live state; the stored profile vector of the users index of ${m}.`;
+}
+
+function noExplanation(f) {
+  return `Explanations need the user's events and fields: user ${f.userId} has no live state, only a stored profile vector in the users index. Track the user's events (POST /v1/track) or paste features above.`;
+}
+
+async function runItem(known) {
   let f;
   try { f = readForm(); } catch (e) { $('error').textContent = e.message; return; }
   const item = $('item').value.trim();
   out('item-why').replaceChildren();
   if (!item) { note('item-why', 'Give an item id (or pick one of the nearest items) to explain its score.'); return; }
-  if (!f.features) { note('item-why', 'Explanations need the user\'s features: paste them above.'); return; }
-  const ex = await api('/v1/explain', { model: f.model, features: f.features, target: { kind: 'item', item_id: item }, method: 'occlusion', top_n: f.topN });
+  if (!f.features && !f.userId) { note('item-why', 'Give a user id or paste features above.'); return; }
+  const s = known || await subject(f);
+  if (!s.explainable) { note('item-why', noExplanation(f)); return; }
+  const ex = await api('/v1/explain', Object.assign({ model: f.model, target: { kind: 'item', item_id: item }, method: 'occlusion', top_n: f.topN }, s.query));
   renderGroups(ex, 'item-why', `item ${item}`);
   const rows = ex.tokens.map((t) => ({ label: t.token.label, value: t.value, attrs: { 'data-position': String(t.token.position) } }));
   const fig = barChart(`Tokens — ${METHOD.occlusion}, target item ${item}`, `Per token, the drop of the score against item ${item} when that token is masked.`, rows, 'item-tokens');
@@ -302,19 +330,27 @@ async function run(ev) {
     $('status').textContent = 'Failed.';
     return;
   }
-  const q = f.features ? { features: f.features } : { user_id: f.userId };
+  let s;
+  try {
+    s = await subject(f);
+  } catch (e) {
+    $('error').textContent = e.message;
+    $('status').textContent = 'Failed.';
+    return;
+  }
+  $('subject').textContent = subjectLine(f, s);
+  const q = s.query;
   const tasks = [
     api('/v1/search', Object.assign({ model: f.model, k: 10, include_attributes: true }, q)).then((r) => renderHits('items', r, 'items')),
     api('/v1/search', Object.assign({ model: f.model, k: 10, target: 'users', include_attributes: true }, q)).then((r) => renderHits('lookalikes', r, 'lookalike users')),
   ];
-  if (f.features) {
-    const body = (method) => ({ model: f.model, features: f.features, method, top_n: f.topN });
+  if (s.explainable) {
+    const body = (method) => Object.assign({ model: f.model, method, top_n: f.topN }, q);
     tasks.push(Promise.all([api('/v1/explain', body('occlusion')), api('/v1/explain', body('attention_rollout')), api('/v1/explain', body('attention'))])
       .then(([occ, roll, att]) => { renderGroups(occ, 'groups', 'profile'); renderTokens(occ, roll); renderHeatmap(att); }));
-    tasks.push(runItem());
+    tasks.push(runItem(s));
   } else {
-    const why = 'Explanations need the user\'s features (the users index stores only the profile vector): paste them above.';
-    for (const s of ['groups', 'tokens', 'heatmap', 'item-why']) note(s, why);
+    for (const sec of ['groups', 'tokens', 'heatmap', 'item-why']) note(sec, noExplanation(f));
   }
   const results = await Promise.allSettled(tasks);
   const failed = results.filter((r) => r.status === 'rejected').map((r) => r.reason.message);
