@@ -193,6 +193,14 @@ fn check_objects(dir: &str, objs: &[Value]) {
         "{dir}: the pod must listen on all interfaces"
     );
     let models_repo = cfg["models"]["repository"].as_str().unwrap().to_string();
+    // A Deployment's pods share no disk and do not keep one: an embedded
+    // state store there would be per pod and lost with it. Live state is
+    // off, or on a store every replica shares.
+    let backend = cfg["state"]["backend"].as_str().unwrap();
+    assert!(
+        backend == "off" || backend == "redis",
+        "{dir}: state.backend = {backend:?} in a Deployment (use redis, or off)"
+    );
     // The HTTP/JSON edge is on, on all interfaces, with a connection cap.
     assert_eq!(cfg["http"]["enabled"], true, "{dir}: [http] enabled");
     let http_addr = cfg["http"]["addr"].as_str().unwrap();
@@ -444,6 +452,19 @@ fn hadolint_passes_and_dockerfile_keeps_its_promises() {
     // ... with the HTTP/JSON edge on, and every port it listens on exposed.
     assert_eq!(cfg["http"]["enabled"], true);
     assert_eq!(cfg["http"]["addr"], "0.0.0.0:8080");
+    // The embedded store writes to a volume of its own, not into /models
+    // (mounted read-only) nor the image's layers.
+    let state_dir = cfg["state"]["embedded"]["dir"].as_str().unwrap();
+    assert_eq!(cfg["state"]["backend"], "embedded");
+    let volumes = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VOLUME "))
+        .expect("a VOLUME line");
+    assert!(
+        volumes.contains(&format!("\"{state_dir}\"")),
+        "state.embedded.dir {state_dir} is not a VOLUME: {volumes}"
+    );
+    assert!(!state_dir.starts_with("/models"), "{state_dir}");
     let expose: Vec<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("EXPOSE "))
