@@ -628,6 +628,29 @@ async fn the_viewer_draws_the_apis_numbers_in_a_real_browser() {
     b.screenshot(&repo_root().join("target/ui-tracked-user.png"))
         .unwrap();
 
+    // 3b. The run put a link to itself in the address bar; opening that
+    // link in a fresh page fills the form and runs the same explanation.
+    let link = b.script("return window.location.href;").unwrap();
+    let link = link.as_str().unwrap().to_owned();
+    assert!(
+        link.contains("user_id=viewer-7") && link.contains("item=6") && link.contains("top_n=5"),
+        "{link}"
+    );
+    b.goto(&link).unwrap();
+    let status = b
+        .wait_for(
+            "return document.getElementById('status').textContent;",
+            |v| v.as_str().is_some_and(|s| s.starts_with("Done")),
+        )
+        .unwrap();
+    assert_eq!(status, "Done.");
+    assert_eq!(
+        b.script("return document.getElementById('user-id').value;")
+            .unwrap(),
+        "viewer-7"
+    );
+    assert_page_matches_api(&b, &addr, &json!({"user_id": "viewer-7"}), 5, "6");
+
     // 4. The console stayed clean all along.
     let log = b.console().unwrap();
     let errors: Vec<&Value> = log.iter().filter(|e| e["level"] == "SEVERE").collect();

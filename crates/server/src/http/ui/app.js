@@ -339,6 +339,7 @@ async function run(ev) {
     return;
   }
   $('subject').textContent = subjectLine(f, s);
+  toLink(f);
   const q = s.query;
   const tasks = [
     api('/v1/search', Object.assign({ model: f.model, k: 10, include_attributes: true }, q)).then((r) => renderHits('items', r, 'items')),
@@ -375,9 +376,32 @@ async function loadModels() {
   }
 }
 
+// A link to an explanation: /ui/?model=M&user_id=U[&item=I][&top_n=N] fills
+// the form and runs it once the models are listed; every run by user id
+// puts its own link in the address bar, to share.
+function fromLink() {
+  const p = new URLSearchParams(window.location.search);
+  if (!p.get('user_id')) return false;
+  $('user-id').value = p.get('user_id');
+  if (p.get('item')) $('item').value = p.get('item');
+  if (p.get('top_n')) $('top-n').value = p.get('top_n');
+  if (p.get('model')) {
+    for (const o of $('model').options) o.selected = o.value === p.get('model');
+  }
+  return true;
+}
+
+function toLink(f) {
+  if (!f.userId || f.features) return;
+  const p = new URLSearchParams({ model: f.model.name, user_id: f.userId, top_n: String(f.topN) });
+  const item = $('item').value.trim();
+  if (item) p.set('item', item);
+  window.history.replaceState(null, '', `?${p}`);
+}
+
 document.addEventListener('DOMContentLoaded', () => {
   $('query').addEventListener('submit', run);
   $('load-models').addEventListener('click', loadModels);
   $('example').addEventListener('click', () => { $('features').value = JSON.stringify(EXAMPLE, null, 2); });
-  loadModels();
+  loadModels().then(() => { if (fromLink()) run(); });
 });
