@@ -20,7 +20,13 @@
 //!   open handle, so the writer reopens the file (redb recovers to the last
 //!   commit) before the next group.
 //! - **Reads** run on tokio's blocking pool in their own read transaction:
-//!   they never wait for a commit.
+//!   they never wait for a commit. A read cache in front of them
+//!   (`cache_bytes`) answers hot users without touching the file: the store
+//!   owns its file (no other process writes it), the writer puts every
+//!   committed state into the cache after the commit, and a read that raced
+//!   a commit does not fill the cache (a commit sequence checked under a
+//!   lock the writer holds while it updates the cache), so the cache never
+//!   holds anything older than the file.
 //! - **Metrics:** `profiled_state_op_seconds{backend="embedded",op}` for
 //!   `apply`, `get`, `delete` (the caller's wait) and `commit` (the write
 //!   transaction of one group), and `profiled_state_commit_group_calls`
@@ -62,6 +68,9 @@ pub struct EmbeddedConfig {
     /// Jobs waiting for the writer before callers wait to enqueue
     /// (back-pressure).
     pub queue: usize,
+    /// Bytes of users' states kept in memory for reads (0 = none): a
+    /// profile by id of a hot user then reads no file.
+    pub cache_bytes: u64,
 }
 
 impl Default for EmbeddedConfig {
@@ -69,6 +78,7 @@ impl Default for EmbeddedConfig {
         Self {
             dir: PathBuf::from("data/state"),
             queue: 4096,
+            cache_bytes: 64 << 20,
         }
     }
 }
@@ -101,6 +111,15 @@ struct Shared {
     db: ArcSwapOption<redb::Database>,
     commits: AtomicU64,
     calls: AtomicU64,
+    /// Committed states of recently read or written users (`None`: no
+    /// state); `None` when `cache_bytes` is 0.
+    cache: Option<moka::sync::Cache<String, Option<Arc<UserState>>>>,
+    /// Moves after every commit, before the cache takes its states.
+    commit_seq: AtomicU64,
+    /// The writer holds it (write) while it moves `commit_seq` and fills the
+    /// cache; a reader holds it (read) while it checks `commit_seq` and
+    /// fills the cache.
+    cache_lock: std::sync::RwLock<()>,
 }
 
 /// The embedded [`UserStateStore`]. Opening the same directory twice in one
@@ -145,6 +164,17 @@ impl EmbeddedStore {
             db: ArcSwapOption::from_pointee(db),
             commits: AtomicU64::new(0),
             calls: AtomicU64::new(0),
+            cache: (config.cache_bytes > 0).then(|| {
+                moka::sync::Cache::builder()
+                    .max_capacity(config.cache_bytes)
+                    .weigher(|k: &String, v: &Option<Arc<UserState>>| {
+                        let bytes = 32 + k.len() + v.as_ref().map_or(0, |s| s.approx_bytes());
+                        u32::try_from(bytes).unwrap_or(u32::MAX)
+                    })
+                    .build()
+            }),
+            commit_seq: AtomicU64::new(0),
+            cache_lock: std::sync::RwLock::new(()),
         });
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let writer = {
@@ -339,6 +369,7 @@ fn write_group(
         Err(e) => return Err((abandon(jobs), e.into())),
     };
     let mut outcomes = Vec::with_capacity(jobs.len());
+    let mut written: Vec<(String, UserState)> = Vec::new();
     let mut pending = jobs.into_iter();
     let result: Result<(), redb::Error> = (|| {
         let mut users = txn.open_table(USERS)?;
@@ -355,7 +386,15 @@ fn write_group(
                     let mut results = Vec::with_capacity(updates.len());
                     let mut fatal = None;
                     for update in &updates {
-                        match apply_one(&shared.name, &mut users, update, policy, now, &mut live) {
+                        match apply_one(
+                            &shared.name,
+                            &mut users,
+                            update,
+                            policy,
+                            now,
+                            &mut live,
+                            &mut written,
+                        ) {
                             Ok(r) => results.push(r),
                             Err(e) => {
                                 fatal = Some(e);
@@ -372,7 +411,14 @@ fn write_group(
                     }
                 }
                 Job::Delete { user, reply } => {
-                    let had = delete_one(&shared.name, &mut users, &user, now, &mut live);
+                    let had = delete_one(
+                        &shared.name,
+                        &mut users,
+                        &user,
+                        now,
+                        &mut live,
+                        &mut written,
+                    );
                     match had {
                         Ok(had) => outcomes.push(Outcome::Delete(reply, had)),
                         Err(e) => {
@@ -392,8 +438,27 @@ fn write_group(
         return Err((outcomes, e));
     }
     match txn.commit() {
-        Ok(()) => Ok(outcomes),
+        Ok(()) => {
+            remember_committed(shared, written);
+            Ok(outcomes)
+        }
         Err(e) => Err((outcomes, e.into())),
+    }
+}
+
+/// After a commit: moves the commit sequence and puts the committed states
+/// in the read cache (in order: a user written twice ends with its last).
+fn remember_committed(shared: &Shared, written: Vec<(String, UserState)>) {
+    let Some(cache) = &shared.cache else {
+        return;
+    };
+    let _guard = shared
+        .cache_lock
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    shared.commit_seq.fetch_add(1, Ordering::AcqRel);
+    for (user, state) in written {
+        cache.insert(user, Some(Arc::new(state)));
     }
 }
 
@@ -406,6 +471,7 @@ fn delete_one(
     user: &str,
     now: i64,
     live: &mut u64,
+    written: &mut Vec<(String, UserState)>,
 ) -> Result<Result<bool>, redb::Error> {
     let (had_live, old) = match read(store, users, user)? {
         Ok(old) => (old.as_ref().is_some_and(|s| !s.erased), old),
@@ -419,6 +485,7 @@ fn delete_one(
         Err(e) => return Ok(Err(e)),
     };
     users.insert(user, bytes.as_slice())?;
+    written.push((user.to_owned(), tomb));
     if had_live {
         *live = live.saturating_sub(1);
     }
@@ -446,6 +513,7 @@ fn apply_one(
     policy: Policy,
     now: i64,
     live: &mut u64,
+    written: &mut Vec<(String, UserState)>,
 ) -> Result<Result<Applied>, redb::Error> {
     let old = match read(store, users, &update.user_id)? {
         Ok(old) => old,
@@ -466,6 +534,7 @@ fn apply_one(
         if !was_live {
             *live += 1;
         }
+        written.push((update.user_id.clone(), next));
     }
     Ok(Ok(applied))
 }
@@ -546,6 +615,11 @@ impl UserStateStore for EmbeddedStore {
 
     async fn get(&self, user_id: &str) -> Result<Option<UserState>> {
         let start = Instant::now();
+        if let Some(hit) = self.shared.cache.as_ref().and_then(|c| c.get(user_id)) {
+            observe("get", start);
+            return Ok(hit.map(|s| UserState::clone(&s)));
+        }
+        let seq = self.shared.commit_seq.load(Ordering::Acquire);
         let shared = Arc::clone(&self.shared);
         let user = user_id.to_owned();
         let result = tokio::task::spawn_blocking(move || -> Result<Option<UserState>> {
@@ -560,7 +634,19 @@ impl UserStateStore for EmbeddedStore {
             let fail = |e: redb::Error| store_error(&shared.name, e);
             let txn = db.begin_read().map_err(|e| fail(e.into()))?;
             let table = txn.open_table(USERS).map_err(|e| fail(e.into()))?;
-            read(&shared.name, &table, &user).map_err(fail)?
+            let state = read(&shared.name, &table, &user).map_err(fail)?;
+            if let (Some(cache), Ok(s)) = (&shared.cache, &state) {
+                // Only when no commit happened since before the read began:
+                // else this may be older than what the writer cached.
+                let _guard = shared
+                    .cache_lock
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if shared.commit_seq.load(Ordering::Acquire) == seq {
+                    cache.insert(user, s.clone().map(Arc::new));
+                }
+            }
+            state
         })
         .await
         .unwrap_or_else(|e| {

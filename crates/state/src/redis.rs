@@ -470,16 +470,8 @@ impl RedisStore {
                 known: moka::sync::Cache::builder()
                     .max_capacity(config.known_states_bytes)
                     .weigher(|k: &String, v: &Known| {
-                        let events = v.1.as_ref().map_or(0, |s| {
-                            s.events
-                                .iter()
-                                .map(|e| {
-                                    48 + e.item.len() + e.event_id.as_ref().map_or(0, String::len)
-                                })
-                                .sum::<usize>()
-                                + 64 * s.fields.len()
-                        });
-                        u32::try_from(128 + k.len() + events).unwrap_or(u32::MAX)
+                        let bytes = 32 + k.len() + v.1.as_ref().map_or(0, |s| s.approx_bytes());
+                        u32::try_from(bytes).unwrap_or(u32::MAX)
                     })
                     .build(),
             }),

@@ -99,6 +99,18 @@ pub struct UserState {
     pub erased: bool,
 }
 
+impl UserState {
+    /// Roughly the bytes this state takes in memory (for caches' budgets).
+    pub fn approx_bytes(&self) -> usize {
+        let events: usize = self
+            .events
+            .iter()
+            .map(|e| 48 + e.item.len() + e.event_id.as_ref().map_or(0, String::len))
+            .sum();
+        96 + self.user_id.len() + events + 64 * self.fields.len()
+    }
+}
+
 /// Sizes of a store, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StoreStats {

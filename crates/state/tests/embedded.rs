@@ -455,3 +455,66 @@ async fn a_full_disk_is_full_writes_nothing_and_the_same_store_recovers() -> any
     drop(store);
     Ok(())
 }
+
+/// The read cache never answers older than the file: after an update is
+/// acknowledged, every read (cached or not) has it, while readers race the
+/// writer on the same users; an erasure is seen at once; a store opened
+/// without the cache answers the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_through_the_cache_never_go_back_in_time() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(EmbeddedStore::open(&config(dir.path()))?);
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut readers = Vec::new();
+    for r in 0..3 {
+        let (store, acked) = (Arc::clone(&store), Arc::clone(&acked));
+        readers.push(tokio::spawn(async move {
+            let mut last = 0u64;
+            for _ in 0..3_000 {
+                let floor = acked.load(std::sync::atomic::Ordering::Acquire);
+                let v = store.get("hot").await?.map_or(0, |s| s.version);
+                anyhow::ensure!(
+                    v >= floor,
+                    "reader {r}: version {v} after {floor} was acknowledged"
+                );
+                anyhow::ensure!(
+                    v >= last,
+                    "reader {r}: version went back from {last} to {v}"
+                );
+                last = v;
+                tokio::task::yield_now().await;
+            }
+            Ok(())
+        }));
+    }
+    for i in 0..300 {
+        let a = store
+            .apply(
+                vec![update(
+                    "hot",
+                    vec![event("it", 1_000 + i, &format!("e{i}"))],
+                )],
+                policy(1_000),
+            )
+            .await
+            .remove(0)?;
+        acked.store(a.version, std::sync::atomic::Ordering::Release);
+    }
+    for r in readers {
+        r.await??;
+    }
+    let s = store
+        .get("hot")
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("hot lost"))?;
+    assert_eq!(s.events.len(), 300);
+    assert!(store.delete("hot").await?);
+    assert!(store.get("hot").await?.is_none_or(|s| s.erased));
+    drop(store);
+    let uncached = EmbeddedStore::open(&EmbeddedConfig {
+        cache_bytes: 0,
+        ..config(dir.path())
+    })?;
+    assert!(uncached.get("hot").await?.is_none_or(|s| s.erased));
+    Ok(())
+}

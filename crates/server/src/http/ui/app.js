@@ -93,7 +93,7 @@ function withTable(fig, tbl) {
 // returned by this method: no bar). Bars carry data-value and a <title>.
 function barChart(title, desc, rows, klass) {
   const id = `chart${++uid}`;
-  const labelW = 260, plotW = 320, rowH = 22, top = 6;
+  const labelW = 300, plotW = 320, rowH = 22, top = 6;
   const vals = rows.map((r) => r.value).filter((v) => typeof v === 'number');
   const maxAbs = Math.max(1e-12, ...vals.map(Math.abs));
   const neg = vals.some((v) => v < 0);
@@ -109,7 +109,7 @@ function barChart(title, desc, rows, klass) {
   svg.appendChild(svgEl('line', { x1: x0, x2: x0, y1: 0, y2: h, class: 'axis' }));
   rows.forEach((r, i) => {
     const y = top + i * rowH;
-    const label = svgEl('text', { x: labelW - 6, y: y + 15, 'text-anchor': 'end', class: 'label' }, short(r.label, 40));
+    const label = svgEl('text', { x: labelW - 6, y: y + 15, 'text-anchor': 'end', class: 'label' }, short(r.label, 38));
     label.appendChild(svgEl('title', {}, r.label));
     svg.appendChild(label);
     if (typeof r.value !== 'number') {
