@@ -7,10 +7,13 @@
 //! memory read bandwidth.
 //!
 //! * `live_recall_at_100_exact` / `live_recall_at_100_ann`: top 100 of the
-//!   live index (exact path / HNSW) against an f64 brute force over every
-//!   current row after the updates. A hit counts when its true score is at
-//!   least the brute force's 100th minus 1e-4 (f16 rows summed in another
-//!   order can swap exact near-ties; nothing else may differ).
+//!   live index (exact path / HNSW at the default ef_search 128) against an
+//!   f64 brute force over every current row after the updates. A hit counts
+//!   when its true score is at least the brute force's 100th minus 1e-4
+//!   (f16 rows summed in another order can swap exact near-ties; nothing
+//!   else may differ). The HNSW recall is also given at ef 256 and 512, and
+//!   for the graph before any update (the yardstick: what the updates cost
+//!   the graph, apart from what k = 100 at that ef costs anyway).
 //! * `search_qps_with_overlay_over_without`: exact k = 10 queries per second
 //!   on one thread after the updates (≈ 10 % of the rows in the delta and
 //!   as many masked) over the same before; the same for 16-query batches
@@ -32,6 +35,9 @@
 //! `cargo run --release -p profiled-benches --bin live-index-report`
 //! (`-- --quick`: 100 K rows, 10 K updates, a smoke run). The last line of
 //! stdout is one JSON object.
+
+// serde_json::json! of the report's many fields.
+#![recursion_limit = "256"]
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -318,6 +324,14 @@ fn main() -> Result<()> {
     })?;
     let search_p99_idle = percentile(&mut idle_lat, 0.99);
     let search_p50_idle = percentile(&mut idle_lat, 0.5);
+    // The graph before any update, as the yardstick of the HNSW recall.
+    let efs = [128usize, 256, 512];
+    let mut ann_recall_base = Vec::new();
+    for ef in efs {
+        live.set_expansion_search(ef);
+        ann_recall_base.push(recall(&live, &cur, &qs, 100, &ann_k(100))?.0);
+    }
+    live.set_expansion_search(AnnParams::default().expansion_search);
 
     // Scan-kernel floors on the same rows: k = 10, and the audience heap.
     let blocked = file.blocked();
@@ -453,6 +467,12 @@ fn main() -> Result<()> {
     let (recall_exact, _) = recall(&live, &cur, &qs, 100, &exact_k(100))?;
     let (recall_ann, paths) = recall(&live, &cur, &qs, 100, &ann_k(100))?;
     let ann_answered = paths.iter().filter(|p| **p == SearchPath::Ann).count();
+    let mut ann_recall_live = Vec::new();
+    for ef in efs {
+        live.set_expansion_search(ef);
+        ann_recall_live.push(recall(&live, &cur, &qs, 100, &ann_k(100))?.0);
+    }
+    live.set_expansion_search(AnnParams::default().expansion_search);
     // Deleted users never come back.
     for q in qs.chunks_exact(DIMS) {
         for p in [exact_k(100), ann_k(100)] {
@@ -499,6 +519,9 @@ fn main() -> Result<()> {
     let merge_identical = probe == after_merge;
     let qps_after_merge = qps(&live, &qs, 1, &exact_k(10), reps)?;
     let (recall_ann_merged, _) = recall(&live, &cur, &qs, 100, &ann_k(100))?;
+    live.set_expansion_search(256);
+    let (recall_ann_merged_256, _) = recall(&live, &cur, &qs, 100, &ann_k(100))?;
+    live.set_expansion_search(AnnParams::default().expansion_search);
 
     let ratio = qps_after / qps_before;
     let ratio16 = qps16_after / qps16_before;
@@ -508,6 +531,7 @@ fn main() -> Result<()> {
     let visible_p50 = percentile(&mut visible_ms, 0.5);
     let visible_p99 = percentile(&mut visible_ms, 0.99);
     let busy_p99 = percentile(&mut busy_lat, 0.99);
+    let busy_p50 = percentile(&mut busy_lat, 0.5);
     let merge_p99 = percentile(&mut merge_lat, 0.99);
     let merge_max = merge_lat.iter().copied().fold(0.0f64, f64::max);
 
@@ -528,6 +552,26 @@ fn main() -> Result<()> {
         (
             "live recall@100, HNSW after the merge",
             format!("{recall_ann_merged:.4}"),
+        ),
+        (
+            "HNSW recall@100 at ef 128/256/512, before updates",
+            ann_recall_base
+                .iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(" / "),
+        ),
+        (
+            "HNSW recall@100 at ef 128/256/512, after updates",
+            ann_recall_live
+                .iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(" / "),
+        ),
+        (
+            "HNSW recall@100 at ef 256 after the merge",
+            format!("{recall_ann_merged_256:.4}"),
         ),
         ("exact k=10 QPS without overlay", format!("{qps_before:.0}")),
         ("exact k=10 QPS with overlay", format!("{qps_after:.0}")),
@@ -569,7 +613,10 @@ fn main() -> Result<()> {
             "search p50 / p99 ms idle",
             format!("{search_p50_idle:.2} / {search_p99_idle:.2}"),
         ),
-        ("search p99 ms while applying", format!("{busy_p99:.2}")),
+        (
+            "search p50 / p99 ms while applying",
+            format!("{busy_p50:.2} / {busy_p99:.2}"),
+        ),
         (
             "search p99 / max ms during the merge",
             format!("{merge_p99:.2} / {merge_max:.1}"),
@@ -609,6 +656,11 @@ fn main() -> Result<()> {
         "live_recall_at_100_exact": recall_exact,
         "live_recall_at_100_ann": recall_ann,
         "live_recall_at_100_ann_after_merge": recall_ann_merged,
+        "ann_ef": [128, 256, 512],
+        "ann_recall_at_100_base_by_ef": ann_recall_base,
+        "ann_recall_at_100_live_by_ef": ann_recall_live,
+        "live_recall_at_100_ann_ef256": ann_recall_live.get(1),
+        "live_recall_at_100_ann_ef256_after_merge": recall_ann_merged_256,
         "search_qps_with_overlay_over_without": ratio,
         "search_qps16_with_overlay_over_without": ratio16,
         "ann_qps_with_overlay_over_without": ann_ratio,
@@ -624,6 +676,7 @@ fn main() -> Result<()> {
         "index_update_to_searchable_p99_ms": visible_p99,
         "search_p99_ms_idle": search_p99_idle,
         "search_p99_ms_during_updates": busy_p99,
+        "search_p50_ms_during_updates": busy_p50,
         "search_p99_ms_during_merge": merge_p99,
         "search_max_ms_during_merge": merge_max,
         "failed_searches": busy_failed + merge_failed,
