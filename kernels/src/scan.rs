@@ -8,7 +8,8 @@
 //!   dimensions is `16 · dims` f16 values; the last block is zero-padded.
 //!   One 32-byte load gives one dimension of 16 rows, so the kernel computes
 //!   16 dot products with one FMA per dimension and never reduces across
-//!   lanes. This is the layout of the full scan.
+//!   lanes. This is the layout of the full scan, and of [`scan_bitmap`]
+//!   (only the rows a bitmap admits: the live rows of a mutable index).
 //! * **Row-major** (`rows × dims` f16): used to gather an explicit candidate
 //!   list (filtered search), where each candidate costs `2 · dims` contiguous
 //!   bytes instead of a whole block.
@@ -412,6 +413,41 @@ impl BlockSource for CandidateBlocks<'_> {
     }
 }
 
+/// Blocks holding at least one admitted row of a bitmap (bit `r % 64` of
+/// word `r / 64` admits row `r`), with those rows' lanes; the length was
+/// checked to be `rows.div_ceil(64)` words, so every block < the block count
+/// has its word.
+struct BitmapBlocks<'b> {
+    words: &'b [u64],
+    next: usize,
+    blocks: usize,
+    last_mask: u16,
+}
+
+impl BlockSource for BitmapBlocks<'_> {
+    #[inline(always)]
+    fn next_block(&mut self) -> Option<(usize, u16)> {
+        while self.next < self.blocks {
+            let b = self.next;
+            let w = self.words.get(b / 4).copied().unwrap_or(0);
+            if w == 0 {
+                // Four blocks share a word: skip them together.
+                self.next = (b / 4 + 1) * 4;
+                continue;
+            }
+            self.next += 1;
+            let mut mask = (w >> ((b % 4) * BLOCK_ROWS)) as u16;
+            if b + 1 == self.blocks {
+                mask &= self.last_mask;
+            }
+            if mask != 0 {
+                return Some((b, mask));
+            }
+        }
+        None
+    }
+}
+
 /// Scans every row of `m` against `tops.len()` queries (row-major in
 /// `queries`, `dims` each), offering each row to the matching [`TopK`].
 /// Batches larger than [`MAX_QUERIES`] are split into passes.
@@ -455,6 +491,42 @@ pub fn scan_candidates_blocked(
             CandidateBlocks {
                 rows: candidates,
                 pos: 0,
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Scans the rows of the blocked matrix admitted by the bitmap `admitted`
+/// (bit `r % 64` of word `r / 64` admits row `r`; exactly
+/// `rows.div_ceil(64)` words, bits past `rows` ignored): blocks without an
+/// admitted row are skipped, the others computed whole and masked to the
+/// admitted lanes — the same arithmetic as [`scan`] for every admitted row.
+/// For rows masked out of a mostly live matrix (deleted or replaced rows).
+pub fn scan_bitmap(
+    isa: Isa,
+    m: &Blocked<'_>,
+    admitted: &[u64],
+    queries: &[f32],
+    tops: &mut [TopK],
+) -> Result<(), KernelError> {
+    check_queries(m.dims, queries, tops)?;
+    check_len("admitted bitmap words", m.rows.div_ceil(64), admitted.len())?;
+    let all = AllBlocks::new(m.rows);
+    for (q, t) in queries
+        .chunks(MAX_QUERIES * m.dims)
+        .zip(tops.chunks_mut(MAX_QUERIES))
+    {
+        run_blocks(
+            isa,
+            m,
+            q,
+            t,
+            BitmapBlocks {
+                words: admitted,
+                next: 0,
+                blocks: all.blocks,
+                last_mask: all.last_mask,
             },
         );
     }

@@ -113,6 +113,19 @@ fn run_case(isa: Isa, rows: usize, dims: usize, nq: usize, k: usize, seed: u64) 
     scan::scan_candidates_blocked(isa, &m, &cand, &qs, &mut ctops).expect("cand blocked");
     let mut rtops: Vec<TopK> = (0..nq).map(|_| TopK::new(k)).collect();
     scan::scan_candidates_rows(isa, &xh, dims, &cand, &qs, &mut rtops).expect("cand rows");
+    // The same candidates as a bitmap, with stray bits past the last row
+    // (they must be ignored).
+    let mut bits = vec![0u64; rows.div_ceil(64)];
+    for &r in &cand {
+        bits[r as usize / 64] |= 1 << (r % 64);
+    }
+    if let Some(last) = bits.last_mut()
+        && !rows.is_multiple_of(64)
+    {
+        *last |= !0u64 << (rows % 64);
+    }
+    let mut btops: Vec<TopK> = (0..nq).map(|_| TopK::new(k)).collect();
+    scan::scan_bitmap(isa, &m, &bits, &qs, &mut btops).expect("bitmap");
     for j in 0..nq {
         let q = &qs[j * dims..(j + 1) * dims];
         let what = format!("{isa} rows={rows} dims={dims} nq={nq} k={k} q={j}");
@@ -130,6 +143,13 @@ fn run_case(isa: Isa, rows: usize, dims: usize, nq: usize, k: usize, seed: u64) 
             &format!("{what} cand-blocked"),
         );
         check(&rtops[j].sorted(), &want, k, &format!("{what} cand-rows"));
+        check(&btops[j].sorted(), &want, k, &format!("{what} bitmap"));
+        // Same arithmetic as the blocked candidate scan: identical hits.
+        assert_eq!(
+            btops[j].sorted(),
+            ctops[j].sorted(),
+            "{what} bitmap = cand-blocked"
+        );
     }
 }
 
@@ -190,6 +210,10 @@ fn bad_shapes_are_errors_not_panics() {
     assert!(
         scan::scan_candidates_rows(Isa::Scalar, &xh[..7], 4, &[1], &[1.0; 4], &mut tops).is_err()
     );
+    // 20 rows need exactly one bitmap word.
+    assert!(scan::scan_bitmap(Isa::Scalar, &m, &[], &[1.0; 4], &mut tops).is_err());
+    assert!(scan::scan_bitmap(Isa::Scalar, &m, &[1, 1], &[1.0; 4], &mut tops).is_err());
+    assert!(scan::scan_bitmap(Isa::Scalar, &m, &[1], &[1.0; 3], &mut tops).is_err());
 }
 
 #[test]

@@ -121,13 +121,13 @@ impl RowSet {
     }
 }
 
-fn sorted_unique(mut v: Vec<u32>) -> Vec<u32> {
+pub(crate) fn sorted_unique(mut v: Vec<u32>) -> Vec<u32> {
     v.sort_unstable();
     v.dedup();
     v
 }
 
-fn intersect(a: &[u32], b: &[u32]) -> Vec<u32> {
+pub(crate) fn intersect(a: &[u32], b: &[u32]) -> Vec<u32> {
     let (small, large) = if a.len() <= b.len() { (a, b) } else { (b, a) };
     let mut out = Vec::with_capacity(small.len());
     if large.len() > 16 * small.len() {

@@ -18,6 +18,11 @@
 //!   (attribute values, titles, seen items, stored vectors), and a
 //!   [`BackendFactory`] (config-chosen; [`LocalFactory`] is the default) opens
 //!   a version's indexes by [`IndexRole`].
+//! * [`LiveIndex`]: the live users index — a mutable overlay over an index
+//!   file (updated and new rows in a delta scanned by the same kernels,
+//!   replaced and deleted rows masked, the HNSW updated in place), merged
+//!   into a new file in the background; it implements [`SearchBackend`] and
+//!   [`LiveUpdates`].
 //! * [`Filter`] (attribute equals / in / not-in, id allow/deny lists, row
 //!   exclusions) and the lookalike helpers ([`lookalike_by_ids`],
 //!   [`seed_centroid`], the one seed-set centroid of the project).
@@ -27,6 +32,7 @@ mod error;
 mod file;
 mod filter;
 pub mod format;
+mod live;
 mod search;
 #[cfg(any(test, feature = "testing"))]
 pub mod synthetic;
@@ -42,6 +48,9 @@ pub use backend::{
 pub use error::{Error, Result};
 pub use file::{IndexFile, OpenOptions};
 pub use filter::{Candidates, Condition, Filter, RowSet};
+pub use live::{
+    LiveApplied, LiveConfig, LiveIndex, LiveOp, LiveRow, LiveStats, LiveUpdates, MergeReport,
+};
 pub use profiled_kernels::scan::{BLOCK_ROWS, Hit, TopK};
 pub use search::{
     LocalBackend, MAX_K, PlannerConfig, QueryResult, SearchBackend, SearchHit, SearchParams,

@@ -124,6 +124,11 @@ pub trait SearchBackend: Send + Sync {
     fn title_of(&self, id: &str) -> Option<String>;
     /// Bytes the index occupies (mapped files and sidecars, or memory).
     fn bytes(&self) -> u64;
+    /// The update side of a backend whose rows change (the live users
+    /// index); `None` for an immutable one.
+    fn live(&self) -> Option<&dyn crate::live::LiveUpdates> {
+        None
+    }
 }
 
 /// Planner thresholds (see docs/search.md).
@@ -336,7 +341,7 @@ impl LocalBackend {
     }
 }
 
-fn check_params(dims: usize, queries: &[f32], params: &SearchParams) -> Result<usize> {
+pub(crate) fn check_params(dims: usize, queries: &[f32], params: &SearchParams) -> Result<usize> {
     if params.k == 0 || params.k > MAX_K {
         return Err(Error::InvalidArgument(format!(
             "k = {} not in 1..={MAX_K}",
