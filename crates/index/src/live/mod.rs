@@ -210,7 +210,12 @@ struct Inner {
     merges: AtomicU64,
     merge_running: AtomicBool,
     last_merge: Mutex<(Option<MergeReport>, Option<String>)>,
+    /// Process-unique: live indexes can share a `merge_dir`.
+    instance: u64,
 }
+
+/// Numbers the live indexes of this process.
+static INSTANCES: AtomicU64 = AtomicU64::new(0);
 
 struct Writer {
     live: Live,
@@ -300,6 +305,7 @@ impl LiveIndex {
                 merges: AtomicU64::new(0),
                 merge_running: AtomicBool::new(false),
                 last_merge: Mutex::new((None, None)),
+                instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
             }),
         })
     }
@@ -440,6 +446,7 @@ impl Inner {
         let dir = self.config.merge_dir.clone().ok_or_else(|| {
             Error::InvalidArgument("this live index has no merge_dir to merge into".into())
         })?;
+        std::fs::create_dir_all(&dir).map_err(crate::error::io(&dir))?;
         // 1. Under the writer lock: the rows to merge, a copy of the graph
         //    that has exactly them, and the start of the catch-up log.
         let (snap, payload, no) = {
@@ -469,9 +476,9 @@ impl Inner {
     ) -> Result<MergeReport> {
         // 2. Off the lock: the new file and the renumbered graph.
         let path = dir.join(format!(
-            "users.live-{}-{no}-{}.index",
+            "users.live-{}-{}-{no}.index",
             std::process::id(),
-            snap.seq
+            self.instance
         ));
         let merged = merge::write_merged(snap, &path)?;
         let file = match IndexFile::open(&path, self.dims) {
