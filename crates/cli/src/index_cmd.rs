@@ -104,18 +104,9 @@ pub fn run(cmd: IndexCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Bucket of an age in years (the MovieLens-1M convention).
-pub fn age_bucket(age: f64) -> &'static str {
-    match age {
-        a if a < 18.0 => "under-18",
-        a if a < 25.0 => "18-24",
-        a if a < 35.0 => "25-34",
-        a if a < 45.0 => "35-44",
-        a if a < 50.0 => "45-49",
-        a if a < 56.0 => "50-55",
-        _ => "56+",
-    }
-}
+/// The `age_bucket` attribute value of an age (one table for the users
+/// index files and the live users index).
+pub use profiled_model::features::age_bucket;
 
 /// Attribute values of one dataset field: tokens as they are, token lists
 /// one value per token, integral numbers (years, counts) as integers; other

@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::error::Result;
 use crate::file::IndexFile;
+use crate::live::{LiveConfig, LiveIndex};
 use crate::search::{LocalBackend, PlannerConfig, SearchBackend};
 
 /// File name of the items index in a version directory.
@@ -86,11 +87,16 @@ pub trait BackendFactory: Send + Sync + Debug {
 }
 
 /// The local backend's factory: `<dir>/items.index` and `<dir>/users.index`
-/// mapped from disk, with their HNSW sidecars when present.
+/// mapped from disk, with their HNSW sidecars when present; with `live`,
+/// the users index is opened as a [`LiveIndex`] (updated as user state
+/// changes).
 #[derive(Debug, Clone, Default)]
 pub struct LocalFactory {
     /// Planner thresholds of the opened backends.
     pub planner: PlannerConfig,
+    /// Open users indexes as live indexes with these settings (their
+    /// `planner` is replaced by the one above).
+    pub live: Option<LiveConfig>,
 }
 
 impl BackendFactory for LocalFactory {
@@ -102,6 +108,17 @@ impl BackendFactory for LocalFactory {
         let path = request.dir.join(request.role.file_name());
         if !path.exists() {
             return Ok(None);
+        }
+        if let (Some(live), IndexRole::Users) = (&self.live, request.role) {
+            let config = LiveConfig {
+                planner: self.planner,
+                ..live.clone()
+            };
+            let mut b = LiveIndex::open(&path, request.dims, config)?;
+            if let Some(t) = request.titles {
+                b = b.with_titles(t)?;
+            }
+            return Ok(Some(Arc::new(b)));
         }
         let mut b = LocalBackend::open(&path, request.dims)?.with_planner(self.planner);
         if let Some(t) = request.titles {

@@ -421,7 +421,16 @@ impl SearchBackend for LocalBackend {
             let set = filtered.then(|| RowSet::from_candidates(&cands, self.index.len()));
             let mut out = Vec::with_capacity(nq);
             for q in queries.chunks_exact(dims) {
-                let ans = ann.search(q, k, set.as_ref())?;
+                // usearch has a fixed number of thread slots (one per core):
+                // a search beyond them fails, and is answered exactly.
+                let ans = match ann.search(q, k, set.as_ref()) {
+                    Ok(a) => a,
+                    // No hits: the too-few check below answers exactly.
+                    Err(_) => crate::ann::AnnAnswer {
+                        hits: Vec::new(),
+                        visited: None,
+                    },
+                };
                 let hits: Vec<SearchHit> = ans
                     .hits
                     .iter()

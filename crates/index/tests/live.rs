@@ -1128,3 +1128,35 @@ mod ann {
         Ok(())
     }
 }
+
+#[test]
+fn the_local_factory_opens_users_indexes_live_when_asked() -> anyhow::Result<()> {
+    use profiled_index::{BackendFactory, IndexRole, LocalFactory, OpenRequest, USERS_INDEX};
+    let dir = tempfile::tempdir()?;
+    let (path, _) = base(dir.path(), 50, 4)?;
+    assert_eq!(path.file_name().and_then(|n| n.to_str()), Some(USERS_INDEX));
+    std::fs::copy(&path, dir.path().join("items.index"))?;
+    let open = |f: &LocalFactory, role| {
+        f.open(OpenRequest {
+            dir: dir.path(),
+            role,
+            dims: DIMS,
+            titles: None,
+        })
+    };
+    let plain = LocalFactory::default();
+    let live = LocalFactory {
+        live: Some(LiveConfig::default()),
+        ..LocalFactory::default()
+    };
+    let users = open(&live, IndexRole::Users)?.ok_or_else(|| anyhow::anyhow!("no users"))?;
+    assert_eq!(users.name(), "live");
+    let updates = users.live().ok_or_else(|| anyhow::anyhow!("not live"))?;
+    updates.apply(vec![upsert("fresh", 1, 0)])?;
+    assert!(users.vector_of("fresh")?.is_some());
+    let items = open(&live, IndexRole::Items)?.ok_or_else(|| anyhow::anyhow!("no items"))?;
+    assert!(items.live().is_none(), "items stay immutable");
+    let users = open(&plain, IndexRole::Users)?.ok_or_else(|| anyhow::anyhow!("no users"))?;
+    assert!(users.live().is_none());
+    Ok(())
+}

@@ -16,6 +16,20 @@ pub enum FieldValue {
     Tags(Vec<(String, f32)>),
 }
 
+/// The `age_bucket` attribute value of an age in years (the MovieLens-1M
+/// convention), as users indexes store it (`profilectl index build` and the live users index).
+pub fn age_bucket(age: f64) -> &'static str {
+    match age {
+        a if a < 18.0 => "under-18",
+        a if a < 25.0 => "18-24",
+        a if a < 35.0 => "25-34",
+        a if a < 45.0 => "35-44",
+        a if a < 50.0 => "45-49",
+        a if a < 56.0 => "50-55",
+        _ => "56+",
+    }
+}
+
 /// One behaviour event: the user interacted with `item` at `timestamp`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {

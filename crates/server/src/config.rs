@@ -320,19 +320,56 @@ pub enum IndexBackend {
 }
 
 /// How each version's indexes are served (`[index]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IndexConfig {
     /// The backend (`local`, the default and only one in this build; a
     /// distributed vector engine is added as another `BackendFactory`).
     pub backend: IndexBackend,
+    /// Keep each serving version's users index current with the live user
+    /// state (the live users index, docs/search.md): tracked users are
+    /// re-encoded and replace their rows, new users are added, erased users
+    /// removed at once. Only with a state store (`state.backend` not off).
+    pub live: bool,
+    /// A tracked change shows in lookalike results within about this many
+    /// ms (the refresher's bound; `profiled_live_index_lag_seconds` shows
+    /// the real lag).
+    pub live_refresh_ms: u64,
+    /// Merge the overlay into a new index file when it reaches this share
+    /// of the base rows.
+    pub live_merge_share: f64,
+    /// Where merged users index files go (removed when superseded); default
+    /// a `profiled-live-<pid>` directory in the system temp directory.
+    pub live_merge_dir: Option<PathBuf>,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig {
+            backend: IndexBackend::Local,
+            live: true,
+            live_refresh_ms: 1000,
+            live_merge_share: 0.1,
+            live_merge_dir: None,
+        }
+    }
 }
 
 impl IndexConfig {
-    /// The factory that opens the indexes of a version.
-    pub fn factory(&self) -> std::sync::Arc<dyn profiled_index::BackendFactory> {
+    /// The factory that opens the indexes of a version; `live_users`: open
+    /// users indexes as live indexes (when there is user state to follow).
+    pub fn factory(&self, live_users: bool) -> std::sync::Arc<dyn profiled_index::BackendFactory> {
         match self.backend {
-            IndexBackend::Local => std::sync::Arc::new(profiled_index::LocalFactory::default()),
+            IndexBackend::Local => std::sync::Arc::new(profiled_index::LocalFactory {
+                live: (live_users && self.live).then(|| profiled_index::LiveConfig {
+                    merge_share: self.live_merge_share,
+                    merge_dir: Some(self.live_merge_dir.clone().unwrap_or_else(|| {
+                        std::env::temp_dir().join(format!("profiled-live-{}", std::process::id()))
+                    })),
+                    ..profiled_index::LiveConfig::default()
+                }),
+                ..profiled_index::LocalFactory::default()
+            }),
         }
     }
 }
@@ -742,6 +779,12 @@ impl Config {
         if self.state.backend == StateBackend::Redis && self.state.redis.urls.is_empty() {
             return bad("state.redis.urls", "needs at least one address");
         }
+        if self.index.live_refresh_ms == 0 {
+            return bad("index.live_refresh_ms", "must be >= 1");
+        }
+        if !(self.index.live_merge_share > 0.0 && self.index.live_merge_share <= 4.0) {
+            return bad("index.live_merge_share", "must be in (0, 4]");
+        }
         if self.state.ingest && self.state.backend == StateBackend::Off {
             return bad("state.ingest", "needs a state backend (embedded or redis)");
         }
@@ -842,7 +885,7 @@ mod tests {
         std::fs::write(&f, "[index]\nbackend = \"local\"\n").unwrap();
         let c = Config::load(Some(&f), &Overrides::default()).unwrap();
         assert_eq!(c.index.backend, IndexBackend::Local);
-        assert_eq!(c.index.factory().name(), "local");
+        assert_eq!(c.index.factory(true).name(), "local");
         std::fs::write(&f, "[index]\nbackend = \"faraway\"\n").unwrap();
         let e = Config::load(Some(&f), &Overrides::default()).unwrap_err();
         assert!(matches!(e, ConfigError::Parse(_)), "{e:?}");

@@ -125,7 +125,9 @@ pub fn store_config(cfg: &Config) -> Result<StoreConfig, ServeError> {
     s.poll_interval = Duration::from_millis(cfg.models.poll_interval_ms.max(50));
     s.debounce = Duration::from_millis(cfg.models.debounce_ms);
     s.load_nice = cfg.models.load_nice;
-    s.indexes = cfg.index.factory();
+    s.indexes = cfg
+        .index
+        .factory(cfg.state.backend != crate::config::StateBackend::Off);
     Ok(s)
 }
 
@@ -234,6 +236,9 @@ pub async fn serve(
     if let Some(state) = open_state(&cfg).await? {
         tracing::info!(store = state.name(), "live user state");
         engine = engine.with_state(state);
+        if cfg.index.live {
+            engine = engine.with_live_refresh(Duration::from_millis(cfg.index.live_refresh_ms));
+        }
     }
     let engine = Arc::new(engine);
     let admin_on = admin_auth.is_some();
@@ -353,6 +358,7 @@ pub async fn serve(
         let engine = Arc::clone(&engine);
         Arc::new(move || engine.ingest_policy())
     };
+    let live_task = tokio::spawn(engine.clone().run_live_refresh(ingest_rx.clone()));
     let ingest_task = engine
         .state()
         .and_then(|state| spawn_ingest(&cfg, state, ingest_policy, ingest_rx));
@@ -555,6 +561,7 @@ pub async fn serve(
     // The stream source stops between batches (an entry is acknowledged
     // only after its apply, so stopping loses nothing).
     let _ = ingest_stop.send(true);
+    live_task.abort();
     if let Some(t) = ingest_task
         && tokio::time::timeout(Duration::from_secs(5), t)
             .await

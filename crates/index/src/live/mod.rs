@@ -210,7 +210,18 @@ struct Inner {
     merges: AtomicU64,
     merge_running: AtomicBool,
     last_merge: Mutex<(Option<MergeReport>, Option<String>)>,
+    /// When the last merge failed: automatic merges wait
+    /// [`MERGE_RETRY`] before trying again (a full disk, say).
+    failed_at: Mutex<Option<Instant>>,
+    /// Process-unique: live indexes can share a `merge_dir`.
+    instance: u64,
 }
+
+/// The pause of automatic merges after a failed one.
+const MERGE_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Numbers the live indexes of this process.
+static INSTANCES: AtomicU64 = AtomicU64::new(0);
 
 struct Writer {
     live: Live,
@@ -300,6 +311,8 @@ impl LiveIndex {
                 merges: AtomicU64::new(0),
                 merge_running: AtomicBool::new(false),
                 last_merge: Mutex::new((None, None)),
+                failed_at: Mutex::new(None),
+                instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
             }),
         })
     }
@@ -389,6 +402,9 @@ impl Inner {
         if w.log.is_some() || self.merge_running.load(Ordering::Acquire) {
             return false;
         }
+        if lock(&self.failed_at).is_some_and(|t| t.elapsed() < MERGE_RETRY) {
+            return false;
+        }
         let overlay = w.live.delta_rows().max(w.live.base_dead);
         overlay >= self.config.min_merge_rows
             && overlay as f64 >= self.config.merge_share * w.live.base.rows() as f64
@@ -401,8 +417,12 @@ impl Inner {
                 Ok(m) => {
                     self.merges.fetch_add(1, Ordering::AcqRel);
                     last.0 = Some(m.clone());
+                    *lock(&self.failed_at) = None;
                 }
-                Err(e) => last.1 = Some(e.to_string()),
+                Err(e) => {
+                    last.1 = Some(e.to_string());
+                    *lock(&self.failed_at) = Some(Instant::now());
+                }
             }
         }
         self.merge_running.store(false, Ordering::Release);
@@ -440,6 +460,7 @@ impl Inner {
         let dir = self.config.merge_dir.clone().ok_or_else(|| {
             Error::InvalidArgument("this live index has no merge_dir to merge into".into())
         })?;
+        std::fs::create_dir_all(&dir).map_err(crate::error::io(&dir))?;
         // 1. Under the writer lock: the rows to merge, a copy of the graph
         //    that has exactly them, and the start of the catch-up log.
         let (snap, payload, no) = {
@@ -469,9 +490,9 @@ impl Inner {
     ) -> Result<MergeReport> {
         // 2. Off the lock: the new file and the renumbered graph.
         let path = dir.join(format!(
-            "users.live-{}-{no}-{}.index",
+            "users.live-{}-{}-{no}.index",
             std::process::id(),
-            snap.seq
+            self.instance
         ));
         let merged = merge::write_merged(snap, &path)?;
         let file = match IndexFile::open(&path, self.dims) {

@@ -14,6 +14,8 @@
 //! - [`users`]: live user state (Track, GetUser, DeleteUser) and the one
 //!   resolution of a user id (live state, else users index, else
 //!   NOT_FOUND) that Embed, Search and Explain share.
+//! - [`live`]: the refresher that keeps the live users index current with
+//!   the user state (tracked users re-encoded, erased users removed).
 //! - [`schema`]: the value kind each model input accepts.
 //!
 //! Features arrive as anything that implements [`FeatureInput`]: the edge's
@@ -34,6 +36,7 @@ use crate::error::ApiError;
 pub mod cache;
 pub mod embed;
 pub mod explain;
+pub mod live;
 pub mod models;
 pub mod schema;
 pub mod search;
@@ -117,6 +120,9 @@ pub struct Engine {
     /// The largest `max_events` of the models resolved so far: the state
     /// keeps at least this many events per user.
     retain_floor: AtomicUsize,
+    /// The live users index refresher (`None`: no state, or `index.live`
+    /// off).
+    live: Option<Arc<live::LiveRefresh>>,
 }
 
 /// DEADLINE_EXCEEDED when `deadline` has passed.
@@ -147,6 +153,7 @@ impl Engine {
             explain_slots: tokio::sync::Semaphore::new(workers),
             state: None,
             retain_floor: AtomicUsize::new(0),
+            live: None,
         }
     }
 

@@ -294,6 +294,7 @@ impl Engine {
                         .increment(u64::from(a.duplicates));
                     metrics::counter!("profiled_track_events_total", "backend" => backend, "outcome" => "dropped_too_old")
                         .increment(u64::from(a.dropped_too_old));
+                    self.live_changed(&answers[slot].user_id);
                     answers[slot].result = Ok(a);
                 }
                 // Per user: the rules refused it, or too many writers raced.
@@ -393,13 +394,20 @@ impl Engine {
 
     /// Erases `user_id`'s state; `true` when there was live state. After
     /// it returns no call resolves the user by id (its users index snapshot
-    /// is hidden too).
+    /// is hidden too), and lookalike searches no longer return it (it is
+    /// removed from the live users indexes).
     pub async fn delete_user(&self, user_id: &str, deadline: Deadline) -> Result<bool, ApiError> {
         self.check_serving(deadline)?;
         let store = self.state_store()?.clone();
         self.check_user_id(|| "user_id".into(), user_id)?;
-        self.within_deadline(&store, "delete", deadline, store.delete(user_id))
-            .await
+        let existed = self
+            .within_deadline(&store, "delete", deadline, store.delete(user_id))
+            .await?;
+        // Out of the live users indexes at once; and once more by the next
+        // refresh, in case one encoding the old state was in flight.
+        self.live_erase(user_id).await;
+        self.live_changed(user_id);
+        Ok(existed)
     }
 
     /// Resolves a user id on `generation`: live state (merged with the
