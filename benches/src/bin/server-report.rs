@@ -41,8 +41,7 @@ use profiled_benches::harness::{
 use profiled_benches::load_average;
 use profiled_benches::loadgen::cpu::total_cpu_seconds;
 use profiled_benches::loadgen::{
-    Generator, Mode, RunConfig, RunReport, SwapPlan, Target, TargetConfig, UserPool, Workload,
-    Zipf, run,
+    Generator, RunConfig, RunReport, SwapPlan, Target, TargetConfig, UserPool, Workload, Zipf, run,
 };
 use profiled_model::testing::{SyntheticSpec, write_synthetic_model};
 use profiled_proto::v1 as pb;
@@ -323,27 +322,11 @@ async fn measured(
 }
 
 fn closed(label: &str, secs: f64) -> RunConfig {
-    RunConfig {
-        label: label.into(),
-        mode: Mode::Closed { streams: STREAMS },
-        duration: Some(Duration::from_secs_f64(secs)),
-        count: None,
-        progress: false,
-        warmup: true,
-        ..RunConfig::default()
-    }
+    RunConfig::closed(label, STREAMS, secs, true)
 }
 
 fn open(label: &str, rate: f64, secs: f64) -> RunConfig {
-    RunConfig {
-        label: label.into(),
-        mode: Mode::Open { rate },
-        duration: Some(Duration::from_secs_f64(secs)),
-        count: None,
-        progress: false,
-        warmup: false,
-        ..RunConfig::default()
-    }
+    RunConfig::open(label, rate, secs)
 }
 
 fn main() -> Result<()> {

@@ -59,7 +59,8 @@
 //!   per-connection load shedding while calls wait on the dead node);
 //!   CLIENT_BACKLOG (calls the open loop could not send) is left out and
 //!   reported beside it. `redis_after_restart_errors`: errors of a short
-//!   run of the same mix right after (recovery).
+//!   run of the same mix right after (recovery); `redis_before_kill_errors`:
+//!   the same mix with Redis up, first (errors of the load, not the restart).
 //!
 //! Client and server (and Redis) CPU use (from /proc/<pid>/stat) and the
 //! load average are printed with the figures. No figure is asserted.
@@ -82,7 +83,7 @@ use profiled_benches::harness::{
 };
 use profiled_benches::loadgen::cpu::total_cpu_seconds;
 use profiled_benches::loadgen::{
-    Mode, RunConfig, RunReport, Target, TargetConfig, UserPool, Workload, Zipf, run,
+    RunConfig, RunReport, Target, TargetConfig, UserPool, Workload, Zipf, run,
 };
 use profiled_benches::{SplitMix, load_average};
 use profiled_model::testing::{SyntheticSpec, write_synthetic_model};
@@ -228,27 +229,11 @@ fn workload(pool: &Arc<UserPool>, mix: &str, tracked: Arc<Zipf>, hit: f64) -> Re
 }
 
 fn closed(label: &str, streams: usize, secs: f64, warmup: bool) -> RunConfig {
-    RunConfig {
-        label: label.into(),
-        mode: Mode::Closed { streams },
-        duration: Some(Duration::from_secs_f64(secs)),
-        count: None,
-        progress: false,
-        warmup,
-        ..RunConfig::default()
-    }
+    RunConfig::closed(label, streams, secs, warmup)
 }
 
 fn open(label: &str, rate: f64, secs: f64) -> RunConfig {
-    RunConfig {
-        label: label.into(),
-        mode: Mode::Open { rate },
-        duration: Some(Duration::from_secs_f64(secs)),
-        count: None,
-        progress: false,
-        warmup: false,
-        ..RunConfig::default()
-    }
+    RunConfig::open(label, rate, secs)
 }
 
 /// A run with the CPU cores used by the given processes during it.

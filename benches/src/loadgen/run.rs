@@ -87,6 +87,30 @@ impl Default for RunConfig {
     }
 }
 
+impl RunConfig {
+    /// A closed-loop run of `streams` for `secs` (quiet, no swap).
+    pub fn closed(label: &str, streams: usize, secs: f64, warmup: bool) -> RunConfig {
+        RunConfig {
+            label: label.into(),
+            mode: Mode::Closed { streams },
+            duration: Some(Duration::from_secs_f64(secs)),
+            warmup,
+            ..RunConfig::default()
+        }
+    }
+
+    /// An open-loop run at `rate` calls/s for `secs` (quiet, no warm-up).
+    pub fn open(label: &str, rate: f64, secs: f64) -> RunConfig {
+        RunConfig {
+            label: label.into(),
+            mode: Mode::Open { rate },
+            duration: Some(Duration::from_secs_f64(secs)),
+            warmup: false,
+            ..RunConfig::default()
+        }
+    }
+}
+
 /// What a run measured.
 #[derive(Debug, Clone)]
 pub struct RunReport {
